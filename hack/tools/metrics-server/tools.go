@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package tools pins the commands that hack/build-binaries.sh builds from this module.
+package tools
+
+import (
+	_ "sigs.k8s.io/metrics-server/cmd/metrics-server"
+)

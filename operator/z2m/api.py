@@ -1,0 +1,362 @@
+"""The ScalingStage API: pydantic models that are the one source of truth for the CRD.
+
+`crds/scalingstage.yaml` is generated from these models by `z2m crd` (see
+`z2m.crd`); a test fails when the committed file drifts from them. Cross-field
+rules that the apiserver must enforce at admission are attached here as CEL
+`x-kubernetes-validations`, next to the fields they constrain.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "z2m.dev"
+VERSION = "v1alpha1"
+KIND = "ScalingStage"
+PLURAL = "scalingstages"
+SINGULAR = "scalingstage"
+SHORT_NAMES = ("sstage",)
+
+DEFAULT_APP_IMAGE = "ghcr.io/z2m-dev/sample-app:0.1.0"
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+DNS_LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules as `(rule, message)` pairs, for `json_schema_extra`."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class Model(BaseModel):
+    """Base for every API model: frozen, camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+
+class EnvVar(Model):
+    """A plain environment variable for the app and its workers."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_LABEL_PATTERN)
+    value: str = Field(default="", max_length=32768)
+
+
+class ResourceList(Model):
+    """CPU and memory, as Kubernetes quantities."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=32)
+    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=32)
+
+
+class Resources(Model):
+    """Requests and limits for one container."""
+
+    requests: ResourceList = ResourceList(cpu="100m", memory="128Mi")
+    limits: ResourceList = ResourceList(memory="512Mi")
+
+
+class AppSpec(Model):
+    """The user's application: one stateless image that serves web and, as workers, jobs."""
+
+    image: str = Field(default=DEFAULT_APP_IMAGE, min_length=1, max_length=512)
+    port: int = Field(default=8080, ge=1, le=65535)
+    env: list[EnvVar] = Field(default_factory=list, max_length=100)
+    resources: Resources = Resources()
+    worker_command: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Command for worker pods; empty runs the image's own entrypoint "
+        "with ROLE=worker.",
+    )
+    static_path: str = Field(
+        default="/static/",
+        pattern=r"^/.*/$",
+        max_length=256,
+        description="URL prefix of static assets, cached by the edge cache from stage 3.",
+    )
+
+
+class Autoscaling(Model):
+    """An HPA range for the app, replacing the stage's default."""
+
+    min_replicas: int = Field(ge=1, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    target_cpu_percent: int = Field(default=70, ge=1, le=100)
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.minReplicas <= self.maxReplicas",
+                "autoscaling.minReplicas must not be above autoscaling.maxReplicas",
+            )
+        )
+    )
+
+
+class Overrides(Model):
+    """Stage defaults a user may change. Unset fields take the stage's value."""
+
+    app_replicas: int | None = Field(default=None, ge=1, le=1000)
+    read_replicas: int | None = Field(default=None, ge=0, le=15)
+    redis: bool | None = None
+    queue: bool | None = None
+    workers: int | None = Field(default=None, ge=0, le=1000)
+    edge_cache: bool | None = None
+    autoscaling: Autoscaling | None = None
+    replicas_managed_externally: bool = Field(
+        default=False,
+        description="Hand the app's replica count to another autoscaler (KEDA, GitOps): "
+        "the operator never writes the app Deployment's spec.replicas.",
+    )
+
+
+class Storage(Model):
+    """Size and class of the volumes of a stateful component."""
+
+    size: str = Field(default="1Gi", pattern=QUANTITY_PATTERN, max_length=32)
+    storage_class_name: str | None = Field(default=None, max_length=253)
+
+
+class DatabaseSpec(Model):
+    """PostgreSQL, co-located at stage 1 and a StatefulSet from stage 2."""
+
+    image: str = Field(default="postgres:16", min_length=1, max_length=512)
+    storage: Storage = Storage()
+
+
+class QueueSpec(Model):
+    """RabbitMQ and where the operator reads the jobs queue's depth from."""
+
+    image: str = Field(default="rabbitmq:3.13-management", min_length=1, max_length=512)
+    storage: Storage = Storage()
+    queue_name: str = Field(default="jobs", min_length=1, max_length=255)
+    management_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        max_length=512,
+        description="RabbitMQ management API the operator asks for the queue depth before "
+        "removing the queue; defaults to the queue Service inside the cluster.",
+    )
+
+
+class CacheSpec(Model):
+    """Redis, from stage 4."""
+
+    image: str = Field(default="redis:7", min_length=1, max_length=512)
+    storage: Storage = Storage()
+
+
+class Thresholds(Model):
+    """When a signal says the current stage is the bottleneck, or oversized."""
+
+    rps_promote_fraction: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Promote when RPS exceeds this fraction of the stage's upper RPS band.",
+    )
+    rps_demote_fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Demote when RPS falls below this fraction of the lower stage's upper band.",
+    )
+    app_cpu_percent: float = Field(default=80, gt=0, le=1000)
+    latency_p95_seconds: float = Field(default=0.5, gt=0, le=60)
+    database_connections: float = Field(default=80, gt=0, le=100000)
+    database_queries_per_second: float = Field(default=2000, gt=0)
+    cache_hit_ratio: float = Field(default=0.8, ge=0, le=1)
+    queue_depth: float = Field(default=1000, gt=0)
+
+
+class Signals(Model):
+    """PromQL per signal; `$namespace` and `$name` are substituted. Unset keeps the default."""
+
+    rps: str | None = Field(default=None, max_length=4096)
+    app_cpu_percent: str | None = Field(default=None, max_length=4096)
+    latency_p95_seconds: str | None = Field(default=None, max_length=4096)
+    database_connections: str | None = Field(default=None, max_length=4096)
+    database_queries_per_second: str | None = Field(default=None, max_length=4096)
+    cache_hit_ratio: str | None = Field(default=None, max_length=4096)
+    queue_depth: str | None = Field(default=None, max_length=4096)
+
+
+class Prometheus(Model):
+    """Where metrics come from."""
+
+    url: str = Field(pattern=r"^https?://", max_length=512)
+    timeout_seconds: float = Field(default=5, gt=0, le=60)
+
+
+class Promotion(Model):
+    """How the operator may choose the stage from metrics."""
+
+    mode: Literal["manual", "recommend", "auto"] = "manual"
+    prometheus: Prometheus | None = None
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
+    min_stage: int = Field(default=1, ge=1, le=7)
+    max_stage: int = Field(default=5, ge=1, le=7)
+    promote_window_seconds: int = Field(default=300, ge=0, le=86400)
+    demote_window_seconds: int = Field(default=1800, ge=0, le=604800)
+    cooldown_seconds: int = Field(default=600, ge=0, le=604800)
+    thresholds: Thresholds = Thresholds()
+    signals: Signals = Signals()
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.minStage <= self.maxStage",
+                "promotion.minStage must not be above promotion.maxStage",
+            ),
+            (
+                "self.mode == 'manual' || has(self.prometheus)",
+                "promotion.prometheus.url is required when promotion.mode is recommend or auto",
+            ),
+            (
+                "self.demoteWindowSeconds >= self.promoteWindowSeconds",
+                "promotion.demoteWindowSeconds must be at least promoteWindowSeconds, "
+                "so that the stage climbs faster than it falls and cannot flap",
+            ),
+        )
+    )
+
+
+_SPEC_RULES = _rules(
+    (
+        "self.stage > 1 || !has(self.overrides) || !has(self.overrides.appReplicas) "
+        "|| self.overrides.appReplicas == 1",
+        "stage 1 keeps the database inside the app pod, so it runs exactly one app replica; "
+        "use stage 2 or higher for more",
+    ),
+    (
+        "self.stage > 1 || !has(self.overrides) || !has(self.overrides.readReplicas) "
+        "|| self.overrides.readReplicas == 0",
+        "stage 1 has no separate database to replicate; read replicas start at stage 2",
+    ),
+    (
+        "self.stage > 1 || !has(self.overrides) || !has(self.overrides.autoscaling)",
+        "stage 1 cannot autoscale: its pod holds the database",
+    ),
+    (
+        "!has(self.overrides) || !has(self.overrides.autoscaling) "
+        "|| !has(self.overrides.appReplicas)",
+        "set either overrides.appReplicas or overrides.autoscaling, not both: "
+        "with autoscaling the HPA owns the replica count",
+    ),
+    (
+        "!has(self.overrides) || !has(self.overrides.workers) || self.overrides.workers == 0 "
+        "|| (has(self.overrides.queue) ? self.overrides.queue : self.stage >= 4)",
+        "workers need the queue: set overrides.queue to true or use stage 4 or higher",
+    ),
+    (
+        "!has(self.promotion) || self.promotion.mode == 'manual' "
+        "|| (self.stage >= self.promotion.minStage && self.stage <= self.promotion.maxStage)",
+        "spec.stage must lie between promotion.minStage and promotion.maxStage",
+    ),
+)
+
+
+class ScalingStageSpec(Model):
+    """What the user asks for: a stage, the app, and any overrides."""
+
+    stage: int = Field(
+        ge=1,
+        le=7,
+        description="The rung of the ladder, 1 (one pod) to 7 (world scale). "
+        "In auto mode the operator changes it.",
+    )
+    app: AppSpec = AppSpec()
+    overrides: Overrides = Overrides()
+    database: DatabaseSpec = DatabaseSpec()
+    cache: CacheSpec = CacheSpec()
+    queue: QueueSpec = QueueSpec()
+    promotion: Promotion = Promotion()
+    paused: bool = Field(
+        default=False,
+        description="Stop reconciling and deciding; nothing is changed while paused.",
+    )
+
+    model_config = ConfigDict(json_schema_extra=_SPEC_RULES)
+
+
+class Condition(Model):
+    """A Kubernetes API convention condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+class ComponentStatus(Model):
+    """Readiness of one component (app, database, read-replica, ...)."""
+
+    name: str
+    component: str
+    kind: str
+    desired: int
+    ready: int
+    available: bool
+
+
+class PlanStatus(Model):
+    """The effective plan after overrides: what the operator is converging to."""
+
+    app_replicas: int | None = None
+    autoscaling: str | None = None
+    read_replicas: int = 0
+    redis: bool = False
+    redis_replicas: int = 0
+    queue: bool = False
+    workers: int = 0
+    edge_cache: bool = False
+    database_failover: str = "none"
+    monitoring: bool = False
+
+
+class Decision(Model):
+    """The auto-promotion logic's last verdict and the evidence behind it."""
+
+    time: str
+    current_stage: int
+    recommended_stage: int
+    action: Literal["promote", "demote", "hold"]
+    reason: str
+    bottleneck: str | None = None
+    signals: dict[str, float] = Field(default_factory=dict)
+
+
+class Transition(Model):
+    """One stage change in the bounded history."""
+
+    time: str
+    from_stage: int
+    to_stage: int
+    reason: str
+    by: Literal["user", "operator"]
+
+
+class ScalingStageStatus(Model):
+    """What the operator observed on its last pass; rebuilt from the world every time."""
+
+    observed_generation: int | None = None
+    stage: int | None = None
+    ready: str | None = None
+    estimated_monthly_cost: str | None = None
+    capacity: str | None = None
+    plan: PlanStatus | None = None
+    components: list[ComponentStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    last_decision: Decision | None = None
+    recommended_stage: int | None = None
+    history: list[Transition] = Field(default_factory=list)

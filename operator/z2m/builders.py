@@ -1,0 +1,805 @@
+"""Pure builders: a plan in, the Kubernetes objects of its stage out.
+
+No client, no Kopf, no clock: `build(plan, owner)` is a function of its
+arguments, so every stage can be rendered and unit-tested without a cluster
+(`z2m render` prints exactly this). Names and labels come from the helpers at
+the top, so every other module agrees with them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from z2m import api, catalog, plan
+
+Obj = dict[str, Any]
+
+FIELD_MANAGER = "z2m"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+PART_OF = "app.kubernetes.io/part-of"
+COMPONENT = "app.kubernetes.io/component"
+RETAINED = "z2m.dev/retained"
+ZONE = "topology.kubernetes.io/zone"
+
+PG_PORT = 5432
+REDIS_PORT = 6379
+SENTINEL_PORT = 26379
+AMQP_PORT = 5672
+AMQP_MANAGEMENT_PORT = 15672
+EDGE_PORT = 8080
+PGDATA = "/var/lib/postgresql/data/pgdata"
+CLOUDNATIVEPG_IMAGE = "ghcr.io/cloudnative-pg/postgresql:16"
+SCRIPTS_DIR = "/etc/z2m"
+SECRET_KEYS = (
+    "database-password",
+    "replication-password",
+    "redis-password",
+    "queue-password",
+    "session-secret",
+)
+SCRIPT_FILES = (
+    "postgres-primary-init.sh",
+    "postgres-replica.sh",
+    "redis.sh",
+    "sentinel.sh",
+    "nginx-edge.conf",
+    "rabbitmq.conf",
+)
+
+# Applied in this order: what others mount or call comes before who mounts or calls it.
+KIND_ORDER = (
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Service",
+    "StatefulSet",
+    "Cluster",
+    "Deployment",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+)
+# Kinds the operator prunes. PVCs and the credentials Secret are never in it: they outlive
+# demotions and the ScalingStage itself, so that a later promotion finds its data again.
+PRUNABLE = {
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ScalingStage that owns the children, for owner references."""
+
+    name: str
+    uid: str
+
+
+def child(owner_name: str, component: str) -> str:
+    """The name of a child object: `<scalingstage>-<component>`."""
+    return f"{owner_name}-{component}"
+
+
+def secret_name(owner_name: str) -> str:
+    """The Secret with the credentials the operator generates once."""
+    return child(owner_name, "credentials")
+
+
+def labels(owner_name: str, component: str) -> dict[str, str]:
+    """The labels every child carries; the first two find children, all three select pods."""
+    return {MANAGED_BY: "z2m", PART_OF: owner_name, COMPONENT: component}
+
+
+def child_selector(owner_name: str) -> str:
+    """Label selector for every child of one ScalingStage."""
+    return f"{MANAGED_BY}=z2m,{PART_OF}={owner_name}"
+
+
+def script(name: str) -> str:
+    """The text of a file mounted into pods; tests run the same file against real programs."""
+    return resources.files("z2m").joinpath("files", name).read_text()
+
+
+def _meta(p: plan.Plan, owner: Owner, name: str, component: str) -> Obj:
+    return {
+        "name": name,
+        "namespace": p.namespace,
+        "labels": labels(p.name, component),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{api.GROUP}/{api.VERSION}",
+                "kind": api.KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def _secret_env(p: plan.Plan, var: str, key: str) -> Obj:
+    return {
+        "name": var,
+        "valueFrom": {"secretKeyRef": {"name": secret_name(p.name), "key": key}},
+    }
+
+
+def _spread(p: plan.Plan, component: str) -> list[Obj]:
+    # ScheduleAnyway: a kind cluster's nodes carry no zone label, and DoNotSchedule would
+    # leave every pod Pending there. Spread is a preference, availability is the PDB's job.
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": labels(p.name, component)},
+        }
+        for key in (ZONE, "kubernetes.io/hostname")
+    ]
+
+
+def _scripts_volume(p: plan.Plan) -> Obj:
+    return {
+        "name": "z2m-scripts",
+        "configMap": {"name": child(p.name, "scripts"), "defaultMode": 0o555},
+    }
+
+
+def _scripts_mount() -> Obj:
+    return {"name": "z2m-scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}
+
+
+def _resources(r: api.Resources) -> Obj:
+    return r.model_dump(by_alias=True, exclude_none=True)
+
+
+# --- wiring ----------------------------------------------------------------------------
+
+
+def database_host(p: plan.Plan) -> str:
+    """Where the app writes: localhost at stage 1, the primary's Service after that."""
+    if p.colocated_database:
+        return "127.0.0.1"
+    return child(p.name, "db-rw" if p.failover == "cloudnativepg" else "db")
+
+
+def replica_hosts(p: plan.Plan) -> list[str]:
+    """One address per read replica, so the app can skip a single lagging one."""
+    if p.failover == "cloudnativepg":
+        return [child(p.name, "db-ro")] if p.read_replicas else []
+    headless = child(p.name, "db-replica")
+    return [f"{headless}-{i}.{headless}" for i in range(p.read_replicas)]
+
+
+def app_env(p: plan.Plan, role: str) -> list[Obj]:
+    """Environment of web and worker pods: the stage's wiring, then the user's env."""
+    env: list[Obj] = [
+        {"name": "ROLE", "value": role},
+        {"name": "PORT", "value": str(p.spec.app.port)},
+        _secret_env(p, "SECRET_KEY", "session-secret"),
+        _secret_env(p, "Z2M_DATABASE_PASSWORD", "database-password"),
+    ]
+
+    def pg(host: str) -> str:
+        return f"postgresql://app:$(Z2M_DATABASE_PASSWORD)@{host}:{PG_PORT}/app"
+
+    env.append({"name": "DATABASE_URL", "value": pg(database_host(p))})
+    if hosts := replica_hosts(p):
+        env.append({"name": "DATABASE_REPLICA_URLS", "value": ",".join(pg(h) for h in hosts)})
+    if p.redis:
+        env.append(_secret_env(p, "Z2M_REDIS_PASSWORD", "redis-password"))
+        primary = f"{child(p.name, 'redis')}-0.{child(p.name, 'redis')}"
+        env.append(
+            {"name": "REDIS_URL", "value": f"redis://:$(Z2M_REDIS_PASSWORD)@{primary}:6379/0"}
+        )
+    if p.queue and not (p.draining_queue and role == "web"):
+        env.append(_secret_env(p, "Z2M_QUEUE_PASSWORD", "queue-password"))
+        broker = f"amqp://z2m:$(Z2M_QUEUE_PASSWORD)@{child(p.name, 'queue')}:{AMQP_PORT}/%2F"
+        env.append({"name": "BROKER_URL", "value": broker})
+    ours = {e["name"] for e in env}
+    user = [e.model_dump(by_alias=True) for e in p.spec.app.env]
+    # The user's value wins over ours: drop ours rather than send a duplicate key.
+    overridden = {e["name"] for e in user} & ours
+    return [e for e in env if e["name"] not in overridden] + user
+
+
+# --- components ------------------------------------------------------------------------
+
+
+def _postgres_container(p: plan.Plan) -> Obj:
+    return {
+        "name": "postgres",
+        "image": p.spec.database.image,
+        "ports": [{"name": "postgres", "containerPort": PG_PORT}],
+        "env": [
+            {"name": "POSTGRES_USER", "value": "app"},
+            {"name": "POSTGRES_DB", "value": "app"},
+            {"name": "PGDATA", "value": PGDATA},
+            _secret_env(p, "POSTGRES_PASSWORD", "database-password"),
+            _secret_env(p, "REPLICATION_PASSWORD", "replication-password"),
+        ],
+        "readinessProbe": {
+            "exec": {"command": ["pg_isready", "-U", "app", "-d", "app", "-h", "127.0.0.1"]},
+            "periodSeconds": 5,
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+            {
+                "name": "z2m-scripts",
+                "mountPath": "/docker-entrypoint-initdb.d/10-z2m-replication.sh",
+                "subPath": "postgres-primary-init.sh",
+                "readOnly": True,
+            },
+        ],
+    }
+
+
+def _app_container(p: plan.Plan, role: str) -> Obj:
+    app = p.spec.app
+    container: Obj = {
+        "name": role if role == "worker" else "app",
+        "image": app.image,
+        "env": app_env(p, role),
+        "resources": _resources(app.resources),
+        "ports": [{"name": "http", "containerPort": app.port}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": app.port}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": app.port}, "periodSeconds": 5},
+    }
+    if role == "worker" and app.worker_command:
+        container["command"] = list(app.worker_command)
+    return container
+
+
+def _pvc_template(p: plan.Plan, component: str, storage: api.Storage) -> Obj:
+    spec: Obj = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return {
+        "metadata": {"name": "data", "labels": {**labels(p.name, component), RETAINED: "true"}},
+        "spec": spec,
+    }
+
+
+def _statefulset(
+    p: plan.Plan,
+    owner: Owner,
+    suffix: str,
+    component: str,
+    replicas: int,
+    containers: list[Obj],
+    storage: api.Storage,
+    *,
+    run_as: int | None = None,
+) -> Obj:
+    pod_spec: Obj = {
+        "containers": containers,
+        "volumes": [_scripts_volume(p)],
+        "topologySpreadConstraints": _spread(p, component),
+    }
+    if run_as is not None:
+        pod_spec["securityContext"] = {"runAsUser": run_as, "runAsGroup": run_as, "fsGroup": run_as}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(p, owner, child(p.name, suffix), component),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": child(p.name, suffix),
+            "selector": {"matchLabels": labels(p.name, component)},
+            "podManagementPolicy": "OrderedReady",
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Retain",
+                "whenScaled": "Retain",
+            },
+            "template": {"metadata": {"labels": labels(p.name, component)}, "spec": pod_spec},
+            "volumeClaimTemplates": [_pvc_template(p, component, storage)],
+        },
+    }
+
+
+def _deployment(
+    p: plan.Plan,
+    owner: Owner,
+    suffix: str,
+    component: str,
+    replicas: int | None,
+    pod_spec: Obj,
+    *,
+    recreate: bool = False,
+) -> Obj:
+    spec: Obj = {
+        "selector": {"matchLabels": labels(p.name, component)},
+        "template": {"metadata": {"labels": labels(p.name, component)}, "spec": pod_spec},
+    }
+    if replicas is not None:
+        # Left out entirely when an autoscaler owns the count: see kube.hand_over_replicas.
+        spec["replicas"] = replicas
+    if recreate:
+        spec["strategy"] = {"type": "Recreate"}
+    else:
+        spec["strategy"] = {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(p, owner, child(p.name, suffix), component),
+        "spec": spec,
+    }
+
+
+def _service(
+    p: plan.Plan,
+    owner: Owner,
+    name: str,
+    component: str,
+    ports: list[tuple[str, int, int]],
+    *,
+    headless: bool = False,
+    selector: dict[str, str] | None = None,
+) -> Obj:
+    spec: Obj = {
+        "selector": selector or labels(p.name, component),
+        "ports": [
+            {"name": n, "port": port, "targetPort": target, "protocol": "TCP"}
+            for n, port, target in ports
+        ],
+    }
+    if headless:
+        spec["clusterIP"] = "None"
+        spec["publishNotReadyAddresses"] = True
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(p, owner, name, component),
+        "spec": spec,
+    }
+
+
+def _pdb(p: plan.Plan, owner: Owner, suffix: str, component: str) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(p, owner, child(p.name, suffix), component),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(p.name, component)}},
+    }
+
+
+def _hpa(p: plan.Plan, owner: Owner, suffix: str, scaling: catalog.Autoscaling) -> Obj:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(p, owner, child(p.name, suffix), suffix),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": child(p.name, suffix),
+            },
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling.cpu_percent,
+                        },
+                    },
+                }
+            ],
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0},
+                "scaleDown": {"stabilizationWindowSeconds": 300},
+            },
+        },
+    }
+
+
+def _scripts(p: plan.Plan, owner: Owner) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(p, owner, child(p.name, "scripts"), "config"),
+        "data": {name: script(name) for name in SCRIPT_FILES},
+    }
+
+
+def _app(p: plan.Plan, owner: Owner) -> list[Obj]:
+    containers = [_app_container(p, "web")]
+    pod_spec: Obj = {"containers": containers, "topologySpreadConstraints": _spread(p, "app")}
+    if p.colocated_database:
+        containers.append(_postgres_container(p))
+        # The same claim the stage-2 StatefulSet's first pod uses: promotion moves the data.
+        pod_spec["volumes"] = [
+            {"name": "data", "persistentVolumeClaim": {"claimName": stage1_claim(p.name)}},
+            _scripts_volume(p),
+        ]
+    objs = [
+        _deployment(
+            p, owner, "app", "app", p.app_replicas, pod_spec, recreate=p.colocated_database
+        ),
+        _service(p, owner, child(p.name, "app"), "app", [("http", 80, p.spec.app.port)]),
+    ]
+    if p.app_autoscaling is not None:
+        objs.append(_hpa(p, owner, "app", p.app_autoscaling))
+    if p.app_autoscaling is not None or (p.app_replicas or 0) > 1:
+        objs.append(_pdb(p, owner, "app", "app"))
+    return objs
+
+
+def stage1_claim(owner_name: str) -> str:
+    """The database's claim: the name the StatefulSet `<name>-db` gives its first pod's."""
+    return f"data-{child(owner_name, 'db')}-0"
+
+
+def _stage1_pvc(p: plan.Plan) -> Obj:
+    template = _pvc_template(p, "database", p.spec.database.storage)
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        # No owner reference: the data outlives the ScalingStage.
+        "metadata": {
+            **template["metadata"],
+            "name": stage1_claim(p.name),
+            "namespace": p.namespace,
+        },
+        "spec": template["spec"],
+    }
+
+
+def _database(p: plan.Plan, owner: Owner) -> list[Obj]:
+    objs = [
+        _statefulset(
+            p, owner, "db", "database", 1, [_postgres_container(p)], p.spec.database.storage
+        ),
+        _service(p, owner, child(p.name, "db"), "database", [("postgres", PG_PORT, PG_PORT)]),
+    ]
+    if p.failover == "cloudnativepg":
+        objs.append(_cloudnativepg(p, owner))
+    return objs
+
+
+def _read_replicas(p: plan.Plan, owner: Owner) -> list[Obj]:
+    if p.read_replicas == 0 or p.failover == "cloudnativepg":
+        return []
+    container: Obj = {
+        "name": "postgres",
+        "image": p.spec.database.image,
+        "command": ["/bin/sh", f"{SCRIPTS_DIR}/postgres-replica.sh"],
+        "ports": [{"name": "postgres", "containerPort": PG_PORT}],
+        "env": [
+            {"name": "PRIMARY_HOST", "value": child(p.name, "db")},
+            {"name": "PRIMARY_PORT", "value": str(PG_PORT)},
+            {"name": "PGDATA", "value": PGDATA},
+            _secret_env(p, "REPLICATION_PASSWORD", "replication-password"),
+        ],
+        "readinessProbe": {
+            "exec": {"command": ["pg_isready", "-h", "127.0.0.1"]},
+            "periodSeconds": 5,
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+            _scripts_mount(),
+        ],
+    }
+    component = "read-replica"
+    port = [("postgres", PG_PORT, PG_PORT)]
+    objs = [
+        _statefulset(
+            p,
+            owner,
+            "db-replica",
+            component,
+            p.read_replicas,
+            [container],
+            p.spec.database.storage,
+            run_as=999,
+        ),
+        _service(p, owner, child(p.name, "db-replica"), component, port, headless=True),
+        _service(p, owner, child(p.name, "db-ro"), component, port),
+    ]
+    if p.read_replicas > 1:
+        objs.append(_pdb(p, owner, "db-replica", component))
+    return objs
+
+
+def _cloudnativepg(p: plan.Plan, owner: Owner) -> Obj:
+    """A CloudNativePG Cluster that streams from the builtin primary until switched over."""
+    return {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": _meta(p, owner, child(p.name, "db"), "database"),
+        "spec": {
+            "instances": 1 + p.read_replicas,
+            "imageName": CLOUDNATIVEPG_IMAGE,
+            "primaryUpdateStrategy": "unsupervised",
+            "storage": {"size": p.spec.database.storage.size},
+            "topologySpreadConstraints": _spread(p, "database"),
+            "bootstrap": {"pg_basebackup": {"source": "builtin"}},
+            "replica": {"enabled": True, "source": "builtin"},
+            "externalClusters": [
+                {
+                    "name": "builtin",
+                    "connectionParameters": {
+                        "host": child(p.name, "db"),
+                        "user": "replicator",
+                        "dbname": "postgres",
+                    },
+                    "password": {"name": secret_name(p.name), "key": "replication-password"},
+                }
+            ],
+        },
+    }
+
+
+def _edge(p: plan.Plan, owner: Owner) -> list[Obj]:
+    if not p.edge_cache:
+        return []
+    command = (
+        f"envsubst '$UPSTREAM $STATIC_PATH $LISTEN_PORT' < {SCRIPTS_DIR}/nginx-edge.conf "
+        "> /tmp/nginx.conf && exec nginx -c /tmp/nginx.conf -g 'daemon off;'"
+    )
+    container: Obj = {
+        "name": "nginx",
+        "image": "nginx:1.27-alpine",
+        "command": ["/bin/sh", "-c", command],
+        "env": [
+            {"name": "UPSTREAM", "value": f"{child(p.name, 'app')}:80"},
+            {"name": "STATIC_PATH", "value": p.spec.app.static_path},
+            {"name": "LISTEN_PORT", "value": str(EDGE_PORT)},
+        ],
+        "ports": [{"name": "http", "containerPort": EDGE_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/edge-healthz", "port": EDGE_PORT}},
+        "volumeMounts": [_scripts_mount()],
+        "securityContext": {"runAsUser": 101, "runAsNonRoot": True},
+    }
+    pod: Obj = {
+        "containers": [container],
+        "volumes": [_scripts_volume(p)],
+        "topologySpreadConstraints": _spread(p, "edge"),
+    }
+    return [
+        _deployment(p, owner, "edge", "edge", 2, pod),
+        _service(p, owner, child(p.name, "edge"), "edge", [("http", 80, EDGE_PORT)]),
+        _pdb(p, owner, "edge", "edge"),
+    ]
+
+
+def _redis(p: plan.Plan, owner: Owner) -> list[Obj]:
+    if not p.redis:
+        return []
+    primary = f"{child(p.name, 'redis')}-0.{child(p.name, 'redis')}"
+    env: list[Obj] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PRIMARY_HOST", "value": primary},
+        _secret_env(p, "REDIS_PASSWORD", "redis-password"),
+    ]
+    if p.sentinel:
+        env.append({"name": "SENTINEL_HOST", "value": child(p.name, "redis-sentinel")})
+    container: Obj = {
+        "name": "redis",
+        "image": p.spec.cache.image,
+        "command": ["/bin/sh", f"{SCRIPTS_DIR}/redis.sh"],
+        "env": env,
+        "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
+        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, _scripts_mount()],
+    }
+    replicas = 1 + p.redis_replicas
+    objs = [
+        _statefulset(
+            p, owner, "redis", "cache", replicas, [container], p.spec.cache.storage, run_as=999
+        ),
+        _service(
+            p,
+            owner,
+            child(p.name, "redis"),
+            "cache",
+            [("redis", REDIS_PORT, REDIS_PORT)],
+            headless=True,
+        ),
+    ]
+    if p.sentinel:
+        sentinel: Obj = {
+            "name": "sentinel",
+            "image": p.spec.cache.image,
+            "command": ["/bin/sh", f"{SCRIPTS_DIR}/sentinel.sh"],
+            "env": [
+                {"name": "PRIMARY_HOST", "value": primary},
+                _secret_env(p, "REDIS_PASSWORD", "redis-password"),
+            ],
+            "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
+            "readinessProbe": {"tcpSocket": {"port": SENTINEL_PORT}},
+            "volumeMounts": [_scripts_mount()],
+        }
+        pod: Obj = {
+            "containers": [sentinel],
+            "volumes": [_scripts_volume(p)],
+            "topologySpreadConstraints": _spread(p, "cache-sentinel"),
+        }
+        objs += [
+            _deployment(p, owner, "redis-sentinel", "cache-sentinel", 3, pod),
+            _service(
+                p,
+                owner,
+                child(p.name, "redis-sentinel"),
+                "cache-sentinel",
+                [("sentinel", SENTINEL_PORT, SENTINEL_PORT)],
+            ),
+            _pdb(p, owner, "redis", "cache"),
+            _pdb(p, owner, "redis-sentinel", "cache-sentinel"),
+        ]
+    return objs
+
+
+def _queue(p: plan.Plan, owner: Owner) -> list[Obj]:
+    if not p.queue:
+        return []
+    container: Obj = {
+        "name": "rabbitmq",
+        "image": p.spec.queue.image,
+        "env": [
+            {"name": "RABBITMQ_DEFAULT_USER", "value": "z2m"},
+            _secret_env(p, "RABBITMQ_DEFAULT_PASS", "queue-password"),
+        ],
+        "ports": [
+            {"name": "amqp", "containerPort": AMQP_PORT},
+            {"name": "management", "containerPort": AMQP_MANAGEMENT_PORT},
+        ],
+        "readinessProbe": {"tcpSocket": {"port": AMQP_PORT}, "periodSeconds": 10},
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/var/lib/rabbitmq"},
+            {
+                "name": "z2m-scripts",
+                "mountPath": "/etc/rabbitmq/conf.d/20-z2m.conf",
+                "subPath": "rabbitmq.conf",
+                "readOnly": True,
+            },
+        ],
+    }
+    objs = [
+        _statefulset(p, owner, "queue", "queue", 1, [container], p.spec.queue.storage, run_as=999),
+        _service(
+            p,
+            owner,
+            child(p.name, "queue"),
+            "queue",
+            [("amqp", AMQP_PORT, AMQP_PORT), ("management", AMQP_MANAGEMENT_PORT, 15672)],
+        ),
+    ]
+    if p.workers:
+        pod: Obj = {
+            "containers": [_app_container(p, "worker")],
+            "topologySpreadConstraints": _spread(p, "worker"),
+            # A worker gets time to finish and ack its job before it is killed.
+            "terminationGracePeriodSeconds": 120,
+        }
+        workers = None if p.worker_autoscaling else p.workers
+        objs.append(_deployment(p, owner, "worker", "worker", workers, pod))
+        if p.worker_autoscaling is not None:
+            objs.append(_hpa(p, owner, "worker", p.worker_autoscaling))
+    return objs
+
+
+def monitoring_files(p: plan.Plan) -> dict[str, str]:
+    """Prometheus scrape config, alert rules and a Grafana dashboard for the stage."""
+    app = child(p.name, "app")
+    scrape = {
+        "scrape_configs": [
+            {
+                "job_name": f"z2m-{p.name}",
+                "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [p.namespace]}}],
+                "relabel_configs": [
+                    {
+                        "source_labels": [f"__meta_kubernetes_pod_label_{k}"],
+                        "regex": v,
+                        "action": "keep",
+                    }
+                    for k, v in (
+                        ("app_kubernetes_io_part_of", p.name),
+                        ("app_kubernetes_io_component", "app|worker"),
+                    )
+                ],
+            }
+        ]
+    }
+    sel = f'namespace="{p.namespace}",pod=~"{app}-.*"'
+    rules = {
+        "groups": [
+            {
+                "name": f"z2m-{p.name}",
+                "rules": [
+                    {
+                        "alert": "Z2MHighLatency",
+                        "expr": "histogram_quantile(0.95, sum by (le) (rate("
+                        f"app_http_request_duration_seconds_bucket{{{sel}}}[5m]))) > 0.5",
+                        "for": "10m",
+                        "labels": {"severity": "warning"},
+                        "annotations": {"summary": f"{p.name}: p95 latency above 500 ms"},
+                    },
+                    {
+                        "alert": "Z2MHighErrorRate",
+                        "expr": f'sum(rate(app_http_requests_total{{{sel},status=~"5.."}}[5m])) / '
+                        f"sum(rate(app_http_requests_total{{{sel}}}[5m])) > 0.05",
+                        "for": "5m",
+                        "labels": {"severity": "page"},
+                        "annotations": {"summary": f"{p.name}: more than 5% of requests fail"},
+                    },
+                    {
+                        "alert": "Z2MQueueBacklog",
+                        "expr": f'max(app_queue_depth{{namespace="{p.namespace}"}}) > 1000',
+                        "for": "15m",
+                        "labels": {"severity": "warning"},
+                        "annotations": {"summary": f"{p.name}: job queue is backing up"},
+                    },
+                ],
+            }
+        ]
+    }
+    dashboard = {
+        "title": f"z2m {p.namespace}/{p.name}",
+        "panels": [
+            {"title": title, "type": "timeseries", "targets": [{"expr": expr}]}
+            for title, expr in (
+                ("Requests/s", f"sum(rate(app_http_requests_total{{{sel}}}[1m]))"),
+                (
+                    "p95 latency",
+                    "histogram_quantile(0.95, sum by (le) (rate("
+                    f"app_http_request_duration_seconds_bucket{{{sel}}}[5m])))",
+                ),
+                ("DB queries/s", "sum by (target) (rate(app_db_queries_total[1m]))"),
+                ("Cache hits", "sum by (result) (rate(app_cache_requests_total[1m]))"),
+                ("Queue depth", "max(app_queue_depth)"),
+            )
+        ],
+    }
+    return {
+        "prometheus.yml": json.dumps(scrape, indent=2),
+        "alerts.yml": json.dumps(rules, indent=2),
+        "dashboard.json": json.dumps(dashboard, indent=2),
+    }
+
+
+def _monitoring(p: plan.Plan, owner: Owner) -> list[Obj]:
+    if not p.monitoring:
+        return []
+    meta = _meta(p, owner, child(p.name, "monitoring"), "monitoring")
+    meta["labels"]["grafana_dashboard"] = "1"
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": monitoring_files(p)}
+    ]
+
+
+def build(p: plan.Plan, owner: Owner) -> list[Obj]:
+    """Every object of the plan's stage, in the order they should be applied."""
+    objs: list[Obj] = [_scripts(p, owner)]
+    if p.colocated_database:
+        objs.append(_stage1_pvc(p))
+    else:
+        objs += _database(p, owner)
+    objs += _read_replicas(p, owner)
+    objs += _app(p, owner)
+    objs += _edge(p, owner)
+    objs += _redis(p, owner)
+    objs += _queue(p, owner)
+    objs += _monitoring(p, owner)
+    return sorted(objs, key=lambda o: KIND_ORDER.index(o["kind"]))
+
+
+def key(obj: Obj) -> tuple[str, str, str]:
+    """Identity of an object within its namespace: (apiVersion, kind, name)."""
+    return obj["apiVersion"], obj["kind"], obj["metadata"]["name"]

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Entry point of a z2m Redis pod. Ordinal 0 starts as the primary; the others
+# replicate from it. Sentinel may later promote another pod; a restarted pod
+# asks Sentinel for the current primary first, so it never splits the brain.
+# Needs: POD_NAME (…-N), PRIMARY_HOST, REDIS_PASSWORD; optional SENTINEL_HOST,
+# REDIS_PORT (6379), REDIS_DIR (/data). Extra arguments go to redis-server.
+set -eu
+: "${REDIS_PORT:=6379}" "${REDIS_DIR:=/data}"
+ordinal="${POD_NAME##*-}"
+primary="$PRIMARY_HOST"
+primary_port="$REDIS_PORT"
+if [ -n "${SENTINEL_HOST:-}" ]; then
+  found=$(redis-cli -h "$SENTINEL_HOST" -p "${SENTINEL_PORT:-26379}" --raw \
+    SENTINEL get-master-addr-by-name z2m 2>/dev/null || true)
+  if [ -n "$found" ]; then
+    primary=$(echo "$found" | sed -n 1p)
+    primary_port=$(echo "$found" | sed -n 2p)
+  fi
+fi
+set -- --port "$REDIS_PORT" --dir "$REDIS_DIR" --appendonly yes \
+  --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD" "$@"
+if [ "$ordinal" != "0" ] || [ "$primary" != "$PRIMARY_HOST" ]; then
+  set -- "$@" --replicaof "$primary" "$primary_port"
+fi
+exec redis-server "$@"

@@ -1,0 +1,161 @@
+"""Resolve a ScalingStage spec against the stage catalog into the plan in effect.
+
+A plan is the stage's defaults with the user's overrides laid on top. It is
+pure: the only fact about the world it takes is whether CloudNativePG is
+installed, and the caller passes that in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from z2m import api, catalog
+
+Failover = Literal["none", "cloudnativepg", "unavailable"]
+
+
+class PlanError(ValueError):
+    """The spec asks for something no plan can satisfy."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the operator converges one ScalingStage to."""
+
+    name: str
+    namespace: str
+    spec: api.ScalingStageSpec
+    stage: catalog.Stage
+    app_replicas: int | None
+    """None when the HPA or another autoscaler owns the replica count."""
+    app_autoscaling: catalog.Autoscaling | None
+    colocated_database: bool
+    read_replicas: int
+    edge_cache: bool
+    redis: bool
+    redis_replicas: int
+    queue: bool
+    workers: int
+    worker_autoscaling: catalog.Autoscaling | None
+    failover: Failover
+    monitoring: bool
+    draining_queue: bool = False
+    """The queue and workers stay only to drain: the app no longer publishes to it."""
+
+    @property
+    def database(self) -> bool:
+        """A separate database StatefulSet (or CloudNativePG cluster) exists."""
+        return not self.colocated_database
+
+    @property
+    def sentinel(self) -> bool:
+        """Redis replicas are watched by Sentinel, which fails the primary over."""
+        return self.redis and self.redis_replicas > 0
+
+    def status(self) -> api.PlanStatus:
+        """The plan as shown in the ScalingStage's status."""
+        scaling = self.app_autoscaling
+        return api.PlanStatus(
+            app_replicas=self.app_replicas,
+            autoscaling=(
+                f"{scaling.min_replicas}-{scaling.max_replicas} at {scaling.cpu_percent}% CPU"
+                if scaling
+                else None
+            ),
+            read_replicas=self.read_replicas,
+            redis=self.redis,
+            redis_replicas=self.redis_replicas,
+            queue=self.queue,
+            workers=self.workers,
+            edge_cache=self.edge_cache,
+            database_failover=self.failover,
+            monitoring=self.monitoring,
+        )
+
+
+def resolve(
+    spec: api.ScalingStageSpec,
+    *,
+    name: str,
+    namespace: str,
+    cloudnativepg: bool = False,
+) -> Plan:
+    """Lay the spec's overrides over its stage's defaults.
+
+    The CRD's CEL rules refuse contradictions at admission; the same checks are
+    repeated here so that `z2m render` and unit tests give the same answer
+    without an apiserver.
+    """
+    entry = catalog.stage(spec.stage)
+    if not entry.implemented:
+        raise PlanError(
+            f"stage {entry.number} ({entry.title}) is not implemented yet; "
+            f"the highest stage z2m builds is {catalog.MAX_IMPLEMENTED}"
+        )
+    o = spec.overrides
+    colocated = entry.colocated_database
+    if colocated and (o.app_replicas or 1) > 1:
+        raise PlanError("stage 1 keeps the database inside the app pod: one app replica only")
+    if colocated and (o.read_replicas or 0) > 0:
+        raise PlanError("stage 1 has no separate database to replicate")
+    if colocated and o.autoscaling is not None:
+        raise PlanError("stage 1 cannot autoscale: its pod holds the database")
+    if o.autoscaling is not None and o.app_replicas is not None:
+        raise PlanError("set either overrides.appReplicas or overrides.autoscaling, not both")
+
+    autoscaling = entry.app_autoscaling
+    if o.autoscaling is not None:
+        autoscaling = catalog.Autoscaling(
+            o.autoscaling.min_replicas, o.autoscaling.max_replicas, o.autoscaling.target_cpu_percent
+        )
+    if o.app_replicas is not None:
+        autoscaling = None
+    if autoscaling is not None and autoscaling.min_replicas > autoscaling.max_replicas:
+        raise PlanError("autoscaling.minReplicas must not be above autoscaling.maxReplicas")
+
+    app_replicas: int | None = o.app_replicas or entry.app_replicas
+    if autoscaling is not None or o.replicas_managed_externally:
+        app_replicas = None
+
+    queue = entry.queue if o.queue is None else o.queue
+    workers = entry.workers if o.workers is None else o.workers
+    if workers and not queue:
+        raise PlanError("workers need the queue: set overrides.queue or use stage 4 or higher")
+    if not queue:
+        workers = 0
+
+    redis = entry.redis if o.redis is None else o.redis
+    failover: Failover = "none"
+    if entry.database_failover:
+        failover = "cloudnativepg" if cloudnativepg else "unavailable"
+
+    return Plan(
+        name=name,
+        namespace=namespace,
+        spec=spec,
+        stage=entry,
+        app_replicas=app_replicas,
+        app_autoscaling=autoscaling,
+        colocated_database=colocated,
+        read_replicas=entry.read_replicas if o.read_replicas is None else o.read_replicas,
+        edge_cache=entry.edge_cache if o.edge_cache is None else o.edge_cache,
+        redis=redis,
+        redis_replicas=entry.redis_replicas if redis else 0,
+        queue=queue,
+        workers=workers,
+        worker_autoscaling=entry.worker_autoscaling if queue and workers else None,
+        failover=failover,
+        monitoring=entry.monitoring,
+    )
+
+
+def keep_queue(plan: Plan, workers: int) -> Plan:
+    """The plan, but with the queue and `workers` workers kept so the queue can drain.
+
+    The app stops publishing (it is built from the original plan's wiring by
+    the caller), while workers keep consuming until the queue is empty.
+    """
+    return replace(
+        plan, queue=True, workers=max(workers, 1), worker_autoscaling=None, draining_queue=True
+    )

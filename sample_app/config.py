@@ -1,0 +1,150 @@
+"""Environment contract: parse ``os.environ`` into a frozen :class:`Config`.
+
+Pure code, no I/O.  A variable that is unset or empty switches its feature
+off; a variable that is set but malformed raises :class:`ConfigError`, whose
+message names the variable and never echoes secrets (URLs may hold passwords).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import SplitResult, urlsplit
+
+Role = Literal["web", "worker"]
+
+DEFAULT_PORT = 8080
+MIN_SECRET_KEY_LENGTH = 16
+
+_POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_AMQP_SCHEMES = frozenset({"amqp", "amqps"})
+
+
+class ConfigError(ValueError):
+    """A set environment variable has a value the app can't use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        """Remember which variable is wrong and why."""
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the app reads from the environment, validated."""
+
+    role: Role = "web"
+    port: int = DEFAULT_PORT
+    database_url: str | None = None
+    replica_urls: tuple[str, ...] = ()
+    redis_url: str | None = None
+    broker_url: str | None = None
+    secret_key: str | None = None
+
+    @property
+    def stage_features(self) -> list[str]:
+        """Names of the optional features that are on, for the start-up log line."""
+        features = []
+        if self.database_url:
+            features.append("database")
+        if self.replica_urls:
+            features.append(f"replicas={len(self.replica_urls)}")
+        if self.redis_url:
+            features.append("cache")
+        if self.broker_url:
+            features.append("queue")
+        if self.secret_key:
+            features.append("secret_key")
+        return features
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    # Kubernetes renders an absent optional value as "", so empty means unset.
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _check_url(variable: str, value: str, schemes: frozenset[str]) -> SplitResult:
+    wanted = " or ".join(f"{s}://" for s in sorted(schemes))
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise ConfigError(variable, f"not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        shown = f"{parts.scheme!r}" if parts.scheme else "none"
+        raise ConfigError(variable, f"must be a {wanted} URL (scheme is {shown})")
+    return parts
+
+
+def _check_postgres_url(variable: str, value: str) -> str:
+    parts = _check_url(variable, value, _POSTGRES_SCHEMES)
+    if not parts.path.strip("/") and not parts.netloc:
+        raise ConfigError(variable, "needs a host or a database name")
+    return value
+
+
+def parse_port(value: str | None) -> int:
+    """Parse ``PORT``: an integer in 1..65535, default 8080."""
+    if value is None:
+        return DEFAULT_PORT
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise ConfigError("PORT", f"must be an integer from 1 to 65535, got {value!r}")
+    return int(value)
+
+
+def parse_role(value: str | None) -> Role:
+    """Parse ``ROLE``: ``web`` (default) or ``worker``."""
+    if value is None or value == "web":
+        return "web"
+    if value == "worker":
+        return "worker"
+    raise ConfigError("ROLE", f"must be 'web' or 'worker', got {value!r}")
+
+
+def parse_replica_urls(value: str | None) -> tuple[str, ...]:
+    """Parse ``DATABASE_REPLICA_URLS``: comma-separated PostgreSQL URLs."""
+    if value is None:
+        return ()
+    urls = tuple(item.strip() for item in value.split(",") if item.strip())
+    for index, url in enumerate(urls):
+        try:
+            _check_postgres_url("DATABASE_REPLICA_URLS", url)
+        except ConfigError as exc:
+            problem = str(exc).removeprefix("DATABASE_REPLICA_URLS: ")
+            raise ConfigError("DATABASE_REPLICA_URLS", f"entry {index + 1}: {problem}") from None
+    return urls
+
+
+def parse_env(env: Mapping[str, str]) -> Config:
+    """Build a :class:`Config` from an environment mapping or raise :class:`ConfigError`."""
+    database_url = _get(env, "DATABASE_URL")
+    if database_url is not None:
+        _check_postgres_url("DATABASE_URL", database_url)
+    replica_urls = parse_replica_urls(_get(env, "DATABASE_REPLICA_URLS"))
+    if replica_urls and database_url is None:
+        # Replicas only serve reads; without a primary nothing could write, so
+        # this is a deployment mistake rather than a feature switched off.
+        raise ConfigError("DATABASE_REPLICA_URLS", "is set but DATABASE_URL is not")
+    redis_url = _get(env, "REDIS_URL")
+    if redis_url is not None:
+        _check_url("REDIS_URL", redis_url, _REDIS_SCHEMES)
+    broker_url = _get(env, "BROKER_URL")
+    if broker_url is not None:
+        _check_url("BROKER_URL", broker_url, _AMQP_SCHEMES)
+    secret_key = _get(env, "SECRET_KEY")
+    if secret_key is not None and len(secret_key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(
+            "SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters long"
+        )
+    return Config(
+        role=parse_role(_get(env, "ROLE")),
+        port=parse_port(_get(env, "PORT")),
+        database_url=database_url,
+        replica_urls=replica_urls,
+        redis_url=redis_url,
+        broker_url=broker_url,
+        secret_key=secret_key,
+    )

@@ -1,0 +1,416 @@
+"""Launchers for the real backing services the tests run against.
+
+Each launcher is a context manager that starts the Debian-packaged program on
+127.0.0.1, on a free port, with all its state in a temporary directory, and
+tears it down on exit.  The yielded object has a URL/DSN plus ``stop()`` and
+``start()`` so a test can take a service away and bring it back on the same
+port with the same data.
+
+PostgreSQL refuses to run as root, so when the tests run as root the server
+runs as an unprivileged system user (``z2m-test``, created on first use, or
+``nobody`` if it can't be created).  Its data lives in a directory under the
+system temp dir rather than under ``tmp`` because pytest's temp root is
+private (mode 0700) and the unprivileged user could not reach it.
+
+Nothing here mocks anything: these are the real servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+UNPRIVILEGED_USER = "z2m-test"
+REPLICATION_USER = "replicator"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: object, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Call ``check()`` until it returns truthy or ``timeout`` seconds pass."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # the service is still coming up
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last_error!r})")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _unprivileged_user() -> str | None:
+    """Return the user PostgreSQL should run as, or None to run as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(UNPRIVILEGED_USER)
+        return UNPRIVILEGED_USER
+    except KeyError:
+        pass
+    created = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+         UNPRIVILEGED_USER],
+        capture_output=True,
+        check=False,
+    )
+    if created.returncode == 0 or _user_exists(UNPRIVILEGED_USER):
+        return UNPRIVILEGED_USER
+    return "nobody"
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _as_user(user: str | None, argv: list[str]) -> list[str]:
+    return argv if user is None else ["runuser", "-u", user, "--", *argv]
+
+
+def _private_dir(tmp: Path, name: str, user: str | None) -> Path:
+    """Make a directory ``user`` owns and can reach (see the module docstring)."""
+    if user is None:
+        path = tmp / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path = Path(tempfile.mkdtemp(prefix=f"z2m-{name}-"))
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+@dataclass
+class Postgres:
+    """A running PostgreSQL server (primary or streaming replica)."""
+
+    root: Path
+    port: int
+    user: str | None
+    is_replica: bool = False
+    primary: Postgres | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory."""
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server logs go."""
+        return self.root / "server.log"
+
+    @property
+    def dsn(self) -> str:
+        """A libpq URL for the superuser on the ``postgres`` database."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, dbname: str) -> str:
+        """A libpq URL for the superuser on ``dbname``."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _pg_ctl(self, *args: str) -> None:
+        argv = [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), *args]
+        subprocess.run(_as_user(self.user, argv), check=True, capture_output=True, timeout=90)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._pg_ctl("-l", str(self.log_file), "-w", "-t", "60", "start")
+        wait_for(self._accepts, 30, f"postgres on {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: sessions are disconnected)."""
+        self._pg_ctl("-m", "fast", "-w", "-t", "60", "stop")
+
+    def _accepts(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.dsn, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+        return True
+
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple[object, ...]]:
+        """Run one statement in autocommit mode and return its rows (if any)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn_for(dbname), autocommit=True, connect_timeout=5) as conn:
+            cur = conn.execute(sql.encode())
+            return list(cur.fetchall()) if cur.description else []
+
+    def create_database(self, name: str) -> None:
+        """Create a database (on a replica's primary, it appears on the replica too)."""
+        self.execute(f'CREATE DATABASE "{name}"')
+
+    def wait_replayed(self, timeout: float = 20.0) -> None:
+        """On a replica: wait until everything the primary has written is replayed."""
+        assert self.primary is not None, "only a replica replays"
+        target = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+
+        def caught_up() -> bool:
+            rows = self.execute(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")
+            return bool(rows[0][0])
+
+        wait_for(caught_up, timeout, f"replica on {self.port} replaying {target}")
+
+
+def _write_conf(data_dir: Path, port: int, extra: str = "") -> None:
+    settings = f"""
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{data_dir}'
+max_connections = 300
+wal_level = replica
+max_wal_senders = 10
+hot_standby = on
+fsync = off
+full_page_writes = off
+synchronous_commit = off
+{extra}
+"""
+    # Later settings win, so appending overrides whatever initdb or the base
+    # backup copied in.
+    with (data_dir / "postgresql.conf").open("a") as conf:
+        conf.write(settings)
+
+
+@contextlib.contextmanager
+def postgres_primary(tmp: Path) -> Iterator[Postgres]:
+    """Run a PostgreSQL primary with streaming replication enabled.
+
+    Trust auth on 127.0.0.1 for every user, plus a ``replicator`` role allowed
+    to connect for replication, so :func:`postgres_replica` can clone it.
+    """
+    user = _unprivileged_user()
+    root = _private_dir(tmp, "pg-primary", user)
+    server = Postgres(root=root, port=free_port(), user=user)
+    try:
+        initdb = [str(PG_BIN / "initdb"), "-D", str(server.data_dir), "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"]
+        subprocess.run(_as_user(user, initdb), check=True, capture_output=True, timeout=120)
+        _write_conf(server.data_dir, server.port)
+        (server.data_dir / "pg_hba.conf").write_text(
+            "host all all 127.0.0.1/32 trust\n"
+            f"host replication {REPLICATION_USER} 127.0.0.1/32 trust\n"
+        )
+        server.start()
+        server.execute(f"CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN")
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_replica(primary: Postgres, tmp: Path) -> Iterator[Postgres]:
+    """Run a hot-standby streaming replica of ``primary`` (real pg_basebackup -R)."""
+    user = primary.user
+    root = _private_dir(tmp, "pg-replica", user)
+    server = Postgres(root=root, port=free_port(), user=user, is_replica=True, primary=primary)
+    try:
+        basebackup = [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
+                      "-U", REPLICATION_USER, "-D", str(server.data_dir), "-R", "-X", "stream",
+                      "--no-sync", "-c", "fast"]
+        subprocess.run(_as_user(user, basebackup), check=True, capture_output=True, timeout=120)
+        _write_conf(server.data_dir, server.port)
+        server.start()
+        wait_for(
+            lambda: server.execute("SELECT status FROM pg_stat_wal_receiver")[0][0] == "streaming",
+            30,
+            "replica streaming",
+        )
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@dataclass
+class Redis:
+    """A running redis-server with persistence off."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait for PONG."""
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.root),
+                "--logfile", str(self.root / "redis.log")]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, 20, f"redis on {self.port}")
+
+    def ping(self) -> bool:
+        """True if the server answers PING."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        """Kill the server and wait for it to exit (the port is freed)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[Redis]:
+    """Run a throwaway redis-server on a free port."""
+    root = tmp / f"redis-{free_port()}"
+    root.mkdir(parents=True)
+    server = Redis(root=root, port=free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+@dataclass
+class RabbitMQ:
+    """A running single RabbitMQ node, isolated from any system-wide one."""
+
+    root: Path
+    port: int
+    dist_port: int
+    epmd_port: int
+    nodename: str
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The amqp:// URL (guest may log in over loopback)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        """Start the node and wait until it speaks AMQP (takes ~5-15 s)."""
+        log = (self.root / "startup.log").open("ab")
+        # A new session so stop() can signal the whole tree the script spawns.
+        self.process = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=self.env,
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_for(self._speaks_amqp, 90, f"rabbitmq on {self.port}", interval=0.3)
+
+    def _speaks_amqp(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"rabbitmq exited with {self.process.returncode}")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            # Frame type 1 (method) carrying connection.start means the broker
+            # finished booting, not just that the listener is bound.
+            return sock.recv(1) == b"\x01"
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM is a clean shutdown for the Erlang VM)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+        wait_for(lambda: not _port_open(self.port), 15, "rabbitmq port released")
+
+
+@contextlib.contextmanager
+def rabbitmq(tmp: Path) -> Iterator[RabbitMQ]:
+    """Run a private RabbitMQ node with its own epmd, ports, cookie and data."""
+    port = free_port()
+    root = tmp / f"rabbitmq-{port}"
+    root.mkdir(parents=True)
+    (root / "enabled_plugins").write_text("[].\n")
+    (root / "rabbitmq.conf").write_text("disk_free_limit.absolute = 1MB\n")
+    (root / "rabbitmq-env.conf").write_text("")
+    node = RabbitMQ(
+        root=root,
+        port=port,
+        dist_port=free_port(),
+        epmd_port=free_port(),
+        nodename=f"z2m{port}@localhost",
+    )
+    node.env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root),  # the Erlang cookie is created here
+        "LANG": "C.UTF-8",
+        "RABBITMQ_NODENAME": node.nodename,
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(node.dist_port),
+        "ERL_EPMD_PORT": str(node.epmd_port),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_MNESIA_BASE": str(root / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(root / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+        "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
+    }
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        # The node started a private epmd on its own port; stop that one only.
+        subprocess.run(
+            ["epmd", "-port", str(node.epmd_port), "-kill"],
+            env=node.env,
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
