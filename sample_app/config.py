@@ -136,9 +136,7 @@ def parse_env(env: Mapping[str, str]) -> Config:
         _check_url("BROKER_URL", broker_url, _AMQP_SCHEMES)
     secret_key = _get(env, "SECRET_KEY")
     if secret_key is not None and len(secret_key) < MIN_SECRET_KEY_LENGTH:
-        raise ConfigError(
-            "SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters long"
-        )
+        raise ConfigError("SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters long")
     return Config(
         role=parse_role(_get(env, "ROLE")),
         port=parse_port(_get(env, "PORT")),

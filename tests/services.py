@@ -24,11 +24,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -77,8 +82,14 @@ def _unprivileged_user() -> str | None:
     except KeyError:
         pass
     created = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         UNPRIVILEGED_USER],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            UNPRIVILEGED_USER,
+        ],
         capture_output=True,
         check=False,
     )
@@ -160,7 +171,7 @@ class Postgres:
             conn.execute("SELECT 1")
         return True
 
-    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple[object, ...]]:
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
         """Run one statement in autocommit mode and return its rows (if any)."""
         import psycopg
 
@@ -182,6 +193,30 @@ class Postgres:
             return bool(rows[0][0])
 
         wait_for(caught_up, timeout, f"replica on {self.port} replaying {target}")
+
+
+@dataclass(frozen=True)
+class ScratchDatabase:
+    """A uniquely named database on a server, for one test."""
+
+    name: str
+    primary: Postgres
+
+    @classmethod
+    def create(cls, primary: Postgres) -> ScratchDatabase:
+        """Create a new empty database on ``primary``."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        primary.create_database(name)
+        return cls(name=name, primary=primary)
+
+    @property
+    def url(self) -> str:
+        """Its libpq URL (superuser)."""
+        return self.primary.dsn_for(self.name)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run one statement on the primary and return its rows."""
+        return self.primary.execute(sql, self.name)
 
 
 def _write_conf(data_dir: Path, port: int, extra: str = "") -> None:
@@ -215,8 +250,18 @@ def postgres_primary(tmp: Path) -> Iterator[Postgres]:
     root = _private_dir(tmp, "pg-primary", user)
     server = Postgres(root=root, port=free_port(), user=user)
     try:
-        initdb = [str(PG_BIN / "initdb"), "-D", str(server.data_dir), "-U", "postgres",
-                  "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"]
+        initdb = [
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(server.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ]
         subprocess.run(_as_user(user, initdb), check=True, capture_output=True, timeout=120)
         _write_conf(server.data_dir, server.port)
         (server.data_dir / "pg_hba.conf").write_text(
@@ -239,9 +284,23 @@ def postgres_replica(primary: Postgres, tmp: Path) -> Iterator[Postgres]:
     root = _private_dir(tmp, "pg-replica", user)
     server = Postgres(root=root, port=free_port(), user=user, is_replica=True, primary=primary)
     try:
-        basebackup = [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
-                      "-U", REPLICATION_USER, "-D", str(server.data_dir), "-R", "-X", "stream",
-                      "--no-sync", "-c", "fast"]
+        basebackup = [
+            str(PG_BIN / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            REPLICATION_USER,
+            "-D",
+            str(server.data_dir),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+            "-c",
+            "fast",
+        ]
         subprocess.run(_as_user(user, basebackup), check=True, capture_output=True, timeout=120)
         _write_conf(server.data_dir, server.port)
         server.start()
@@ -275,9 +334,21 @@ class Redis:
 
     def start(self) -> None:
         """Start the server and wait for PONG."""
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.root),
-                "--logfile", str(self.root / "redis.log")]
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.root),
+            "--logfile",
+            str(self.root / "redis.log"),
+        ]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ping, 20, f"redis on {self.port}")
 
@@ -414,3 +485,96 @@ def rabbitmq(tmp: Path) -> Iterator[RabbitMQ]:
             check=False,
             timeout=10,
         )
+
+
+# --------------------------------------------------------------------------- the sample app
+
+APP_VARIABLES = (
+    "DATABASE_URL",
+    "DATABASE_REPLICA_URLS",
+    "REDIS_URL",
+    "BROKER_URL",
+    "ROLE",
+    "PORT",
+    "SECRET_KEY",
+)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_env(**variables: str) -> dict[str, str]:
+    """The current environment minus the app's own variables, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if k not in APP_VARIABLES}
+    env.update(variables)
+    return env
+
+
+@dataclass
+class SampleApp:
+    """A running ``python -m sample_app`` process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """Base URL of the app."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> httpx.Client:
+        """A new HTTP client (own cookie jar) for this app."""
+        return httpx.Client(base_url=self.url, timeout=10)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` and wait for the process to exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def sample_app(tmp: Path, ready: str = "/readyz", **variables: str) -> Iterator[SampleApp]:
+    """Run ``python -m sample_app`` with ``variables`` (PORT is picked unless given).
+
+    Returns once ``ready`` answers 200; stops the process (SIGTERM) on exit.
+    """
+    port = int(variables.pop("PORT", 0)) or free_port()
+    log = tmp / f"sample-app-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sample_app"],
+            env=app_env(PORT=str(port), **variables),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    app = SampleApp(process=process, port=port, log=log)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"app exited {process.returncode}:\n{app.output()}")
+        return httpx.get(f"{app.url}{ready}", timeout=2).status_code == 200
+
+    try:
+        wait_for(answers, 30, f"sample app on {port}")
+        yield app
+    finally:
+        with contextlib.suppress(Exception):
+            app.kill(signal.SIGTERM)
+        app.kill(signal.SIGKILL)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build the local control plane's binaries from the Go modules pinned under
+# hack/tools/ into a cache outside the repo, keyed by those pins. A second run
+# with the same pins does nothing. Prints the binary directory on stdout.
+#
+#   hack/build-binaries.sh            # build what is missing, print the dir
+#   Z2M_CACHE=/some/dir hack/...      # cache root (default ~/.cache/z2m)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+tools="$here/tools"
+k8s_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/k8s/go.mod")
+key=$(cat "$0" "$tools"/*/go.mod "$tools"/*/go.sum | sha256sum | cut -c1-16)
+cache="${Z2M_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/z2m}"
+bin="$cache/bin-$key"
+
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+
+name() { # the binary go build makes of a package: its last element, a /vN suffix dropped
+  local base=${1##*/}
+  [[ $base =~ ^v[0-9]+$ ]] && { base=${1%/*}; base=${base##*/}; }
+  echo "$base"
+}
+
+build() { # build <module dir> <ldflags> <package>...
+  local dir=$1 ldflags=$2
+  shift 2
+  local missing=()
+  for pkg in "$@"; do [ -x "$bin/$(name "$pkg")" ] || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "z2m: building ${missing[*]##*/} from hack/tools/$(basename "$dir")" >&2
+  local start=$SECONDS
+  (cd "$dir" && go build -trimpath -pgo=off -ldflags "-s -w $ldflags" -o "$bin.partial/" "${missing[@]}")
+  echo "z2m: built in $((SECONDS - start)) s" >&2
+  for pkg in "${missing[@]}"; do mv "$bin.partial/$(name "$pkg")" "$bin/"; done
+}
+
+mkdir -p "$bin" "$bin.partial"
+minor=${k8s_version#v1.}
+minor=${minor%%.*}
+k8s_ldflags=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+build "$tools/k8s" "$k8s_ldflags" \
+  k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubectl
+[ -x "$bin/etcd" ] || { build "$tools/etcd" "" go.etcd.io/etcd/server/v3 && mv "$bin/server" "$bin/etcd"; }
+build "$tools/kwok" "" sigs.k8s.io/kwok/cmd/kwok
+build "$tools/metrics-server" "" sigs.k8s.io/metrics-server/cmd/metrics-server
+build "$tools/helm" "" helm.sh/helm/v3/cmd/helm
+rmdir "$bin.partial" 2>/dev/null || true
+
+# KWOK's stage configs (pods Ready, node heartbeats, simulated CPU usage) ship in its module.
+kwok_dir=$(cd "$tools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+mkdir -p "$bin/kwok-stages"
+for part in stage/node/fast stage/node/heartbeat-with-lease stage/pod/fast stage/volume/fast \
+  metrics/usage metrics/resource; do
+  for f in "$kwok_dir/kustomize/$part"/*.yaml; do
+    [ "$(basename "$f")" = kustomization.yaml ] || cp -f "$f" "$bin/kwok-stages/"
+  done
+done
+chmod -R u+w "$bin/kwok-stages"
+echo "$bin"

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The local control plane: real etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and metrics-server built from source, with KWOK faking the
+# nodes (and their pods' readiness, volumes and CPU usage).
+#
+#   hack/cluster.sh up     start it; writes $Z2M_CLUSTER_DIR/kubeconfig
+#   hack/cluster.sh down   stop every process it started
+#
+# Z2M_CLUSTER_DIR (default .cluster) holds its state; Z2M_CLUSTER_NAME names it.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+state=${Z2M_CLUSTER_DIR:-$root/.cluster}
+name=${Z2M_CLUSTER_NAME:-z2m}
+nodes=${Z2M_NODES:-3}
+export KWOK_WORKDIR="$state/kwok"
+kubeconfig="$state/kubeconfig"
+
+up() {
+  local bin
+  bin=$("$root/hack/build-binaries.sh")
+  mkdir -p "$state"
+  if [ -f "$kubeconfig" ] && "$bin/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+    echo "z2m: cluster $name already up ($kubeconfig)" >&2
+    return 0
+  fi
+  local start=$SECONDS
+  # KWOK's stages: node heartbeats, pods to Running/Ready, PVCs bound, simulated CPU usage.
+  local config="$state/kwok-config.yaml"
+  : >"$config"
+  for f in "$bin"/kwok-stages/*.yaml; do
+    { cat "$f"; printf '\n---\n'; } >>"$config"
+  done
+  "$bin/kwokctl" --name "$name" delete cluster --kubeconfig "$kubeconfig" >/dev/null 2>&1 || true
+  "$bin/kwokctl" --name "$name" -c "$config" create cluster \
+    --runtime binary \
+    --kubeconfig "$kubeconfig" \
+    --etcd-binary "$bin/etcd" \
+    --kube-apiserver-binary "$bin/kube-apiserver" \
+    --kube-controller-manager-binary "$bin/kube-controller-manager" \
+    --kube-scheduler-binary "$bin/kube-scheduler" \
+    --kwok-controller-binary "$bin/kwok" \
+    --metrics-server-binary "$bin/metrics-server" \
+    --enable metrics-server \
+    --extra-args "kube-apiserver=advertise-address=127.0.0.1" \
+    --wait 120s >&2
+
+  local kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
+  for i in $(seq 0 $((nodes - 1))); do
+    local zone="zone-$((i % 3))"
+    "${kubectl[@]}" apply --server-side -f - >/dev/null <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: kwok-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    kubernetes.io/role: agent
+    type: kwok
+    topology.kubernetes.io/zone: $zone
+    topology.kubernetes.io/region: local
+spec: {}
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+NODE
+  done
+  "${kubectl[@]}" apply --server-side -f "$bin/kwok-stages/storage-class.yaml" >/dev/null
+  "${kubectl[@]}" wait --for=condition=Ready node --all --timeout=60s >/dev/null
+  echo "z2m: cluster $name up in $((SECONDS - start)) s; kubeconfig: $kubeconfig" >&2
+}
+
+down() {
+  local bin
+  bin=$("$root/hack/build-binaries.sh")
+  if [ -d "$KWOK_WORKDIR" ]; then
+    "$bin/kwokctl" --name "$name" delete cluster --kubeconfig "$kubeconfig" >&2 || true
+  fi
+  rm -f "$kubeconfig"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

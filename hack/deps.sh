@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the demo start on loopback, if any
+# is missing: PostgreSQL, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus,
+# envsubst and openssl. Runs apt-get only when something is missing.
+set -euo pipefail
+declare -A want=(
+  [/usr/lib/postgresql]=postgresql
+  [/usr/bin/redis-server]=redis-server
+  [/usr/bin/redis-sentinel]=redis-sentinel
+  [/usr/sbin/rabbitmq-server]=rabbitmq-server
+  [/usr/sbin/nginx]=nginx-light
+  [/usr/bin/prometheus]=prometheus
+  [/usr/bin/envsubst]=gettext-base
+  [/usr/bin/openssl]=openssl
+)
+missing=()
+for path in "${!want[@]}"; do [ -e "$path" ] || missing+=("${want[$path]}"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "z2m: installing Debian packages: ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts services on install where an init system runs; the tests start their own.
+for svc in postgresql redis-server rabbitmq-server nginx prometheus; do
+  $sudo service "$svc" stop >/dev/null 2>&1 || true
+done

@@ -1,0 +1,164 @@
+"""Kopf wiring: which events start a reconcile pass, and how passes are scheduled.
+
+The handlers here hold no logic of their own. Every trigger (a ScalingStage
+event, an event on any child, the periodic re-check, a retry) lands in one
+per-object scheduler that coalesces bursts and never runs two passes of the
+same object at once. Handlers are `on.event` and a startup task, not timers or
+daemons, so z2m puts no finalizer on anything: a stopped operator never blocks
+a deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from z2m import api, builders, kube, reconcile
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Scheduler:
+    """Coalesces triggers per ScalingStage and runs passes in worker threads."""
+
+    reconciler: reconcile.Reconciler
+    debounce: float = 0.2
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    _pending: dict[Key, asyncio.TimerHandle | asyncio.Task[None]] = field(default_factory=dict)
+    _running: set[Key] = field(default_factory=set)
+    _again: set[Key] = field(default_factory=set)
+
+    def trigger(self, namespace: str, name: str, delay: float | None = None) -> None:
+        """Ask for a pass soon; repeated asks before it starts become one pass."""
+        key = (namespace, name)
+        if key in self._running:
+            self._again.add(key)
+            return
+        if key in self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        self._pending[key] = loop.call_later(
+            self.debounce if delay is None else delay, self._start, key
+        )
+
+    def _start(self, key: Key) -> None:
+        self._pending[key] = asyncio.get_running_loop().create_task(self._run(key))
+
+    async def _run(self, key: Key) -> None:
+        self._running.add(key)
+        self._pending.pop(key, None)
+        retry: float | None = None
+        try:
+            async with self.limit:
+                result = await asyncio.to_thread(self.reconciler.reconcile, *key)
+            retry = result.requeue_after
+        except Exception:
+            # Never a crash loop: log, count (in Reconciler), and retry with the same delay.
+            log.exception("reconcile of %s/%s failed; retrying", *key)
+            retry = self.reconciler.retry_seconds
+        finally:
+            self._running.discard(key)
+        if key in self._again:
+            self._again.discard(key)
+            self.trigger(*key)
+        elif retry is not None:
+            self.trigger(*key, delay=retry)
+
+
+@dataclass
+class Runtime:
+    """What the handlers share; set up at operator start-up."""
+
+    scheduler: Scheduler | None = None
+    resync_seconds: float = 30.0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+RUNTIME = Runtime()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Build the reconciler and start the periodic re-check."""
+    settings.persistence.finalizer = "z2m.dev/unused"  # nothing of ours adds one
+    settings.posting.level = logging.WARNING
+    # A watch that goes quiet is restarted instead of leaving a zombie operator.
+    settings.watching.server_timeout = int(os.environ.get("Z2M_WATCH_TIMEOUT", "120"))
+    settings.watching.client_timeout = settings.watching.server_timeout + 30
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    client = kube.load_config(os.environ.get("Z2M_KUBECONFIG") or None)
+    reconciler = reconcile.Reconciler(
+        kube=kube.Kube.connect(client),
+        retry_seconds=float(os.environ.get("Z2M_RETRY_SECONDS", "5")),
+    )
+    RUNTIME.scheduler = Scheduler(reconciler)
+    RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
+    RUNTIME.tasks.append(asyncio.create_task(_resync(reconciler.kube)))
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    """Stop the periodic re-check."""
+    for task in RUNTIME.tasks:
+        task.cancel()
+    RUNTIME.tasks.clear()
+
+
+async def _resync(client: kube.Kube) -> None:
+    """Compare every ScalingStage with the world periodically, not only on events."""
+    while True:
+        await asyncio.sleep(RUNTIME.resync_seconds)
+        try:
+            items = await asyncio.to_thread(client.list_scaling_stages)
+        except Exception:
+            log.exception("listing ScalingStages for the periodic re-check failed")
+            continue
+        for item in items:
+            if RUNTIME.scheduler is not None:
+                RUNTIME.scheduler.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def scaling_stage_changed(
+    type: str | None, namespace: str | None, name: str | None, **_: Any
+) -> None:
+    """Any change to a ScalingStage (including the initial listing) asks for a pass."""
+    if RUNTIME.scheduler is None or namespace is None or name is None or type == "DELETED":
+        return
+    RUNTIME.scheduler.trigger(namespace, name)
+
+
+def _child_changed(labels: dict[str, str], namespace: str | None, **_: Any) -> None:
+    owner = labels.get(builders.PART_OF)
+    if RUNTIME.scheduler is not None and owner and namespace:
+        RUNTIME.scheduler.trigger(namespace, owner)
+
+
+_CHILD_LABELS = {builders.MANAGED_BY: "z2m", builders.PART_OF: kopf.PRESENT}
+for _group_version, _plural in (
+    ("apps/v1", "deployments"),
+    ("apps/v1", "statefulsets"),
+    ("v1", "services"),
+    ("v1", "configmaps"),
+    ("policy/v1", "poddisruptionbudgets"),
+    ("autoscaling/v2", "horizontalpodautoscalers"),
+):
+    _group, _, _version = _group_version.rpartition("/")
+    kopf.on.event(_group, _version, _plural, labels=_CHILD_LABELS, id=f"child-{_plural}")(
+        _child_changed
+    )
+
+
+@kopf.on.probe(id="scheduler")
+def scheduler_alive(**_: Any) -> bool:
+    """Liveness: the operator has finished start-up and can schedule passes."""
+    return RUNTIME.scheduler is not None

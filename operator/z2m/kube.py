@@ -1,0 +1,278 @@
+"""Kubernetes and RabbitMQ I/O for the reconciler, and nothing else.
+
+Every call here is synchronous (the official `kubernetes` client); the
+reconciler runs them in worker threads so that one slow apiserver call never
+blocks Kopf's event loop. Builders never import this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import secrets
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import kubernetes
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+from z2m import api, builders
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+HANDOVER_MANAGER = "z2m-replicas-handover"
+
+
+def load_config(kubeconfig: str | None = None) -> ApiClient:
+    """An API client from a kubeconfig, the in-cluster service account, or ~/.kube/config."""
+    if kubeconfig:
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return ApiClient()
+
+
+@dataclass
+class Kube:
+    """A thin, typed face over the dynamic client for the few verbs the operator uses."""
+
+    client: DynamicClient
+
+    @classmethod
+    def connect(cls, api_client: ApiClient) -> Kube:
+        """Wrap an API client; discovery is lazy and cached by the dynamic client."""
+        return cls(DynamicClient(api_client))
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.client.resources.get(api_version=api_version, kind=kind)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        """One object as a dict, or None when it does not exist."""
+        try:
+            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        result: Obj = obj.to_dict()
+        return result
+
+    def scaling_stage(self, namespace: str, name: str) -> Obj | None:
+        """The ScalingStage, fresh from the apiserver."""
+        return self.get(f"{api.GROUP}/{api.VERSION}", api.KIND, namespace, name)
+
+    def list_scaling_stages(self) -> list[Obj]:
+        """Every ScalingStage in the cluster (for the periodic re-check)."""
+        items = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND).get().to_dict()["items"]
+        return list(items)
+
+    def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER) -> Obj:
+        """Server-side apply under one field manager, taking ownership of conflicts."""
+        meta = obj["metadata"]
+        result = self._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
+            body=obj,
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=manager,
+            force_conflicts=True,
+        )
+        applied: Obj = result.to_dict()
+        return applied
+
+    def children(self, namespace: str, owner_name: str) -> list[Obj]:
+        """Every prunable object labelled as a child of the ScalingStage."""
+        found: list[Obj] = []
+        for api_version, kind in sorted(builders.PRUNABLE):
+            if not self.has_kind(api_version, kind):
+                continue
+            listing = self._resource(api_version, kind).get(
+                namespace=namespace, label_selector=builders.child_selector(owner_name)
+            )
+            for item in listing.to_dict()["items"]:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                found.append(item)
+        return found
+
+    def delete(self, obj: Obj) -> None:
+        """Delete a child; its pods follow through the garbage collector."""
+        meta = obj["metadata"]
+        try:
+            self._resource(obj["apiVersion"], obj["kind"]).delete(
+                name=meta["name"],
+                namespace=meta["namespace"],
+                body={"propagationPolicy": "Background"},
+            )
+        except NotFoundError:
+            pass
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        """Whether the apiserver serves a kind (CloudNativePG's Cluster, for one)."""
+        try:
+            self._resource(api_version, kind)
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def cloudnativepg_installed(self) -> bool:
+        """Whether the CloudNativePG CRDs are installed; asks discovery afresh each time."""
+        try:
+            self.client.resources.invalidate_cache()
+        except Exception:
+            log.debug("discovery cache not invalidated", exc_info=True)
+        return self.has_kind("postgresql.cnpg.io/v1", "Cluster")
+
+    def ensure_credentials(self, namespace: str, owner_name: str) -> Obj | None:
+        """Create the credentials Secret once; an existing one is never rotated or logged.
+
+        Returns the Secret, or None when the operator may create but not read
+        Secrets in this namespace (see manifests/02-rbac.yaml).
+        """
+        name = builders.secret_name(owner_name)
+        core = kubernetes.client.CoreV1Api(self.client.client)
+        try:
+            existing: Obj = core.read_namespaced_secret(name, namespace).to_dict()
+        except ApiException as exc:
+            if exc.status not in (403, 404):
+                raise
+            readable = exc.status == 404
+        else:
+            missing = [k for k in builders.SECRET_KEYS if k not in (existing.get("data") or {})]
+            if not missing:
+                return existing
+            # Add only what is missing (an older operator version); never overwrite a value.
+            patch = {"data": {k: _b64(secrets.token_hex(24)) for k in missing}}
+            patched: Obj = core.patch_namespaced_secret(name, namespace, patch).to_dict()
+            return patched
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                # No owner reference: the data on the retained PVCs needs these passwords.
+                "labels": {**builders.labels(owner_name, "credentials"), builders.RETAINED: "true"},
+            },
+            # Hex keeps every password safe inside a URL without quoting.
+            "data": {k: _b64(secrets.token_hex(24)) for k in builders.SECRET_KEYS},
+        }
+        try:
+            created: Obj = core.create_namespaced_secret(namespace, body).to_dict()
+            return created
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        # It exists already (another pass, or we may not read it): never overwrite it.
+        if not readable:
+            return None
+        again: Obj = core.read_namespaced_secret(name, namespace).to_dict()
+        return again
+
+    def hand_over_replicas(self, deployment: Obj) -> bool:
+        """Let an autoscaler own `spec.replicas` without a drop to one replica.
+
+        When our field manager stops sending `spec.replicas`, server-side apply
+        would remove the field and the Deployment would default to 1 replica.
+        So another manager first claims the current value; then ours can let go.
+        Returns whether a hand-over was written.
+        """
+        current = self.get(
+            "apps/v1",
+            "Deployment",
+            deployment["metadata"]["namespace"],
+            deployment["metadata"]["name"],
+        )
+        if current is None or not _owns_replicas(current, builders.FIELD_MANAGER):
+            return False
+        claim = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": current["metadata"]["name"],
+                "namespace": current["metadata"]["namespace"],
+            },
+            "spec": {"replicas": current["spec"]["replicas"]},
+        }
+        self.apply(claim, manager=HANDOVER_MANAGER)
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
+        """Merge-patch the ScalingStage's status subresource."""
+        resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        resource.status.patch(
+            name=name,
+            namespace=namespace,
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    def event(self, scaling_stage: Obj, kind: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event on the ScalingStage."""
+        meta = scaling_stage["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{api.GROUP}/{api.VERSION}",
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "z2m"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        core = kubernetes.client.CoreV1Api(self.client.client)
+        core.create_namespaced_event(meta["namespace"], body)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def secret_value(secret: Obj, key: str) -> str:
+    """A decoded value of a Secret read through the client."""
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def _owns_replicas(obj: Obj, manager: str) -> bool:
+    for entry in (
+        obj["metadata"].get("managed_fields") or obj["metadata"].get("managedFields") or []
+    ):
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        fields = entry.get("fields_v1") or entry.get("fieldsV1") or {}
+        if "f:replicas" in fields.get("f:spec", {}):
+            return True
+    return False
+
+
+def queue_depth(
+    management_url: str, user: str, password: str, queue: str, timeout: float = 5.0
+) -> int:
+    """Messages in a RabbitMQ queue (ready and unacknowledged), from the management API.
+
+    A queue that does not exist holds nothing and returns 0. Anything else that
+    goes wrong raises, so that the caller keeps the queue rather than guessing.
+    """
+    url = f"{management_url.rstrip('/')}/api/queues/%2F/{urllib.parse.quote(queue, safe='')}"
+    response = httpx.get(url, auth=(user, password), timeout=timeout)
+    if response.status_code == 404:
+        return 0
+    response.raise_for_status()
+    body = response.json()
+    # "messages" already counts ready and unacknowledged ones: a job a worker holds counts.
+    return int(body.get("messages", 0))

@@ -1,0 +1,32 @@
+"""The operator's own Prometheus metrics, defined once.
+
+Served by `z2m run` on its metrics port. Kept apart so that the reconciler,
+the decision loop and the tests refer to one set of names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("z2m_reconciles_total", "Reconcile passes, by outcome.", ["outcome"])
+RECONCILE_ERRORS = Counter(
+    "z2m_reconcile_errors_total", "Reconcile passes that raised, by exception type.", ["error"]
+)
+RECONCILE_SECONDS = Histogram(
+    "z2m_reconcile_duration_seconds",
+    "Time for one reconcile pass.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WRITES = Counter(
+    "z2m_writes_total", "Objects changed on the apiserver, by verb and kind.", ["verb", "kind"]
+)
+STAGE = Gauge("z2m_stage", "The stage each ScalingStage is at.", ["namespace", "name"])
+RECOMMENDED_STAGE = Gauge(
+    "z2m_recommended_stage",
+    "The stage the metrics-driven decision recommends.",
+    ["namespace", "name"],
+)
+DECISIONS = Counter("z2m_decisions_total", "Auto-promotion verdicts, by action.", ["action"])
+EVALUATION_ERRORS = Counter(
+    "z2m_evaluation_errors_total", "Prometheus evaluations that failed, by reason.", ["reason"]
+)

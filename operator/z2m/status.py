@@ -1,0 +1,150 @@
+"""Pure status: rebuild a ScalingStage's status from what the reconciler observed.
+
+Status is reconstituted from the world on every pass: component readiness from
+the children as they are, conditions from what this pass found. Only a
+condition's lastTransitionTime is carried over, and only while its status has
+not changed. Time is passed in, so tests control it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from z2m import api, builders, catalog, plan
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one reconcile pass saw and did, in plain data."""
+
+    generation: int
+    plan: plan.Plan | None
+    children: list[Obj] = field(default_factory=list)
+    waiting: str | None = None
+    """Why the pass stopped short of the plan (queue draining, app rewiring), if it did."""
+    problem: tuple[str, str] | None = None
+    """(reason, message) of an error that keeps the plan from being applied."""
+    notices: dict[str, tuple[bool, str, str]] = field(default_factory=dict)
+    """Extra conditions: type -> (status, reason, message), e.g. FailoverAvailable."""
+
+
+def component_status(obj: Obj) -> api.ComponentStatus | None:
+    """Readiness of a workload child; None for kinds without pods."""
+    kind = obj["kind"]
+    if kind not in ("Deployment", "StatefulSet"):
+        return None
+    spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    desired = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+    ready = int(st.get("readyReplicas") or st.get("ready_replicas") or 0)
+    generation = obj["metadata"].get("generation")
+    observed = st.get("observedGeneration") or st.get("observed_generation")
+    updated = int(st.get("updatedReplicas") or st.get("updated_replicas") or 0)
+    current = generation is None or observed == generation
+    return api.ComponentStatus(
+        name=obj["metadata"]["name"],
+        component=obj["metadata"].get("labels", {}).get(builders.COMPONENT, ""),
+        kind=kind,
+        desired=desired,
+        ready=ready,
+        available=current and ready >= desired and updated >= desired,
+    )
+
+
+def _condition(
+    previous: list[Obj],
+    ctype: str,
+    value: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> api.Condition:
+    status = "True" if value else "False"
+    since = now
+    for old in previous:
+        if old.get("type") == ctype and old.get("status") == status:
+            since = old.get("lastTransitionTime") or now
+    return api.Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=since,
+    )
+
+
+def build(previous: Obj, seen: Observation, now: str) -> Obj:
+    """The new status as a JSON-ready dict (camelCase), carrying over decision history."""
+    old_conditions = list(previous.get("conditions") or [])
+    components = [c for c in map(component_status, seen.children) if c is not None]
+    components.sort(key=lambda c: c.name)
+    not_ready = [c for c in components if not c.available]
+
+    def cond(ctype: str, value: bool, reason: str, message: str) -> api.Condition:
+        return _condition(old_conditions, ctype, value, reason, message, seen.generation, now)
+
+    conditions: list[api.Condition] = []
+    if seen.problem is not None:
+        reason, message = seen.problem
+        conditions += [
+            cond("Ready", False, reason, message),
+            cond("Progressing", False, reason, message),
+            cond("Degraded", True, reason, message),
+        ]
+    elif seen.waiting is not None:
+        conditions += [
+            cond("Ready", False, "Waiting", seen.waiting),
+            cond("Progressing", True, "Waiting", seen.waiting),
+            cond("Degraded", False, "AsExpected", ""),
+        ]
+    elif not_ready:
+        names = ", ".join(f"{c.name} {c.ready}/{c.desired}" for c in not_ready)
+        conditions += [
+            cond("Ready", False, "ComponentsNotReady", f"waiting for {names}"),
+            cond("Progressing", True, "RollingOut", f"waiting for {names}"),
+            cond("Degraded", False, "AsExpected", ""),
+        ]
+    else:
+        stage = seen.plan.stage.number if seen.plan else 0
+        conditions += [
+            cond("Ready", True, "StageReady", f"every component of stage {stage} is ready"),
+            cond("Progressing", False, "Converged", "children match the plan"),
+            cond("Degraded", False, "AsExpected", ""),
+        ]
+    for ctype, (value, reason, message) in sorted(seen.notices.items()):
+        conditions.append(cond(ctype, value, reason, message))
+
+    out = api.ScalingStageStatus(
+        observed_generation=seen.generation,
+        stage=seen.plan.stage.number if seen.plan else previous.get("stage"),
+        ready="True" if conditions[0].status == "True" else "False",
+        estimated_monthly_cost=_cost(seen.plan.stage) if seen.plan else None,
+        capacity=_capacity(seen.plan.stage) if seen.plan else None,
+        plan=seen.plan.status() if seen.plan else None,
+        components=components,
+        conditions=conditions,
+    ).model_dump(by_alias=True, exclude_none=True, mode="json")
+    for carried in ("lastDecision", "recommendedStage", "history"):
+        if carried in previous:
+            out[carried] = previous[carried]
+    return out
+
+
+def _cost(stage: catalog.Stage) -> str:
+    band = stage.monthly_cost_usd
+    return f"${band}/month"
+
+
+def _capacity(stage: catalog.Stage) -> str:
+    return f"{stage.users} users, {stage.rps} RPS"
+
+
+def patch(old: Obj, new: Obj) -> Obj | None:
+    """The merge patch that turns status `old` into `new`, or None when they agree."""
+    if old == new:
+        return None
+    return {**new, **{k: None for k in old if k not in new}}

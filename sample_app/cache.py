@@ -1,0 +1,109 @@
+"""Cache-aside over Redis that degrades to "no cache" instead of failing.
+
+Reads check Redis, and on a miss load from the database and store the result
+with a jittered TTL.  Concurrent misses for one key in this process share a
+single load (single-flight), so a hot key expiring sends one query, not one
+per waiting request.  Redis calls have a 100 ms timeout and sit behind a
+circuit breaker: after a failure we stop asking Redis for a growing back-off
+period and go straight to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sample_app import metrics, policy
+
+log = logging.getLogger(__name__)
+
+Result = Literal["hit", "miss", "error"]
+Loader = Callable[[], Awaitable[Any]]
+
+REDIS_TIMEOUT_SECONDS = 0.1
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+class Cache:
+    """Redis cache-aside with single-flight loads and a circuit breaker."""
+
+    def __init__(self, url: str, ttl: float = policy.CACHE_TTL_SECONDS) -> None:
+        """Create the client; it connects lazily on first use."""
+        # No retries: a retry doubles the time a request waits on a dead Redis,
+        # and the breaker already handles recovery.
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.ttl = ttl
+        self.breaker = policy.CircuitBreaker()
+        self._loads: dict[str, asyncio.Task[Any]] = {}
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def get_or_load(self, key: str, loader: Loader) -> tuple[Any, Result]:
+        """Return the cached value for ``key`` or load, store and return it."""
+        result: Result = "error"
+        if self.breaker.allow(time.monotonic()):
+            try:
+                raw = await self.client.get(key)
+                self.breaker.record_success()
+                if raw is not None:
+                    metrics.CACHE_REQUESTS.labels("hit").inc()
+                    return json.loads(raw), "hit"
+                result = "miss"
+            except _REDIS_ERRORS as exc:
+                self._failed("GET", exc)
+        metrics.CACHE_REQUESTS.labels(result).inc()
+        load = self._loads.get(key)
+        if load is None:
+            load = asyncio.ensure_future(self._load_and_store(key, loader, store=result == "miss"))
+            self._loads[key] = load
+            load.add_done_callback(lambda _: self._loads.pop(key, None))
+        # shield: one waiter being cancelled must not cancel the shared load.
+        return await asyncio.shield(load), result
+
+    async def _load_and_store(self, key: str, loader: Loader, *, store: bool) -> Any:
+        value = await loader()
+        # None (not found) isn't cached: the row may be created a moment later.
+        if store and value is not None and self.breaker.allow(time.monotonic()):
+            try:
+                await self.client.set(key, json.dumps(value), ex=policy.ttl_with_jitter(self.ttl))
+            except _REDIS_ERRORS as exc:
+                self._failed("SET", exc)
+        return value
+
+    async def invalidate(self, *keys: str) -> None:
+        """Delete ``keys`` after a write; if Redis is down, TTLs bound the staleness."""
+        if not keys or not self.breaker.allow(time.monotonic()):
+            return
+        try:
+            await self.client.delete(*keys)
+            self.breaker.record_success()
+        except _REDIS_ERRORS as exc:
+            self._failed("DEL", exc)
+
+    async def ping(self) -> bool:
+        """True if Redis answers PING (ignores the breaker: readiness wants the truth)."""
+        try:
+            return bool(await self.client.ping())
+        except _REDIS_ERRORS:
+            return False
+
+    def _failed(self, command: str, exc: BaseException) -> None:
+        if not self.breaker.is_open:
+            log.warning("redis %s failed, bypassing the cache for a while: %r", command, exc)
+        self.breaker.record_failure(time.monotonic())

@@ -1,0 +1,511 @@
+"""The ASGI application: routes, sessions, health, metrics and lifespan wiring.
+
+``create_app(config)`` builds the web app (``ROLE=web``) or the worker's
+small health-and-metrics app (``ROLE=worker``, which also runs the consumer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sample_app import metrics, policy
+from sample_app.cache import Cache
+from sample_app.config import Config
+from sample_app.db import Database, Row
+from sample_app.jobs import Broker, FanoutJob, Jobs, Worker
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "z2m_session"
+SESSION_MAX_AGE = 30 * 24 * 3600
+STATIC_CACHE_CONTROL = "public, max-age=31536000, immutable"
+FEED_LENGTH = 20
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True)
+class Session:
+    """Who the caller is and when they last wrote (for read-your-writes)."""
+
+    user_id: int
+    last_write_at: float | None = None
+
+
+class SessionCodec:
+    """Signed, stateless session tokens: any app process with the key can read them."""
+
+    def __init__(self, secret_key: str) -> None:
+        """Sign with ``secret_key``."""
+        self._serializer = URLSafeTimedSerializer(secret_key, salt="z2m-session")
+
+    def dumps(self, session: Session) -> str:
+        """Encode and sign."""
+        return self._serializer.dumps({"u": session.user_id, "w": session.last_write_at})
+
+    def loads(self, token: str | None) -> Session | None:
+        """Verify and decode; None if missing, tampered with or expired."""
+        if not token:
+            return None
+        try:
+            data = self._serializer.loads(token, max_age=SESSION_MAX_AGE)
+            return Session(user_id=int(data["u"]), last_write_at=data.get("w"))
+        except (BadSignature, KeyError, TypeError, ValueError):
+            return None
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class State:
+    """Everything a request handler may need; optional parts are None when off."""
+
+    config: Config
+    db: Database | None = None
+    cache: Cache | None = None
+    broker: Broker | None = None
+    jobs: Jobs | None = None
+    sessions: SessionCodec | None = None
+    schema_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+async def _prepare_database(state: State) -> None:
+    """Migrate (retrying until the primary is reachable), then load the session key."""
+    assert state.db is not None
+    delay = 0.5
+    while True:
+        try:
+            applied = await state.db.migrate()
+            if applied:
+                log.info("applied migrations %s", applied)
+            break
+        except Exception as exc:  # the primary may simply not be up yet
+            log.warning("migration failed (%r), retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    if state.config.secret_key is None:
+        # Without SECRET_KEY every app process must still agree on one key, so
+        # the first process to start stores a random one in the database.
+        async with state.db.transaction() as tx:
+            await tx.fetch(
+                "INSERT INTO app_secret (id, key) VALUES (1, %s) ON CONFLICT DO NOTHING",
+                (secrets.token_urlsafe(32),),
+            )
+            rows = await tx.fetch("SELECT key FROM app_secret WHERE id = 1")
+        state.sessions = SessionCodec(str(rows[0]["key"]))
+    state.schema_ready.set()
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    state: State = app.state.z2m
+    config = state.config
+    if config.secret_key is not None:
+        state.sessions = SessionCodec(config.secret_key)
+    elif config.database_url is None:
+        # No database means no users, so per-process sessions lose nothing.
+        state.sessions = SessionCodec(secrets.token_urlsafe(32))
+    if config.database_url is not None:
+        state.db = Database(config.database_url, config.replica_urls)
+        await state.db.open()
+        state.tasks.append(asyncio.create_task(_prepare_database(state)))
+        if config.replica_urls:
+            state.tasks.append(asyncio.create_task(state.db.watch_replicas()))
+    if config.redis_url is not None and config.role == "web":
+        state.cache = Cache(config.redis_url)
+    if config.broker_url is not None:
+        state.broker = Broker(config.broker_url)
+        if config.role == "web":
+            state.tasks.append(asyncio.create_task(state.broker.connect_forever()))
+    if config.role == "web" and state.db is not None:
+        state.jobs = Jobs(state.db, state.broker)
+    if config.role == "worker" and state.db is not None and state.broker is not None:
+        state.tasks.append(asyncio.create_task(_run_worker(state)))
+    log.info("started role=%s features=%s", config.role, ",".join(config.stage_features) or "none")
+    try:
+        yield
+    finally:
+        for task in state.tasks:
+            task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
+        for closable in (state.broker, state.cache, state.db):
+            if closable is not None:
+                with contextlib.suppress(Exception):
+                    await closable.close()
+
+
+async def _run_worker(state: State) -> None:
+    assert state.db is not None and state.broker is not None
+    await state.schema_ready.wait()
+    await Worker(state.db, state.broker).run()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class HTTPError(Exception):
+    """Abort a handler with a JSON error response."""
+
+    def __init__(self, status: int, message: str) -> None:
+        """Respond with ``status`` and ``{"error": message}``."""
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _state(request: Request) -> State:
+    state: State = request.app.state.z2m
+    return state
+
+
+def _jsonable(row: Row) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def _session(request: Request) -> Session | None:
+    codec = _state(request).sessions
+    return codec.loads(request.cookies.get(SESSION_COOKIE)) if codec else None
+
+
+def _require_session(request: Request) -> Session:
+    session = _session(request)
+    if session is None:
+        raise HTTPError(401, "not signed in")
+    return session
+
+
+def _sticky(request: Request) -> bool:
+    session = _session(request)
+    return session is not None and policy.is_sticky(session.last_write_at, time.time())
+
+
+def _db(request: Request) -> Database:
+    state = _state(request)
+    if state.db is None:
+        raise HTTPError(503, "no database configured (DATABASE_URL is unset)")
+    if not state.schema_ready.is_set():
+        raise HTTPError(503, "database not ready yet")
+    return state.db
+
+
+def _wrote(request: Request, response: Response, user_id: int) -> Response:
+    """Stamp the session with "wrote just now" so this user's reads use the primary."""
+    codec = _state(request).sessions
+    assert codec is not None
+    token = codec.dumps(Session(user_id=user_id, last_write_at=time.time()))
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=SESSION_MAX_AGE, httponly=True, samesite="lax"
+    )
+    return response
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPError(400, "body must be JSON") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "body must be a JSON object")
+    return body
+
+
+def _text_field(body: dict[str, Any], name: str, max_length: int) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value.strip()) <= max_length:
+        raise HTTPError(400, f"{name!r} must be a string of 1 to {max_length} characters")
+    return value.strip()
+
+
+async def _cached_read(
+    request: Request, key: str, sql: str, params: tuple[Any, ...], *, many: bool = False
+) -> Response:
+    """Cache-aside read; a user in their read-your-writes window skips the cache."""
+    db = _db(request)
+    state = _state(request)
+    sticky = _sticky(request)
+
+    async def load() -> Any:
+        rows = [_jsonable(r) for r in await db.read(sql, params, primary=sticky)]
+        return rows if many else (rows[0] if rows else None)
+
+    if state.cache is None or sticky:
+        value, result = await load(), ("bypass" if sticky and state.cache else "off")
+    else:
+        value, result = await state.cache.get_or_load(key, load)
+    if value is None:
+        raise HTTPError(404, "not found")
+    return JSONResponse(value, headers={"X-Cache": result})
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def index(request: Request) -> Response:
+    """A tiny HTML page that pulls the static assets (what the edge cache serves)."""
+    return HTMLResponse(
+        "<!doctype html><html><head><title>z2m feed</title>"
+        '<link rel="stylesheet" href="/static/app.css"></head>'
+        '<body><h1>z2m feed</h1><div id="feed"></div>'
+        '<script src="/static/app.js"></script></body></html>'
+    )
+
+
+async def create_user(request: Request) -> Response:
+    """``POST /api/users {"name"}``: sign up and get a session cookie."""
+    db = _db(request)
+    name = _text_field(await _json_body(request), "name", 64)
+    rows = await db.write(
+        "INSERT INTO users (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+        " RETURNING id, name, created_at",
+        (name,),
+    )
+    if not rows:
+        raise HTTPError(409, "name taken")
+    user = _jsonable(rows[0])
+    return _wrote(request, JSONResponse(user, status_code=201), user["id"])
+
+
+async def me(request: Request) -> Response:
+    """``GET /api/me``: the signed-in user."""
+    session = _require_session(request)
+    rows = await _db(request).read(
+        "SELECT id, name, created_at FROM users WHERE id = %s",
+        (session.user_id,),
+        primary=_sticky(request),
+    )
+    if not rows:
+        raise HTTPError(401, "unknown user")
+    return JSONResponse(_jsonable(rows[0]))
+
+
+async def follow(request: Request) -> Response:
+    """``POST /api/users/{id}/follow``: follow a user."""
+    session = _require_session(request)
+    followee = int(request.path_params["user_id"])
+    rows = await _db(request).write(
+        "INSERT INTO follows (follower_id, followee_id)"
+        " SELECT %s, id FROM users WHERE id = %s"
+        " ON CONFLICT DO NOTHING RETURNING followee_id",
+        (session.user_id, followee),
+    )
+    exists = rows or await _db(request).read(
+        "SELECT 1 FROM follows WHERE follower_id = %s AND followee_id = %s",
+        (session.user_id, followee),
+        primary=True,
+    )
+    if not exists:
+        raise HTTPError(404, "no such user")
+    return _wrote(request, Response(status_code=204), session.user_id)
+
+
+async def create_post(request: Request) -> Response:
+    """``POST /api/posts {"body"}``: publish; followers are notified in the background."""
+    session = _require_session(request)
+    db = _db(request)
+    text = _text_field(await _json_body(request), "body", 500)
+    rows = await db.write(
+        "INSERT INTO posts (author_id, body) VALUES (%s, %s)"
+        " RETURNING id, author_id, body, created_at",
+        (session.user_id, text),
+    )
+    post = _jsonable(rows[0])
+    state = _state(request)
+    if state.cache is not None:
+        await state.cache.invalidate(f"user_posts:{session.user_id}")
+    assert state.jobs is not None
+    how = await state.jobs.submit(FanoutJob.new(post_id=post["id"], author_id=session.user_id))
+    return _wrote(request, JSONResponse({**post, "fanout": how}, status_code=201), session.user_id)
+
+
+async def get_post(request: Request) -> Response:
+    """``GET /api/posts/{id}``: one post (cached; posts never change)."""
+    post_id = int(request.path_params["post_id"])
+    return await _cached_read(
+        request,
+        f"post:{post_id}",
+        "SELECT id, author_id, body, created_at FROM posts WHERE id = %s",
+        (post_id,),
+    )
+
+
+async def user_posts(request: Request) -> Response:
+    """``GET /api/users/{id}/posts``: a user's latest posts (cached, invalidated on write)."""
+    user_id = int(request.path_params["user_id"])
+    return await _cached_read(
+        request,
+        f"user_posts:{user_id}",
+        "SELECT id, author_id, body, created_at FROM posts WHERE author_id = %s"
+        f" ORDER BY id DESC LIMIT {FEED_LENGTH}",
+        (user_id,),
+        many=True,
+    )
+
+
+async def notifications(request: Request) -> Response:
+    """``GET /api/notifications``: posts by people the signed-in user follows."""
+    session = _require_session(request)
+    rows = await _db(request).read(
+        "SELECT post_id, created_at FROM notifications WHERE user_id = %s"
+        " ORDER BY post_id DESC LIMIT 50",
+        (session.user_id,),
+        primary=_sticky(request),
+    )
+    return JSONResponse([_jsonable(r) for r in rows])
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process serves HTTP.  Checks no dependency on purpose."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: each configured dependency, by name.
+
+    The primary database is required: without it the app can do nothing, so
+    it answers 503.  Replicas, Redis and the broker are optional (the app
+    degrades to the primary, to no cache, to inline jobs): if one is down the
+    answer is 200 with ``"status": "degraded"``, so losing Redis doesn't pull
+    every app pod out of the load balancer.  ``?strict=1`` makes any
+    configured dependency that is down a 503.
+    """
+    state = _state(request)
+    checks: dict[str, str] = {}
+    required_down = False
+    if state.db is not None:
+        if not state.schema_ready.is_set():
+            checks["database"] = "migrating"
+        else:
+            checks["database"] = "ok" if await state.db.ping_primary() else "down"
+        required_down = checks["database"] != "ok"
+        for index, health in enumerate(state.db.health):
+            name = f"replica{index}"
+            if health.usable():
+                checks[name] = "ok"
+            else:
+                checks[name] = "lagging" if health.reachable else "down"
+    if state.cache is not None:
+        checks["redis"] = "ok" if await state.cache.ping() else "down"
+    if state.broker is not None:
+        connected = state.broker.channel is not None and not state.broker.channel.is_closed
+        checks["broker"] = "ok" if connected else "down"
+    down = sorted(name for name, status in checks.items() if status != "ok")
+    strict = request.query_params.get("strict") in {"1", "true"}
+    failed = required_down or (strict and bool(down))
+    body = {"status": "down" if failed else ("degraded" if down else "ok"), "down": down}
+    return JSONResponse({**body, "checks": checks}, status_code=503 if failed else 200)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text exposition, with pool and queue gauges refreshed first."""
+    state = _state(request)
+    if state.db is not None:
+        state.db.export_pool_stats()
+    if state.broker is not None:
+        await state.broker.refresh_depth()
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+class ImmutableStaticFiles(StaticFiles):
+    """Static files with a one-year immutable Cache-Control for the edge cache."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        """Add the long-lived caching header to every file served."""
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = STATIC_CACHE_CONTROL
+        return response
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class MetricsMiddleware:
+    """Count and time every HTTP request by route template (bounded label values)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wrap ``app``."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request and record it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        metrics.HTTP_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+            # The router stores the matched route in the (shared) scope.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            metrics.HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+def create_app(config: Config) -> Starlette:
+    """The ASGI app for ``config.role``."""
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+    ]
+    if config.role == "web":
+        static_dir = Path(__file__).parent / "static"
+        routes += [
+            Route("/", index),
+            Route("/api/users", create_user, methods=["POST"]),
+            Route("/api/me", me),
+            Route("/api/users/{user_id:int}/follow", follow, methods=["POST"]),
+            Route("/api/users/{user_id:int}/posts", user_posts),
+            Route("/api/posts", create_post, methods=["POST"]),
+            Route("/api/posts/{post_id:int}", get_post),
+            Route("/api/notifications", notifications),
+            Mount("/static", ImmutableStaticFiles(directory=static_dir), name="static"),
+        ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(MetricsMiddleware)],
+        exception_handlers={HTTPError: _http_error},
+        lifespan=_lifespan,
+    )
+    app.state.z2m = State(config=config)
+    return app

@@ -1,0 +1,134 @@
+"""Builders turn a plan into the objects of its stage, with no cluster."""
+
+from typing import Any
+
+import pytest
+
+from z2m import api, builders, plan
+
+OWNER = builders.Owner(name="shop", uid="uid-1")
+
+
+def build(stage: int, **spec: Any) -> list[dict[str, Any]]:
+    p = plan.resolve(api.ScalingStageSpec(stage=stage, **spec), name="shop", namespace="ns")
+    return builders.build(p, OWNER)
+
+
+def kinds(objs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in objs}
+
+
+def find(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "<secret>") for e in container["env"]}
+
+
+def test_stage_1_is_one_pod_with_the_app_and_postgres() -> None:
+    objs = build(1)
+    app = find(objs, "Deployment", "shop-app")
+    containers = app["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["app", "postgres"]
+    assert app["spec"]["replicas"] == 1 and app["spec"]["strategy"]["type"] == "Recreate"
+    assert env(containers[0])["DATABASE_URL"].endswith("@127.0.0.1:5432/app")
+    assert not any(o["kind"] == "StatefulSet" for o in objs)
+
+
+def test_stage_1_data_lives_on_the_claim_the_stage_2_database_adopts() -> None:
+    claim = find(build(1), "PersistentVolumeClaim", "data-shop-db-0")
+    assert "ownerReferences" not in claim["metadata"]
+    sts = find(build(2), "StatefulSet", "shop-db")
+    template = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert f"{template}-{sts['metadata']['name']}-0" == claim["metadata"]["name"]
+
+
+def test_every_child_is_labelled_and_owned() -> None:
+    for obj in build(5):
+        labels = obj["metadata"]["labels"]
+        assert labels[builders.MANAGED_BY] == "z2m" and labels[builders.PART_OF] == "shop"
+        assert labels[builders.COMPONENT]
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+def test_stage_2_separates_the_database() -> None:
+    objs = build(2)
+    assert {("StatefulSet", "shop-db"), ("Service", "shop-db")} <= kinds(objs)
+    app = find(objs, "Deployment", "shop-app")["spec"]["template"]["spec"]["containers"]
+    assert len(app) == 1 and "@shop-db:5432/app" in env(app[0])["DATABASE_URL"]
+
+
+def test_stage_3_wires_one_replica_url_per_read_replica_and_an_edge_cache() -> None:
+    objs = build(3)
+    app = find(objs, "Deployment", "shop-app")
+    assert app["spec"]["replicas"] == 2
+    urls = env(app["spec"]["template"]["spec"]["containers"][0])["DATABASE_REPLICA_URLS"]
+    assert urls.count("postgresql://") == 1 and "shop-db-replica-0.shop-db-replica" in urls
+    assert ("Deployment", "shop-edge") in kinds(objs)
+    assert ("PodDisruptionBudget", "shop-app") in kinds(objs)
+
+
+def test_stage_4_adds_redis_queue_and_workers() -> None:
+    objs = build(4)
+    app_env = env(find(objs, "Deployment", "shop-app")["spec"]["template"]["spec"]["containers"][0])
+    assert {"REDIS_URL", "BROKER_URL", "DATABASE_REPLICA_URLS"} <= set(app_env)
+    worker = find(objs, "Deployment", "shop-worker")
+    assert env(worker["spec"]["template"]["spec"]["containers"][0])["ROLE"] == "worker"
+    assert find(objs, "StatefulSet", "shop-db-replica")["spec"]["replicas"] == 2
+
+
+def test_stage_5_never_sets_app_replicas_and_adds_hpas_sentinel_monitoring() -> None:
+    objs = build(5)
+    assert "replicas" not in find(objs, "Deployment", "shop-app")["spec"]
+    hpa = find(objs, "HorizontalPodAutoscaler", "shop-app")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (4, 12)
+    assert find(objs, "StatefulSet", "shop-redis")["spec"]["replicas"] == 2
+    assert ("Deployment", "shop-redis-sentinel") in kinds(objs)
+    assert ("ConfigMap", "shop-monitoring") in kinds(objs)
+
+
+def test_credentials_come_only_from_the_secret() -> None:
+    secret_vars = 0
+    for obj in build(5):
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            for var in container.get("env", []):
+                if "PASSWORD" in var["name"] or var["name"] in ("SECRET_KEY", "RABBITMQ_DEFAULT_PASS"):
+                    secret_vars += 1
+                    assert "value" not in var
+                    assert var["valueFrom"]["secretKeyRef"]["name"] == "shop-credentials"
+                else:
+                    assert "$(" not in var.get("value", "") or ":$(Z2M_" in var["value"]
+    assert secret_vars > 10
+
+
+def test_user_env_overrides_ours_without_duplicate_names() -> None:
+    objs = build(2, app={"env": [{"name": "PORT", "value": "9000"}]})
+    container = find(objs, "Deployment", "shop-app")["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    assert names.count("PORT") == 1 and env(container)["PORT"] == "9000"
+
+
+def test_stateful_sets_keep_their_claims_when_deleted_or_scaled() -> None:
+    for obj in build(5):
+        if obj["kind"] == "StatefulSet":
+            policy = obj["spec"]["persistentVolumeClaimRetentionPolicy"]
+            assert policy == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_nothing_prunable_is_a_pvc_or_secret() -> None:
+    assert not {k for _, k in builders.PRUNABLE} & {"PersistentVolumeClaim", "Secret"}
+
+
+@pytest.mark.parametrize("stage", [3, 4, 5])
+def test_multi_replica_workloads_spread_over_zones(stage: int) -> None:
+    for obj in build(stage):
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            keys = [c["topologyKey"] for c in obj["spec"]["template"]["spec"]["topologySpreadConstraints"]]
+            assert builders.ZONE in keys
+
+
+def test_build_is_deterministic() -> None:
+    assert build(4) == build(4)

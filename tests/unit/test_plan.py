@@ -1,0 +1,79 @@
+"""The plan lays overrides over the catalog's stage defaults, and refuses contradictions."""
+
+import pytest
+
+from z2m import api, catalog, plan
+
+
+def resolve(**spec: object) -> plan.Plan:
+    return plan.resolve(api.ScalingStageSpec.model_validate(spec), name="shop", namespace="ns")
+
+
+@pytest.mark.parametrize("stage", [s.number for s in catalog.STAGES if s.implemented])
+def test_each_stage_takes_its_numbers_from_the_catalog(stage: int) -> None:
+    p = resolve(stage=stage)
+    entry = catalog.stage(stage)
+    assert p.read_replicas == entry.read_replicas
+    assert p.redis is entry.redis and p.queue is entry.queue
+    assert p.app_autoscaling == entry.app_autoscaling
+
+
+def test_the_seed_numbers_are_in_the_catalog() -> None:
+    assert [s.app_replicas for s in catalog.STAGES[:4]] == [1, 1, 2, 4]
+    assert [s.read_replicas for s in catalog.STAGES[:5]] == [0, 0, 1, 2, 3]
+    five = catalog.stage(5).app_autoscaling
+    assert five is not None and (five.min_replicas, five.max_replicas, five.cpu_percent) == (4, 12, 70)
+
+
+def test_stage_5_hands_app_replicas_to_the_hpa() -> None:
+    assert resolve(stage=5).app_replicas is None
+
+
+def test_replicas_managed_externally_leaves_replicas_alone() -> None:
+    p = resolve(stage=3, overrides={"replicasManagedExternally": True})
+    assert p.app_replicas is None and p.app_autoscaling is None
+
+
+def test_overrides_change_only_what_they_name() -> None:
+    p = resolve(stage=4, overrides={"readReplicas": 1, "redis": False})
+    assert (p.read_replicas, p.redis, p.queue, p.app_replicas) == (1, False, True, 4)
+
+
+def test_app_replicas_override_replaces_the_stage_5_hpa() -> None:
+    p = resolve(stage=5, overrides={"appReplicas": 6})
+    assert p.app_replicas == 6 and p.app_autoscaling is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"stage": 1, "overrides": {"appReplicas": 2}}, "one app replica"),
+        ({"stage": 1, "overrides": {"readReplicas": 1}}, "no separate database"),
+        ({"stage": 2, "overrides": {"workers": 3}}, "workers need the queue"),
+        (
+            {"stage": 3, "overrides": {"appReplicas": 3, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}},
+            "not both",
+        ),
+    ],
+)
+def test_contradictions_are_refused_with_a_reason(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(plan.PlanError, match=message):
+        resolve(**spec)
+
+
+@pytest.mark.parametrize("stage", [6, 7])
+def test_later_stages_say_they_are_not_built_yet(stage: int) -> None:
+    with pytest.raises(plan.PlanError, match="not implemented"):
+        resolve(stage=stage)
+
+
+def test_failover_is_delegated_only_when_cloudnativepg_is_there() -> None:
+    spec = api.ScalingStageSpec(stage=5)
+    assert plan.resolve(spec, name="a", namespace="b").failover == "unavailable"
+    assert plan.resolve(spec, name="a", namespace="b", cloudnativepg=True).failover == "cloudnativepg"
+    assert resolve(stage=4).failover == "none"
+
+
+def test_unknown_fields_are_refused_by_the_models() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        api.ScalingStageSpec.model_validate({"stage": 1, "replicaz": 3})
