@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sample_app import metrics, policy
@@ -96,7 +96,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any]) -> list[int]:
             "CREATE TABLE IF NOT EXISTS schema_version ("
             " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        cur = await conn.execute("SELECT version FROM schema_version")
+        cur = conn.cursor(row_factory=tuple_row)  # whatever the connection's default is
+        await cur.execute("SELECT version FROM schema_version")
         done = {row[0] for row in await cur.fetchall()}
         for version, sql in MIGRATIONS:
             if version in done:

@@ -186,7 +186,7 @@ class Postgres:
     def wait_replayed(self, timeout: float = 20.0) -> None:
         """On a replica: wait until everything the primary has written is replayed."""
         assert self.primary is not None, "only a replica replays"
-        target = self.primary.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        target = self.primary.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0]
 
         def caught_up() -> bool:
             rows = self.execute(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")
@@ -230,7 +230,6 @@ max_wal_senders = 10
 hot_standby = on
 fsync = off
 full_page_writes = off
-synchronous_commit = off
 {extra}
 """
     # Later settings win, so appending overrides whatever initdb or the base
@@ -572,7 +571,10 @@ def sample_app(tmp: Path, ready: str = "/readyz", **variables: str) -> Iterator[
         return httpx.get(f"{app.url}{ready}", timeout=2).status_code == 200
 
     try:
-        wait_for(answers, 30, f"sample app on {port}")
+        try:
+            wait_for(answers, 30, f"sample app on {port}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; its output:\n{app.output()[-3000:]}") from None
         yield app
     finally:
         with contextlib.suppress(Exception):

@@ -14,6 +14,8 @@ from typing import Any
 from z2m import api, builders, catalog, plan
 
 Obj = dict[str, Any]
+FOREIGN = frozenset({"MetricsAvailable", "Recommendation"})
+"""Condition types written by the promotion loop (z2m.promote), not by the reconciler."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,10 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
         ]
     for ctype, (value, reason, message) in sorted(seen.notices.items()):
         conditions.append(cond(ctype, value, reason, message))
+    # Conditions the promotion loop owns are its to change; a reconcile keeps them as they are.
+    conditions += [
+        api.Condition.model_validate(c) for c in old_conditions if c.get("type") in FOREIGN
+    ]
 
     out = api.ScalingStageStatus(
         observed_generation=seen.generation,

@@ -154,6 +154,7 @@ def test_lagging_replica_is_skipped_and_reads_still_see_new_data(
         DATABASE_URL=database.url, DATABASE_REPLICA_URLS=pg_replica.dsn_for(database.name)
     )
     writer, writer_id = sign_up(app, "writer")
+    pg_replica.wait_replayed()  # the schema and the user are on the replica
     pg_replica.execute("SELECT pg_wal_replay_pause()")
     try:
         post(writer, "while paused")
@@ -233,15 +234,27 @@ def test_concurrent_misses_on_a_hot_key_share_one_database_query(
     before = queries(app)[0]
 
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=app.url) as client:
+        async with httpx.AsyncClient(base_url=app.url, timeout=30) as client:
             responses = await asyncio.gather(
                 *(client.get(f"/api/users/{writer_id}/posts") for _ in range(30))
             )
         return [r.status_code for r in responses]
 
-    assert asyncio.run(burst()) == [200] * 30
-    # Without single-flight (or the cache) this would be 30 queries.
-    assert 1 <= queries(app)[0] - before <= 3
+    # Stall the load with a table lock so all 30 requests miss at the same time.
+    with psycopg.connect(database.url) as blocker, ThreadPoolExecutor(1) as pool:
+        blocker.execute("LOCK TABLE posts IN ACCESS EXCLUSIVE MODE")
+        statuses = pool.submit(lambda: asyncio.run(burst()))
+        # 30 stalled requests plus the /metrics request asking.
+        wait_for(lambda: app.metric("app_http_requests_in_flight") >= 31, 15, "all in flight")
+        waiting = database.query(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT id, author_id%'"
+        )
+        blocker.rollback()
+        assert statuses.result(timeout=30) == [200] * 30
+    # Without single-flight every miss would query (30, capped by the pool at 10 at once).
+    assert waiting == [(1,)]
+    assert queries(app)[0] - before == 1
 
 
 def test_redis_down_still_serves_requests_and_the_cache_returns_when_redis_does(

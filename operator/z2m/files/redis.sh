@@ -3,12 +3,13 @@
 # replicate from it. Sentinel may later promote another pod; a restarted pod
 # asks Sentinel for the current primary first, so it never splits the brain.
 # Needs: POD_NAME (…-N), PRIMARY_HOST, REDIS_PASSWORD; optional SENTINEL_HOST,
-# REDIS_PORT (6379), REDIS_DIR (/data). Extra arguments go to redis-server.
+# REDIS_PORT (6379), PRIMARY_PORT (REDIS_PORT), REDIS_DIR (/data). Extra
+# arguments go to redis-server.
 set -eu
 : "${REDIS_PORT:=6379}" "${REDIS_DIR:=/data}"
 ordinal="${POD_NAME##*-}"
 primary="$PRIMARY_HOST"
-primary_port="$REDIS_PORT"
+primary_port="${PRIMARY_PORT:-$REDIS_PORT}"
 if [ -n "${SENTINEL_HOST:-}" ]; then
   found=$(redis-cli -h "$SENTINEL_HOST" -p "${SENTINEL_PORT:-26379}" --raw \
     SENTINEL get-master-addr-by-name z2m 2>/dev/null || true)
@@ -19,7 +20,7 @@ if [ -n "${SENTINEL_HOST:-}" ]; then
 fi
 set -- --port "$REDIS_PORT" --dir "$REDIS_DIR" --appendonly yes \
   --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD" "$@"
-if [ "$ordinal" != "0" ] || [ "$primary" != "$PRIMARY_HOST" ]; then
+if [ "$ordinal" != "0" ] || [ "$primary:$primary_port" != "$PRIMARY_HOST:${PRIMARY_PORT:-$REDIS_PORT}" ]; then
   set -- "$@" --replicaof "$primary" "$primary_port"
 fi
 exec redis-server "$@"

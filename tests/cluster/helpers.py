@@ -1,0 +1,103 @@
+"""Small helpers for operator tests against a real apiserver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient
+
+from tests.conftest import eventually
+from z2m import api, builders, kube
+
+GROUP_VERSION = f"{api.GROUP}/{api.VERSION}"
+
+
+def scaling_stage(name: str, stage: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": {"stage": stage, **spec},
+    }
+
+
+def custom(api_client: ApiClient) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(api_client)
+
+
+def create(api_client: ApiClient, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = custom(api_client).create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, body
+    )
+    return result
+
+
+def get(api_client: ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = custom(api_client).get_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name
+    )
+    return result
+
+
+def set_stage(api_client: ApiClient, namespace: str, name: str, stage: int) -> None:
+    custom(api_client).patch_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"spec": {"stage": stage}}
+    )
+
+
+def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return dict(c)
+    return None
+
+
+def wait_ready(api_client: ApiClient, namespace: str, name: str, stage: int, timeout: float = 90) -> dict[str, Any]:
+    """Wait until the ScalingStage reports Ready at `stage` for its current generation."""
+
+    def ready() -> dict[str, Any] | None:
+        obj = get(api_client, namespace, name)
+        st = obj.get("status") or {}
+        ok = condition(obj, "Ready")
+        if (
+            st.get("stage") == stage
+            and st.get("observedGeneration") == obj["metadata"]["generation"]
+            and ok is not None
+            and ok["status"] == "True"
+        ):
+            return obj
+        return None
+
+    result: dict[str, Any] = eventually(ready, timeout=timeout)
+    return result
+
+
+def children(k: kube.Kube, namespace: str, name: str) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in k.children(namespace, name)}
+
+
+def expected(stage: int, name: str, namespace: str, **spec: Any) -> set[tuple[str, str]]:
+    from z2m import plan
+
+    p = plan.resolve(api.ScalingStageSpec(stage=stage, **spec), name=name, namespace=namespace)
+    return {
+        (o["kind"], o["metadata"]["name"])
+        for o in builders.build(p, builders.Owner(name, "x"))
+        if (o["apiVersion"], o["kind"]) in builders.PRUNABLE
+    }
+
+
+def claims(api_client: ApiClient, namespace: str) -> dict[str, str]:
+    core = kubernetes.client.CoreV1Api(api_client)
+    return {
+        c.metadata.name: c.metadata.uid
+        for c in core.list_namespaced_persistent_volume_claim(namespace).items
+    }
+
+
+def versions(k: kube.Kube, namespace: str, name: str) -> dict[tuple[str, str], str]:
+    return {
+        (o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+        for o in k.children(namespace, name)
+    }

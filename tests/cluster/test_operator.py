@@ -1,0 +1,212 @@
+"""z2m against a real kube-apiserver: the ladder, convergence, drift and data safety."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiClient
+
+from tests.cluster import helpers as h
+from tests.conftest import eventually
+from z2m import kube
+
+pytestmark = pytest.mark.cluster
+NAME = "shop"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+def test_each_stage_converges_to_its_objects_and_becomes_ready(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any, stage: int
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, stage))
+    obj = h.wait_ready(api_client, namespace, NAME, stage)
+    assert h.children(k, namespace, NAME) == h.expected(stage, NAME, namespace)
+    components = obj["status"]["components"]
+    assert components and all(c["available"] for c in components)
+    assert obj["status"]["estimatedMonthlyCost"].startswith("$")
+    for ctype in ("Ready", "Progressing", "Degraded"):
+        cond = h.condition(obj, ctype)
+        assert cond is not None and cond["observedGeneration"] == obj["metadata"]["generation"]
+        assert cond["lastTransitionTime"] and cond["reason"]
+
+
+def test_stage_1_is_one_pod_holding_app_and_postgres(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 1))
+    h.wait_ready(api_client, namespace, NAME, 1)
+    pods = kubernetes.client.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector=f"app.kubernetes.io/part-of={NAME}"
+    ).items
+    assert len(pods) == 1
+    assert sorted(c.name for c in pods[0].spec.containers) == ["app", "postgres"]
+    assert all(c.ready for c in pods[0].status.container_statuses)
+
+
+@pytest.mark.parametrize(
+    "walk", [[1, 2, 3, 4, 5, 4, 3, 2, 1], [1, 5, 1]], ids=["one-by-one", "jump"]
+)
+def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any, walk: list[int],
+    empty_queue: str,
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, walk[0], queue={"managementUrl": empty_queue}))
+    h.wait_ready(api_client, namespace, NAME, walk[0])
+    seen_claims: dict[str, str] = {}
+    for stage in walk[1:]:
+        h.set_stage(api_client, namespace, NAME, stage)
+        h.wait_ready(api_client, namespace, NAME, stage, timeout=120)
+        spec = {"queue": {"managementUrl": empty_queue}}
+        eventually(lambda s=stage, sp=spec: h.children(k, namespace, NAME) == h.expected(s, NAME, namespace, **sp))
+        now = h.claims(api_client, namespace)
+        # Every claim ever made is still there, with the same identity: nothing was recreated.
+        assert all(now.get(name) == uid for name, uid in seen_claims.items()), (stage, now)
+        seen_claims.update(now)
+    assert "data-shop-db-0" in seen_claims
+    if max(walk) >= 4:
+        assert {"data-shop-redis-0", "data-shop-queue-0"} <= set(seen_claims)
+
+
+def test_a_reconcile_with_nothing_to_do_writes_nothing(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}))
+    h.wait_ready(api_client, namespace, NAME, 4)
+    time.sleep(3)  # let status settle after Ready
+    before = h.versions(k, namespace, NAME)
+    status_before = h.get(api_client, namespace, NAME)["metadata"]["resourceVersion"]
+    time.sleep(8)  # several periodic re-checks (every 2 s in tests) run in this window
+    assert h.versions(k, namespace, NAME) == before
+    assert h.get(api_client, namespace, NAME)["metadata"]["resourceVersion"] == status_before
+
+
+def test_a_child_deleted_by_hand_comes_back(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    core = kubernetes.client.CoreV1Api(api_client)
+    old = core.read_namespaced_service(f"{NAME}-db-ro", namespace).metadata.uid
+    core.delete_namespaced_service(f"{NAME}-db-ro", namespace)
+
+    def recreated() -> bool:
+        try:
+            return bool(core.read_namespaced_service(f"{NAME}-db-ro", namespace).metadata.uid != old)
+        except kubernetes.client.ApiException:
+            return False
+
+    eventually(recreated, timeout=30)
+
+
+def test_a_hand_edit_is_reverted(api_client: ApiClient, namespace: str, operator: Any) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    apps.patch_namespaced_deployment(f"{NAME}-app", namespace, {"spec": {"replicas": 9}})
+    eventually(lambda: apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.replicas == 2, timeout=30)
+
+
+def test_the_hpa_replica_count_survives_reconciles(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}))
+    h.wait_ready(api_client, namespace, NAME, 4)
+    h.set_stage(api_client, namespace, NAME, 5)
+    h.wait_ready(api_client, namespace, NAME, 5)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    app = apps.read_namespaced_deployment(f"{NAME}-app", namespace)
+    # The hand-over kept the four replicas of stage 4: no drop to one on the way to the HPA.
+    assert app.spec.replicas == 4
+    # What the HPA does: write the scale subresource.
+    apps.patch_namespaced_deployment_scale(f"{NAME}-app", namespace, {"spec": {"replicas": 7}})
+    custom = h.custom(api_client)
+    custom.patch_namespaced_custom_object(
+        "z2m.dev", "v1alpha1", namespace, "scalingstages", NAME,
+        {"spec": {"app": {"env": [{"name": "POKE", "value": "1"}]}}},
+    )
+    eventually(lambda: h.get(api_client, namespace, NAME)["status"]["observedGeneration"] == 3)
+    time.sleep(4)
+    deployment = apps.read_namespaced_deployment(f"{NAME}-app", namespace)
+    env = {e.name for e in deployment.spec.template.spec.containers[0].env}
+    assert "POKE" in env  # the reconcile did write the Deployment
+    assert deployment.spec.replicas == 7
+
+
+def test_replicas_can_be_handed_to_another_autoscaler(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3, overrides={"replicasManagedExternally": True}))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    apps.patch_namespaced_deployment_scale(f"{NAME}-app", namespace, {"spec": {"replicas": 5}})
+    time.sleep(5)
+    assert apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.replicas == 5
+
+
+def test_stage_6_gives_a_clear_condition_not_a_crash(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 6))
+
+    def refused() -> dict[str, Any] | None:
+        cond = h.condition(h.get(api_client, namespace, NAME), "Ready")
+        return cond if cond and cond["reason"] == "StageNotImplemented" else None
+
+    cond = eventually(refused, timeout=30)
+    assert cond["status"] == "False" and "not implemented" in cond["message"]
+    events = kubernetes.client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+    assert any(e.reason == "StageNotImplemented" and e.type == "Warning" for e in events)
+
+
+def test_stage_5_without_cloudnativepg_says_failover_is_unavailable(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 5))
+    obj = h.wait_ready(api_client, namespace, NAME, 5)
+    cond = h.condition(obj, "FailoverAvailable")
+    assert cond is not None and cond["status"] == "False"
+    assert cond["reason"] == "CloudNativePGNotInstalled"
+
+
+def test_deleting_the_scaling_stage_removes_children_but_keeps_claims_and_credentials(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 2))
+    h.wait_ready(api_client, namespace, NAME, 2)
+    claims = h.claims(api_client, namespace)
+    h.custom(api_client).delete_namespaced_custom_object("z2m.dev", "v1alpha1", namespace, "scalingstages", NAME)
+    eventually(lambda: not h.children(k, namespace, NAME), timeout=60)
+    assert h.claims(api_client, namespace) == claims
+    core = kubernetes.client.CoreV1Api(api_client)
+    assert core.read_namespaced_secret(f"{NAME}-credentials", namespace).data
+
+
+def test_credentials_are_generated_once_and_never_rotated(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 2))
+    h.wait_ready(api_client, namespace, NAME, 2)
+    core = kubernetes.client.CoreV1Api(api_client)
+    first = core.read_namespaced_secret(f"{NAME}-credentials", namespace).data
+    h.set_stage(api_client, namespace, NAME, 3)
+    h.wait_ready(api_client, namespace, NAME, 3)
+    assert core.read_namespaced_secret(f"{NAME}-credentials", namespace).data == first
+
+
+def test_every_stage_change_emits_an_event(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 1))
+    h.wait_ready(api_client, namespace, NAME, 1)
+    h.set_stage(api_client, namespace, NAME, 2)
+    h.wait_ready(api_client, namespace, NAME, 2)
+    core = kubernetes.client.CoreV1Api(api_client)
+
+    def messages() -> list[str]:
+        return [e.message for e in core.list_namespaced_event(namespace).items if e.reason == "StageChanged"]
+
+    found = eventually(lambda: [m for m in messages() if "1 -> 2" in m])
+    assert found
