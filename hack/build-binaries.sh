@@ -10,7 +10,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 tools="$here/tools"
 k8s_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/k8s/go.mod")
-key=$(cat "$0" "$tools"/*/go.mod "$tools"/*/go.sum | sha256sum | cut -c1-16)
+# Bump when the build recipe below changes in a way that changes the binaries.
+recipe=2
+key=$( (echo "$recipe"; cat "$tools"/*/go.mod "$tools"/*/go.sum) | sha256sum | cut -c1-16)
 cache="${Z2M_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/z2m}"
 bin="$cache/bin-$key"
 
@@ -28,7 +30,7 @@ build() { # build <module dir> <ldflags> <package>...
   local missing=()
   for pkg in "$@"; do [ -x "$bin/$(name "$pkg")" ] || missing+=("$pkg"); done
   [ ${#missing[@]} -eq 0 ] && return 0
-  echo "z2m: building ${missing[*]##*/} from hack/tools/$(basename "$dir")" >&2
+  echo "z2m: building$(for p in "${missing[@]}"; do printf ' %s' "$(name "$p")"; done) from hack/tools/$(basename "$dir")" >&2
   local start=$SECONDS
   (cd "$dir" && go build -trimpath -pgo=off -ldflags "-s -w $ldflags" -o "$bin.partial/" "${missing[@]}")
   echo "z2m: built in $((SECONDS - start)) s" >&2
@@ -49,7 +51,7 @@ build "$tools/k8s" "$k8s_ldflags" \
   k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubectl
 [ -x "$bin/etcd" ] || { build "$tools/etcd" "" go.etcd.io/etcd/server/v3 && mv "$bin/server" "$bin/etcd"; }
-build "$tools/kwok" "" sigs.k8s.io/kwok/cmd/kwok
+build "$tools/kwok" "" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 build "$tools/metrics-server" "" sigs.k8s.io/metrics-server/cmd/metrics-server
 build "$tools/helm" "" helm.sh/helm/v3/cmd/helm
 rmdir "$bin.partial" 2>/dev/null || true
@@ -64,4 +66,9 @@ for part in stage/node/fast stage/node/heartbeat-with-lease stage/pod/fast stage
   done
 done
 chmod -R u+w "$bin/kwok-stages"
+# metrics-server's own RBAC and APIService, which kwokctl would otherwise download.
+ms_dir=$(cd "$tools/metrics-server" && go list -m -f '{{.Dir}}' sigs.k8s.io/metrics-server)
+rm -rf "$bin/metrics-server-manifests"
+cp -r "$ms_dir/manifests/base" "$bin/metrics-server-manifests"
+chmod -R u+w "$bin/metrics-server-manifests"
 echo "$bin"

@@ -29,9 +29,18 @@ up() {
   local config="$state/kwok-config.yaml"
   : >"$config"
   for f in "$bin"/kwok-stages/*.yaml; do
+    [ "$(basename "$f")" = storage-class.yaml ] && continue  # applied below, to the cluster
     { cat "$f"; printf '\n---\n'; } >>"$config"
   done
   "$bin/kwokctl" --name "$name" delete cluster --kubeconfig "$kubeconfig" >/dev/null 2>&1 || true
+  # Nothing is downloaded: every binary and manifest comes from the local build.
+  cat >>"$config" <<CONFIG
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  kubectlBinary: $bin/kubectl
+  metricsServerManifests: [$bin/metrics-server-manifests]
+CONFIG
   "$bin/kwokctl" --name "$name" -c "$config" create cluster \
     --runtime binary \
     --kubeconfig "$kubeconfig" \
@@ -43,6 +52,7 @@ up() {
     --metrics-server-binary "$bin/metrics-server" \
     --enable metrics-server \
     --extra-args "kube-apiserver=advertise-address=127.0.0.1" \
+    --extra-args "kube-apiserver=endpoint-reconciler-type=none" \
     --wait 120s >&2
 
   local kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
@@ -56,6 +66,8 @@ metadata:
   annotations:
     node.alpha.kubernetes.io/ttl: "0"
     kwok.x-k8s.io/node: fake
+    # metrics-server scrapes KWOK's simulated kubelet resource metrics here.
+    metrics.k8s.io/resource-metrics-path: /metrics/nodes/kwok-node-$i/metrics/resource
   labels:
     kubernetes.io/hostname: kwok-node-$i
     kubernetes.io/os: linux

@@ -128,10 +128,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         # No database means no users, so per-process sessions lose nothing.
         state.sessions = SessionCodec(secrets.token_urlsafe(32))
     if config.database_url is not None:
-        state.db = Database(config.database_url, config.replica_urls)
+        # Workers only write, so they don't need (or watch) the replicas.
+        replicas = config.replica_urls if config.role == "web" else ()
+        state.db = Database(config.database_url, replicas)
         await state.db.open()
         state.tasks.append(asyncio.create_task(_prepare_database(state)))
-        if config.replica_urls:
+        if replicas:
             state.tasks.append(asyncio.create_task(state.db.watch_replicas()))
     if config.redis_url is not None and config.role == "web":
         state.cache = Cache(config.redis_url)
@@ -141,8 +143,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             state.tasks.append(asyncio.create_task(state.broker.connect_forever()))
     if config.role == "web" and state.db is not None:
         state.jobs = Jobs(state.db, state.broker)
-    if config.role == "worker" and state.db is not None and state.broker is not None:
-        state.tasks.append(asyncio.create_task(_run_worker(state)))
+    if config.role == "worker":
+        if state.db is not None and state.broker is not None:
+            state.tasks.append(asyncio.create_task(_run_worker(state)))
+        else:
+            log.warning("ROLE=worker needs DATABASE_URL and BROKER_URL; idling")
     log.info("started role=%s features=%s", config.role, ",".join(config.stage_features) or "none")
     try:
         yield
@@ -292,8 +297,9 @@ async def create_user(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     """``GET /api/me``: the signed-in user."""
+    db = _db(request)
     session = _require_session(request)
-    rows = await _db(request).read(
+    rows = await db.read(
         "SELECT id, name, created_at FROM users WHERE id = %s",
         (session.user_id,),
         primary=_sticky(request),
@@ -305,15 +311,17 @@ async def me(request: Request) -> Response:
 
 async def follow(request: Request) -> Response:
     """``POST /api/users/{id}/follow``: follow a user."""
+    db = _db(request)
     session = _require_session(request)
     followee = int(request.path_params["user_id"])
-    rows = await _db(request).write(
+    rows = await db.write(
         "INSERT INTO follows (follower_id, followee_id)"
         " SELECT %s, id FROM users WHERE id = %s"
         " ON CONFLICT DO NOTHING RETURNING followee_id",
         (session.user_id, followee),
     )
-    exists = rows or await _db(request).read(
+    # Nothing returned: either already following (fine) or no such user (404).
+    exists = rows or await db.read(
         "SELECT 1 FROM follows WHERE follower_id = %s AND followee_id = %s",
         (session.user_id, followee),
         primary=True,
@@ -325,8 +333,8 @@ async def follow(request: Request) -> Response:
 
 async def create_post(request: Request) -> Response:
     """``POST /api/posts {"body"}``: publish; followers are notified in the background."""
-    session = _require_session(request)
     db = _db(request)
+    session = _require_session(request)
     text = _text_field(await _json_body(request), "body", 500)
     rows = await db.write(
         "INSERT INTO posts (author_id, body) VALUES (%s, %s)"
@@ -368,8 +376,9 @@ async def user_posts(request: Request) -> Response:
 
 async def notifications(request: Request) -> Response:
     """``GET /api/notifications``: posts by people the signed-in user follows."""
+    db = _db(request)
     session = _require_session(request)
-    rows = await _db(request).read(
+    rows = await db.read(
         "SELECT post_id, created_at FROM notifications WHERE user_id = %s"
         " ORDER BY post_id DESC LIMIT 50",
         (session.user_id,),

@@ -176,6 +176,16 @@ class Thresholds(Model):
     cache_hit_ratio: float = Field(default=0.8, ge=0, le=1)
     queue_depth: float = Field(default=1000, gt=0)
 
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "self.rpsDemoteFraction < self.rpsPromoteFraction",
+                "thresholds.rpsDemoteFraction must be below rpsPromoteFraction, "
+                "or a load between the two would promote and demote in turn",
+            )
+        )
+    )
+
 
 class Signals(Model):
     """PromQL per signal; `$namespace` and `$name` are substituted. Unset keeps the default."""
@@ -187,6 +197,16 @@ class Signals(Model):
     database_queries_per_second: str | None = Field(default=None, max_length=4096)
     cache_hit_ratio: str | None = Field(default=None, max_length=4096)
     queue_depth: str | None = Field(default=None, max_length=4096)
+    write_ratio: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Share of requests that write; tells database writes from reads.",
+    )
+    static_ratio: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Share of requests for static assets; names the edge cache as the fix.",
+    )
 
 
 class Prometheus(Model):
@@ -194,6 +214,13 @@ class Prometheus(Model):
 
     url: str = Field(pattern=r"^https?://", max_length=512)
     timeout_seconds: float = Field(default=5, gt=0, le=60)
+    rate_window: str = Field(
+        default="2m",
+        pattern=r"^[0-9]+(ms|s|m|h)$",
+        max_length=16,
+        description="The range of rate() in the default queries (`$window`); "
+        "at least four scrape intervals.",
+    )
 
 
 class Promotion(Model):
@@ -324,6 +351,21 @@ class PlanStatus(Model):
     monitoring: bool = False
 
 
+class DecisionMemory(Model):
+    """The decision windows' state, kept in status so an operator restart resets nothing."""
+
+    stage: int = Field(description="The stage the windows below were measured at.")
+    breach_since: str | None = Field(
+        default=None, description="Since when the stage has been the bottleneck, unbroken."
+    )
+    oversized_since: str | None = Field(
+        default=None, description="Since when every signal has been comfortably low, unbroken."
+    )
+    last_change: str | None = Field(
+        default=None, description="When spec.stage last changed, by anyone; starts the cooldown."
+    )
+
+
 class Decision(Model):
     """The auto-promotion logic's last verdict and the evidence behind it."""
 
@@ -334,6 +376,7 @@ class Decision(Model):
     reason: str
     bottleneck: str | None = None
     signals: dict[str, float] = Field(default_factory=dict)
+    memory: DecisionMemory | None = None
 
 
 class Transition(Model):

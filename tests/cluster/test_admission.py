@@ -39,8 +39,8 @@ def apply(kubeconfig: str, namespace: str, spec: dict[str, object]) -> tuple[int
         ({"stage": 2, "promotion": {"mode": "auto", "prometheus": {"url": "http://p:9090"}, "minStage": 3}}, "spec.stage must lie between promotion.minStage and promotion.maxStage"),
         ({"stage": 2, "promotion": {"promoteWindowSeconds": 600, "demoteWindowSeconds": 60}}, "so that the stage climbs faster than it falls"),
         ({"stage": 2, "app": {"port": 70000}}, "spec.app.port in body should be less than or equal to 65535"),
-        ({"stage": 2, "replicaz": 3}, 'unknown field "spec.replicaz"'),
-        ({"stage": 2, "app": {"imag": "x"}}, 'unknown field "spec.app.imag"'),
+        ({"stage": 2, "replicaz": 3}, ".spec.replicaz: field not declared in schema"),
+        ({"stage": 2, "app": {"imag": "x"}}, ".spec.app.imag: field not declared in schema"),
     ],
 )
 def test_the_apiserver_refuses_bad_input_with_a_clear_message(

@@ -356,6 +356,28 @@ def test_a_job_delivered_twice_is_done_once(
     assert _notifications(database, post_id) == 1
 
 
+def test_broker_down_runs_jobs_inline_and_queueing_resumes_when_it_returns(
+    database: ScratchDatabase, rabbitmq_service: RabbitMQ, broker_url: str, start_app: StartApp
+) -> None:
+    app = start_app(DATABASE_URL=database.url, BROKER_URL=broker_url)
+    author, author_id = sign_up(app, "author")
+    fan, _ = sign_up(app, "fan")
+    fan.post(f"/api/users/{author_id}/follow")
+    rabbitmq_service.stop()
+    try:
+        started = time.monotonic()
+        created = post(author, "broker is down")
+        assert time.monotonic() - started < 8
+        assert created["fanout"] == "inline"
+        assert _notifications(database, created["id"]) == 1
+        ready = app.client().get("/readyz")
+        assert (ready.status_code, ready.json()["down"]) == (200, ["broker"])
+    finally:
+        rabbitmq_service.start()
+    wait_for(lambda: app.client().get("/readyz").json()["down"] == [], 60, "broker back")
+    assert post(author, "broker is back")["fanout"] == "queued"
+
+
 # --------------------------------------------------------------------------- sessions
 
 

@@ -1,0 +1,396 @@
+"""Pure auto-promotion logic: from signal values to promote, demote or hold.
+
+No client, no Kopf, no clock: the caller passes the current stage, the
+`Promotion` spec, the signal values (a float, or None when Prometheus had no
+fresh value) and the windows' memory, with the time as a number of seconds.
+`z2m.promote` does the I/O around it.
+
+The rules, in the order they are applied:
+
+1. **No data, no move.** When Prometheus cannot be read (`failure`) or has no
+   value for `rps`, the verdict is *hold* and both windows are reset: a window
+   measures a condition that held *continuously with data*, so a gap starts it
+   again. Missing data therefore never demotes and never promotes.
+2. **Promotion breach.** The current stage is the bottleneck when any signal
+   is above its threshold: RPS above `rpsPromoteFraction` x the stage's upper
+   RPS band, app CPU (percent of one core, per app process), p95 latency,
+   database connections in use, database queries per second, or queue depth
+   above theirs. The breach with the largest overshoot names the bottleneck,
+   per the seed's "What to add at each stage" table (see `BOTTLENECKS`).
+3. **Oversized.** The stage is oversized when the stage below would still be
+   comfortable: RPS (required) below `rpsDemoteFraction` x the lower stage's
+   upper RPS band, app CPU (required) projected onto the lower stage's app
+   replicas below `HEADROOM` x its threshold, and every other signal that has
+   a value below `HEADROOM` x its threshold (database queries are projected
+   without the cache when the lower stage has none). A breach is never
+   oversized.
+4. **Windows.** A promotion needs the breach unbroken for
+   `promoteWindowSeconds`; a demotion needs "oversized" unbroken for
+   `demoteWindowSeconds` (the API requires it to be at least as long, so the
+   stage climbs fast and falls slowly). Both windows restart whenever the
+   stage changes, by anyone.
+5. **Cooldown.** No change within `cooldownSeconds` of the last one, by anyone.
+   Windows keep measuring during the cooldown; the change happens when both
+   the window and the cooldown are satisfied. So two changes are always at
+   least max(cooldown, promote window) apart.
+6. **One step, within limits.** A change moves exactly one stage, never below
+   `minStage` and never above `maxStage` or the highest implemented stage. At
+   a limit the bottleneck is still named, with the action *hold*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from z2m import api, catalog
+
+Action = Literal["promote", "demote", "hold"]
+Values = Mapping[str, float | None]
+
+SIGNALS = (
+    "rps",
+    "app_cpu_percent",
+    "latency_p95_seconds",
+    "database_connections",
+    "database_queries_per_second",
+    "cache_hit_ratio",
+    "queue_depth",
+    "write_ratio",
+    "static_ratio",
+)
+"""Every signal, named as the fields of `api.Signals`."""
+
+HEADROOM = 0.5
+"""Oversized means every signal below this fraction of its promote threshold."""
+
+SHARE = 0.5
+"""A write or static share at or above this names writes or static assets as the bottleneck."""
+
+BOTTLENECKS: dict[str, str] = {
+    "traffic": "a load balancer and more stateless app replicas",
+    "static-assets": "an edge cache (CDN) for static assets",
+    "app-cpu": "more app replicas, then autoscaling",
+    "database-reads": "read replicas, then a cache (Redis)",
+    "database-writes": "a queue to take slow writes out of the request, "
+    "then sharding (beyond z2m's stages)",
+    "background-work": "a message queue and background workers",
+    "latency": "finding what is slow: query indexes first, then more replicas",
+}
+"""Bottleneck -> what fixes it, per the seed's "What to add at each stage" table."""
+
+_LABELS = {
+    "rps": "RPS",
+    "app_cpu_percent": "app CPU",
+    "latency_p95_seconds": "p95 latency",
+    "database_connections": "database connections in use",
+    "database_queries_per_second": "database queries/s",
+    "cache_hit_ratio": "cache hit ratio",
+    "queue_depth": "queue depth",
+    "write_ratio": "write share",
+    "static_ratio": "static share",
+}
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What decide remembers between evaluations; times in seconds since the epoch."""
+
+    stage: int | None = None
+    breach_since: float | None = None
+    oversized_since: float | None = None
+    last_change: float | None = None
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One signal above (or, for oversized checks, not below) its limit."""
+
+    signal: str
+    value: float
+    limit: float
+
+    @property
+    def ratio(self) -> float:
+        """How far over the limit, as a multiple of it."""
+        return self.value / self.limit if self.limit > 0 else math.inf
+
+    def __str__(self) -> str:
+        return f"{_LABELS[self.signal]} {fmt(self.signal, self.value)} > " + fmt(
+            self.signal, self.limit
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one evaluation."""
+
+    action: Action
+    current_stage: int
+    target_stage: int
+    reason: str
+    bottleneck: str | None
+    memory: Memory
+    state: str
+    """Why, as a condition reason: Promote, Demote, StageFits, Observing, CoolingDown,
+    AtLimit, OutOfRange, NoData."""
+
+
+def fmt(signal: str, value: float) -> str:
+    """A signal value for people: 93%, 412 RPS, 640 ms."""
+    if signal == "app_cpu_percent":
+        return f"{value:.0f}%"
+    if signal == "latency_p95_seconds":
+        return f"{value * 1000:.0f} ms"
+    if signal in ("cache_hit_ratio", "write_ratio", "static_ratio"):
+        return f"{value * 100:.0f}%"
+    if signal == "rps":
+        return f"{value:.3g} RPS" if value < 10 else f"{value:.0f} RPS"
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+
+def bounds(promotion: api.Promotion) -> tuple[int, int]:
+    """The stages the operator may choose from: minStage..maxStage, implemented only."""
+    return (
+        max(promotion.min_stage, catalog.MIN_STAGE),
+        min(promotion.max_stage, catalog.MAX_IMPLEMENTED),
+    )
+
+
+def breaches(stage: int, thresholds: api.Thresholds, values: Values) -> list[Breach]:
+    """Signals that say `stage` is the bottleneck, largest overshoot first."""
+    limits = {
+        "rps": thresholds.rps_promote_fraction * catalog.stage(stage).rps.high,
+        "app_cpu_percent": thresholds.app_cpu_percent,
+        "latency_p95_seconds": thresholds.latency_p95_seconds,
+        "database_connections": thresholds.database_connections,
+        "database_queries_per_second": thresholds.database_queries_per_second,
+        "queue_depth": thresholds.queue_depth,
+    }
+    found = [
+        Breach(signal, value, limit)
+        for signal, limit in limits.items()
+        if (value := values.get(signal)) is not None and value > limit
+    ]
+    return sorted(found, key=lambda b: -b.ratio)
+
+
+def too_high_for_lower(stage: int, thresholds: api.Thresholds, values: Values) -> list[str]:
+    """Why `stage - 1` would not be comfortable; empty when `stage` is oversized."""
+    current, lower = catalog.stage(stage), catalog.stage(stage - 1)
+    why: list[str] = []
+    rps = values.get("rps")
+    rps_limit = thresholds.rps_demote_fraction * lower.rps.high
+    if rps is None:
+        why.append("no RPS value")
+    elif rps >= rps_limit:
+        why.append(f"RPS {fmt('rps', rps)} is not below {fmt('rps', rps_limit)}")
+    cpu = values.get("app_cpu_percent")
+    if cpu is None:
+        why.append("no app CPU value")
+    else:
+        projected = cpu * current.app_replicas / lower.app_replicas
+        limit = HEADROOM * thresholds.app_cpu_percent
+        if projected >= limit:
+            why.append(
+                f"app CPU on {lower.app_replicas} replica(s) would be "
+                f"{fmt('app_cpu_percent', projected)}, not below {fmt('app_cpu_percent', limit)}"
+            )
+    qps = values.get("database_queries_per_second")
+    hit = values.get("cache_hit_ratio")
+    if qps is not None and current.redis and not lower.redis and hit is not None:
+        # Without the cache, every hit becomes a database query (the seed's biggest lever).
+        qps = qps / max(1.0 - hit, 0.05)
+    for signal, value in (
+        ("latency_p95_seconds", values.get("latency_p95_seconds")),
+        ("database_connections", values.get("database_connections")),
+        ("database_queries_per_second", qps),
+        ("queue_depth", values.get("queue_depth")),
+    ):
+        limit = HEADROOM * float(getattr(thresholds, signal))
+        if value is not None and value >= limit:
+            why.append(f"{_LABELS[signal]} {fmt(signal, value)} is not below {fmt(signal, limit)}")
+    return why
+
+
+def bottleneck(top: Breach, values: Values, thresholds: api.Thresholds) -> str:
+    """Name the component a breach points at, per the seed's quick-reference table."""
+    signal = top.signal
+    if signal == "latency_p95_seconds":
+        # Latency is a symptom: blame the busiest other resource, if one is busy at all.
+        others = {
+            "app_cpu_percent": thresholds.app_cpu_percent,
+            "database_connections": thresholds.database_connections,
+            "database_queries_per_second": thresholds.database_queries_per_second,
+            "queue_depth": thresholds.queue_depth,
+        }
+        ratios = {s: v / limit for s, limit in others.items() if (v := values.get(s)) is not None}
+        busiest = max(ratios, key=lambda s: ratios[s], default=None)
+        if busiest is None or ratios[busiest] < HEADROOM:
+            return "latency"
+        signal = busiest
+    if signal == "rps":
+        static = values.get("static_ratio")
+        return "static-assets" if static is not None and static >= SHARE else "traffic"
+    if signal == "app_cpu_percent":
+        return "app-cpu"
+    if signal == "queue_depth":
+        return "background-work"
+    writes = values.get("write_ratio")
+    return "database-writes" if writes is not None and writes >= SHARE else "database-reads"
+
+
+def changed(memory: Memory, stage: int, now: float) -> Memory:
+    """The memory after spec.stage became `stage` at `now`: windows restart, cooldown starts."""
+    return Memory(stage=stage, last_change=now)
+
+
+def decide(
+    stage: int,
+    promotion: api.Promotion,
+    values: Values,
+    memory: Memory,
+    now: float,
+    failure: str | None = None,
+) -> Verdict:
+    """One evaluation: the verdict and the memory to keep. See the module docstring."""
+    if memory.stage is None:
+        memory = dataclasses.replace(memory, stage=stage)
+    elif memory.stage != stage:
+        memory = changed(memory, stage, now)  # someone else moved it: that counts as a change
+    low, high = bounds(promotion)
+
+    def hold(state: str, reason: str, mem: Memory, neck: str | None = None) -> Verdict:
+        return Verdict("hold", stage, stage, reason, neck, mem, state)
+
+    if failure is not None or values.get("rps") is None:
+        why = failure or "Prometheus has no RPS value for the app"
+        return hold(
+            "NoData",
+            f"holding at stage {stage}: {why}; no decision without data, and the windows "
+            "restart when data returns",
+            dataclasses.replace(memory, breach_since=None, oversized_since=None),
+        )
+    if not low <= stage <= high:
+        return hold(
+            "OutOfRange",
+            f"stage {stage} lies outside the stages z2m may choose ({low}-{high}); "
+            "it moves only inside them",
+            dataclasses.replace(memory, breach_since=None, oversized_since=None),
+        )
+
+    thresholds = promotion.thresholds
+    over = breaches(stage, thresholds, values)
+    not_oversized = too_high_for_lower(stage, thresholds, values) if stage > 1 else ["stage 1"]
+    oversized = not over and not not_oversized
+    memory = dataclasses.replace(
+        memory,
+        breach_since=(memory.breach_since if memory.breach_since is not None else now)
+        if over
+        else None,
+        oversized_since=(memory.oversized_since if memory.oversized_since is not None else now)
+        if oversized
+        else None,
+    )
+    cooling = False and (
+        memory.last_change is not None and now - memory.last_change < promotion.cooldown_seconds
+    )
+    cooldown_left = (
+        promotion.cooldown_seconds - (now - memory.last_change)
+        if memory.last_change is not None
+        else 0.0
+    )
+
+    if over:
+        top = over[0]
+        neck = bottleneck(top, values, thresholds)
+        fix = BOTTLENECKS[neck]
+        evidence = "; ".join(str(b) for b in over)
+        assert memory.breach_since is not None
+        held = now - memory.breach_since
+        window = promotion.promote_window_seconds
+        if stage >= high:
+            limit = "maxStage" if high == promotion.max_stage else "the highest implemented stage"
+            return hold(
+                "AtLimit",
+                f"stage {stage} is the bottleneck ({evidence}) but it is {limit}; "
+                f"the fix would be {fix}",
+                memory,
+                neck,
+            )
+        if held < window:
+            return hold(
+                "Observing",
+                f"{evidence} for {held:.0f} s of the {window} s promote window; "
+                f"bottleneck {neck}: {fix}",
+                memory,
+                neck,
+            )
+        if cooling:
+            return hold(
+                "CoolingDown",
+                f"{evidence} for {held:.0f} s, but the cooldown "
+                f"({promotion.cooldown_seconds} s) after the last stage change has "
+                f"{cooldown_left:.0f} s left",
+                memory,
+                neck,
+            )
+        target = stage + 1
+        adds = "; ".join(catalog.stage(target).adds)
+        return Verdict(
+            "promote",
+            stage,
+            target,
+            f"promote {stage} -> {target}: {evidence} for {held:.0f} s (window {window} s); "
+            f"bottleneck {neck}, fixed by {fix}; stage {target} adds: {adds}",
+            neck,
+            memory,
+            "Promote",
+        )
+
+    if oversized:
+        assert memory.oversized_since is not None
+        held = now - memory.oversized_since
+        window = promotion.demote_window_seconds
+        lower = catalog.stage(stage - 1)
+        calm = f"every signal fits stage {stage - 1} ({_summary(values)})"
+        if stage <= low:
+            return hold("AtLimit", f"{calm}, but stage {stage} is minStage", memory)
+        if held < window:
+            return hold(
+                "Observing", f"{calm} for {held:.0f} s of the {window} s demote window", memory
+            )
+        if cooling:
+            return hold(
+                "CoolingDown",
+                f"{calm}, but the cooldown ({promotion.cooldown_seconds} s) has "
+                f"{cooldown_left:.0f} s left",
+                memory,
+            )
+        return Verdict(
+            "demote",
+            stage,
+            stage - 1,
+            f"demote {stage} -> {stage - 1}: {calm} for {held:.0f} s (window {window} s); "
+            f"stage {stage - 1} ({lower.title}) carries {lower.rps} RPS",
+            None,
+            memory,
+            "Demote",
+        )
+
+    reason = f"stage {stage} fits: no signal over its threshold ({_summary(values)})"
+    if stage > low and not_oversized:
+        reason += f"; stays above {stage - 1} because " + ", ".join(not_oversized)
+    return hold("StageFits", reason, memory)
+
+
+def _summary(values: Values) -> str:
+    shown = [
+        f"{_LABELS[s]} {fmt(s, v)}"
+        for s in ("rps", "app_cpu_percent", "latency_p95_seconds")
+        if (v := values.get(s)) is not None
+    ]
+    return ", ".join(shown) or "no values"

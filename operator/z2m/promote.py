@@ -1,0 +1,607 @@
+"""The promotion loop: read metrics, decide, report, and in auto mode change the stage.
+
+Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop lists ScalingStages and
+evaluates each one whose `spec.promotion.mode` is `recommend` or `auto` and
+whose `intervalSeconds` has passed. An evaluation reads the signals
+(`z2m.signals`), asks the pure `z2m.decide`, and writes:
+
+- `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
+  windows' memory, so a restarted operator resumes its windows),
+- `status.recommendedStage`, `status.history` (the last `HISTORY_LIMIT` stage
+  changes, by the operator or by a user),
+- conditions `MetricsAvailable` (reasons SignalsRead, PrometheusUnreachable,
+  BadQuery, PrometheusError, NoData) and `Recommendation` (True while a change
+  is recommended or was just made),
+- an Event whenever a decision changes something or recommends a change, and
+  whenever metrics become unavailable or available again.
+
+Modes: `auto` patches `spec.stage` itself and the reconciler does the rest.
+`recommend` changes nothing until a person approves by annotating the
+ScalingStage with `z2m.dev/approve-stage: "<N>"` where N is
+`status.recommendedStage`; the loop then sets `spec.stage` to N and removes the
+annotation in one patch. An approval that does not match the current
+recommendation is removed with a Warning Event, so a stale approval never
+applies later. `spec.paused: true` stops decisions (and queries) entirely.
+
+The stage patch carries the resourceVersion the decision was based on, so a
+concurrent edit by a person wins and the loop decides again. Kubernetes calls
+are synchronous and run on the loop's own small thread pool, so they never
+block Kopf's event loop nor take the reconciler's threads; a semaphore bounds
+concurrent evaluations and each has a timeout. Failures are caught, reported
+once as a condition and an Event, and retried with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import pydantic
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+
+from z2m import api, decide, kube, metrics, signals, status
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+APPROVE_ANNOTATION = f"{api.GROUP}/approve-stage"
+HISTORY_LIMIT = 20
+MAX_BACKOFF_FACTOR = 8
+MAX_BACKOFF_SECONDS = 600.0
+
+
+def iso(t: float) -> str:
+    """Seconds since the epoch as RFC 3339 with milliseconds."""
+    stamp = datetime.datetime.fromtimestamp(t, datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_time(text: str | None) -> float | None:
+    """An RFC 3339 timestamp as seconds since the epoch; None for None or garbage."""
+    if not text:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def memory_of(decision: api.Decision | None) -> decide.Memory:
+    """The decide memory stored in a Decision (empty for none)."""
+    if decision is None or decision.memory is None:
+        return decide.Memory()
+    m = decision.memory
+    return decide.Memory(
+        stage=m.stage,
+        breach_since=parse_time(m.breach_since),
+        oversized_since=parse_time(m.oversized_since),
+        last_change=parse_time(m.last_change),
+    )
+
+
+def stored_memory(memory: decide.Memory, stage: int) -> api.DecisionMemory:
+    """The decide memory in its status form."""
+    return api.DecisionMemory(
+        stage=memory.stage if memory.stage is not None else stage,
+        breach_since=iso(memory.breach_since) if memory.breach_since is not None else None,
+        oversized_since=iso(memory.oversized_since) if memory.oversized_since is not None else None,
+        last_change=iso(memory.last_change) if memory.last_change is not None else None,
+    )
+
+
+def condition(
+    previous: list[Obj], ctype: str, value: str, reason: str, message: str, now: float
+) -> Obj:
+    """A condition as JSON, keeping lastTransitionTime while its status is unchanged."""
+    since = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for old in previous:
+        if old.get("type") == ctype and old.get("status") == value:
+            since = old.get("lastTransitionTime") or since
+    return api.Condition(
+        type=ctype, status=value, reason=reason, message=message[:2048], last_transition_time=since
+    ).model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+RECOMMENDATION_REASONS = {
+    ("promote", "recommend"): "PromotionRecommended",
+    ("demote", "recommend"): "DemotionRecommended",
+    ("promote", "auto"): "Promoted",
+    ("demote", "auto"): "Demoted",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one evaluation wants written: pure data, built by `report`."""
+
+    status: Obj
+    events: list[tuple[str, str, str]]
+    """(type, reason, message) of each Event to record."""
+
+
+def metrics_condition(reading: signals.Reading, previous: list[Obj], now: float) -> Obj:
+    """MetricsAvailable from a reading."""
+    if reading.problem is not None:
+        return condition(
+            previous,
+            "MetricsAvailable",
+            "False",
+            reading.problem.reason,
+            reading.problem.message,
+            now,
+        )
+    if reading.values.get("rps") is None:
+        return condition(
+            previous,
+            "MetricsAvailable",
+            "False",
+            "NoData",
+            "Prometheus answered but has no RPS value for this app: is it scraped, with "
+            "labels namespace and pod (<name>-app-...), or does spec.promotion.signals.rps "
+            "need overriding?",
+            now,
+        )
+    missing = reading.missing
+    note = f"; no data for {', '.join(missing)} (normal for signals the stage lacks)"
+    return condition(
+        previous,
+        "MetricsAvailable",
+        "True",
+        "SignalsRead",
+        f"read {len(reading.values) - len(missing)} of {len(reading.values)} signals"
+        + (note if missing else ""),
+        now,
+    )
+
+
+def recommendation_condition(
+    verdict: decide.Verdict, mode: str, name: str, previous: list[Obj], now: float, applied: bool
+) -> Obj:
+    """Recommendation from a verdict: True while a change is recommended or was just made."""
+    if verdict.action != "hold":
+        reason = RECOMMENDATION_REASONS[(verdict.action, "auto" if applied else mode)]
+        message = verdict.reason
+        if not applied:
+            message += (
+                f". Approve with: kubectl annotate scalingstage {name} "
+                f"{APPROVE_ANNOTATION}={verdict.target_stage}"
+            )
+        return condition(previous, "Recommendation", "True", reason, message, now)
+    value = "Unknown" if verdict.state == "NoData" else "False"
+    return condition(previous, "Recommendation", value, verdict.state, verdict.reason, now)
+
+
+def material(st: Obj) -> Any:
+    """The parts of our status whose change is worth a write (not the signal values)."""
+    decision = st.get("lastDecision") or {}
+    return (
+        decision.get("action"),
+        decision.get("currentStage"),
+        decision.get("recommendedStage"),
+        decision.get("bottleneck"),
+        decision.get("memory"),
+        st.get("recommendedStage"),
+        len(st.get("history") or []),
+        (st.get("history") or [{}])[-1:],
+        sorted(
+            (c.get("type"), c.get("status"), c.get("reason"))
+            for c in st.get("conditions") or []
+            if c.get("type") in status.FOREIGN
+        ),
+    )
+
+
+def events_for(
+    old: Obj, new: Obj, verdict: decide.Verdict, mode: str, applied: bool, approved: bool
+) -> list[tuple[str, str, str]]:
+    """Events for what changed between our old and new status: one per news, not per pass."""
+    out: list[tuple[str, str, str]] = []
+
+    def cond(st: Obj, ctype: str) -> Obj:
+        return next((c for c in st.get("conditions") or [] if c.get("type") == ctype), {})
+
+    old_m, new_m = cond(old, "MetricsAvailable"), cond(new, "MetricsAvailable")
+    if (old_m.get("status"), old_m.get("reason")) != (new_m.get("status"), new_m.get("reason")):
+        if new_m.get("status") == "True":
+            if old_m:
+                out.append(("Normal", "MetricsAvailable", new_m.get("message", "")))
+        else:
+            out.append(
+                (
+                    "Warning",
+                    f"Metrics{new_m.get('reason', 'Unavailable')}",
+                    new_m.get("message", ""),
+                )
+            )
+    if applied:
+        if not approved:  # an approval has its own Event
+            out.append(("Normal", RECOMMENDATION_REASONS[(verdict.action, "auto")], verdict.reason))
+    elif verdict.action != "hold" and mode == "recommend":
+        before = old.get("recommendedStage")
+        if before != verdict.target_stage:
+            reason = RECOMMENDATION_REASONS[(verdict.action, mode)]
+            out.append(("Normal", reason, cond(new, "Recommendation").get("message", "")))
+    elif verdict.action == "hold":
+        before = old.get("recommendedStage")
+        if before is not None and before != verdict.current_stage and mode == "recommend":
+            out.append(
+                (
+                    "Normal",
+                    "RecommendationWithdrawn",
+                    f"no longer recommending stage {before}: {verdict.reason}",
+                )
+            )
+        old_r = cond(old, "Recommendation").get("reason")
+        if verdict.state == "AtLimit" and old_r != "AtLimit":
+            out.append(("Normal", "AtStageLimit", verdict.reason))
+    return out
+
+
+@dataclass
+class Loop:
+    """Evaluates ScalingStages with promotion on; one per operator process."""
+
+    kube: kube.Kube
+    http: httpx.AsyncClient
+    tick: float = 5.0
+    concurrency: int = 8
+    refresh_seconds: float = 60.0
+    clock: Callable[[], float] = time.time
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=3, thread_name_prefix="z2m-promote")
+    )
+    _limit: asyncio.Semaphore = field(init=False)
+    _due: dict[str, float] = field(default_factory=dict)
+    _running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _failures: dict[str, int] = field(default_factory=dict)
+    _written: dict[str, Obj] = field(default_factory=dict)
+    """uid -> the status parts we last wrote, to survive a concurrent writer's stale copy."""
+    _finished: dict[str, float] = field(default_factory=dict)
+    """uid -> when its last evaluation ended; a listing from before then is stale for it."""
+    _names: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Make the semaphore inside the running loop's lifetime."""
+        self._limit = asyncio.Semaphore(self.concurrency)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """List and dispatch every tick until `stop` is set (or the task is cancelled)."""
+        listing_failures = 0
+        while not stop.is_set():
+            listed_at = time.monotonic()
+            try:
+                items = await self._call(self.kube.list_scaling_stages)
+            except Exception:
+                listing_failures += 1
+                log.exception("listing ScalingStages for promotion failed")
+                items = []
+            else:
+                listing_failures = 0
+            self.dispatch(items, listed_at)
+            delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def dispatch(self, items: list[Obj], listed_at: float) -> None:
+        """Start an evaluation for every due object not already being evaluated."""
+        now = time.monotonic()
+        seen: set[str] = set()
+        for obj in items:
+            meta = obj.get("metadata") or {}
+            uid = meta.get("uid")
+            if not uid or meta.get("deletionTimestamp"):
+                continue
+            seen.add(uid)
+            mode = ((obj.get("spec") or {}).get("promotion") or {}).get("mode", "manual")
+            if mode == "manual" or uid in self._running:
+                continue
+            if self._finished.get(uid, 0.0) > listed_at:
+                continue  # listed before its last evaluation ended: may predate our own patch
+            self._names[uid] = (meta.get("namespace", ""), meta.get("name", ""))
+            approving = APPROVE_ANNOTATION in (meta.get("annotations") or {})
+            if not approving and self._due.get(uid, 0.0) > now:
+                continue
+            task = asyncio.get_running_loop().create_task(self._guarded(uid, obj))
+            self._running[uid] = task
+        for gone in set(self._names) - seen:
+            for table in (self._due, self._failures, self._written, self._finished):
+                table.pop(gone, None)
+            with contextlib.suppress(KeyError):
+                metrics.RECOMMENDED_STAGE.remove(*self._names.pop(gone))
+
+    async def _guarded(self, uid: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        promotion = (obj.get("spec") or {}).get("promotion") or {}
+        interval = float(promotion.get("intervalSeconds", 30))
+        # Every query runs concurrently under its own timeout; the rest is a few API calls.
+        timeout = float((promotion.get("prometheus") or {}).get("timeoutSeconds", 5)) + 30.0
+        ok = False
+        try:
+            async with self._limit:
+                ok = await asyncio.wait_for(self.evaluate(obj), timeout=timeout)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            metrics.EVALUATION_ERRORS.labels("Timeout").inc()
+            log.warning(
+                "promotion evaluation of %s/%s took over %g s",
+                meta["namespace"],
+                meta["name"],
+                timeout,
+            )
+        except Exception as exc:
+            metrics.EVALUATION_ERRORS.labels(type(exc).__name__).inc()
+            log.exception("promotion evaluation of %s/%s failed", meta["namespace"], meta["name"])
+        finally:
+            self._running.pop(uid, None)
+            self._finished[uid] = time.monotonic()
+        failures = 0 if ok else self._failures.get(uid, 0) + 1
+        self._failures[uid] = failures
+        delay = min(
+            interval * min(2**failures, MAX_BACKOFF_FACTOR), max(interval, MAX_BACKOFF_SECONDS)
+        )
+        self._due[uid] = time.monotonic() + delay
+
+    async def evaluate(self, obj: Obj) -> bool:
+        """One evaluation of one ScalingStage; returns False when metrics could not be read."""
+        meta = obj["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        try:
+            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
+        except pydantic.ValidationError:
+            return True  # the reconciler reports an invalid spec; nothing to decide on
+        promotion = spec.promotion
+        if promotion.mode == "manual":
+            return True
+        current: Obj = dict(obj.get("status") or {})
+        ours = self._newest(uid, current)
+        previous_decision = _decision(ours.get("lastDecision"))
+        memory = memory_of(previous_decision)
+        history = list(ours.get("history") or [])
+        now = self.clock()
+        annotations = meta.get("annotations") or {}
+        approval = annotations.get(APPROVE_ANNOTATION)
+
+        if memory.stage is not None and memory.stage != spec.stage:
+            history.append(
+                api.Transition(
+                    time=iso(now),
+                    from_stage=memory.stage,
+                    to_stage=spec.stage,
+                    reason="spec.stage was changed by someone other than the promotion loop",
+                    by="user",
+                ).model_dump(by_alias=True, mode="json")
+            )
+
+        if spec.paused:
+            verdict = decide.Verdict(
+                "hold",
+                spec.stage,
+                spec.stage,
+                "spec.paused is true: no metrics are read and nothing is decided",
+                None,
+                dataclasses.replace(
+                    memory,
+                    stage=spec.stage,
+                    breach_since=None,
+                    oversized_since=None,
+                    last_change=now
+                    if memory.stage not in (None, spec.stage)
+                    else memory.last_change,
+                ),
+                "Paused",
+            )
+            reading = None
+        else:
+            reading = await signals.read(self.http, promotion, namespace, name)
+            failure = reading.problem.message if reading.problem is not None else None
+            verdict = decide.decide(spec.stage, promotion, reading.values, memory, now, failure)
+            if reading.problem is not None:
+                metrics.EVALUATION_ERRORS.labels(reading.problem.reason).inc()
+        metrics.DECISIONS.labels(verdict.action).inc()
+
+        events: list[tuple[str, str, str]] = []
+        applied = False
+        new_memory = verdict.memory
+        if approval is not None:
+            approved = (
+                promotion.mode == "recommend"
+                and verdict.action != "hold"
+                and approval.strip() == str(verdict.target_stage)
+                and not spec.paused
+            )
+            if approved:
+                if not await self._set_stage(meta, verdict.target_stage):
+                    return True  # someone else changed it: decide again on the next tick
+                applied = True
+                events.append(
+                    (
+                        "Normal",
+                        "Approved",
+                        f"stage {spec.stage} -> {verdict.target_stage} approved through "
+                        f"{APPROVE_ANNOTATION}: {verdict.reason}",
+                    )
+                )
+            else:
+                why = (
+                    f"the recommendation is stage {verdict.target_stage} "
+                    f"({verdict.state}: {verdict.reason})"
+                    if promotion.mode == "recommend"
+                    else f"mode is {promotion.mode}; approvals apply only in recommend mode"
+                )
+                if not await self._remove_approval(meta):
+                    return True
+                events.append(
+                    ("Warning", "ApprovalIgnored", f"approval of stage {approval!r} removed: {why}")
+                )
+        elif promotion.mode == "auto" and verdict.action != "hold":
+            if not await self._set_stage(meta, verdict.target_stage):
+                return True
+            applied = True
+        if applied:
+            new_memory = decide.changed(verdict.memory, verdict.target_stage, now)
+            history.append(
+                api.Transition(
+                    time=iso(now),
+                    from_stage=spec.stage,
+                    to_stage=verdict.target_stage,
+                    reason=verdict.reason,
+                    by="user" if approval is not None else "operator",
+                ).model_dump(by_alias=True, mode="json")
+            )
+
+        previous_conditions = list(current.get("conditions") or [])
+        ours_now: list[Obj] = []
+        if reading is not None:
+            ours_now.append(metrics_condition(reading, previous_conditions, now))
+        else:
+            ours_now += [c for c in previous_conditions if c.get("type") == "MetricsAvailable"]
+        ours_now.append(
+            recommendation_condition(
+                verdict, promotion.mode, name, previous_conditions, now, applied
+            )
+        )
+        decision = api.Decision(
+            time=iso(now),
+            current_stage=spec.stage,
+            recommended_stage=verdict.target_stage,
+            action=verdict.action,
+            reason=verdict.reason[:2048],
+            bottleneck=verdict.bottleneck,
+            signals={
+                k: round(v, 6)
+                for k, v in (reading.values if reading else {}).items()
+                if v is not None
+            },
+            memory=stored_memory(new_memory, verdict.target_stage if applied else spec.stage),
+        )
+        new_status: Obj = {
+            "conditions": [c for c in previous_conditions if c.get("type") not in status.FOREIGN]
+            + ours_now,
+            "lastDecision": decision.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            "recommendedStage": verdict.target_stage,
+            "history": history[-HISTORY_LIMIT:],
+        }
+        events = (
+            events_for(ours, new_status, verdict, promotion.mode, applied, approval is not None)
+            + events
+        )
+        metrics.RECOMMENDED_STAGE.labels(namespace, name).set(verdict.target_stage)
+
+        last_time = parse_time((current.get("lastDecision") or {}).get("time")) or 0.0
+        stale = now - last_time >= self.refresh_seconds
+        if applied or stale or material(new_status) != material(current):
+            await self._call(self.kube.patch_status, namespace, name, new_status)
+        self._written[uid] = new_status
+        for kind, reason, message in events:
+            log.info("%s/%s: %s %s", namespace, name, reason, message)
+            try:
+                await self._call(self.kube.event, obj, kind, reason, message)
+            except Exception:
+                log.warning(
+                    "could not record Event %s on %s/%s", reason, namespace, name, exc_info=True
+                )
+        return reading is None or reading.problem is None
+
+    def _newest(self, uid: str, current: Obj) -> Obj:
+        """Our status parts as stored, or as we last wrote them if the stored copy is older."""
+        written = self._written.get(uid)
+        if written is None:
+            return current
+        stored = parse_time((current.get("lastDecision") or {}).get("time")) or 0.0
+        ours = parse_time((written.get("lastDecision") or {}).get("time")) or 0.0
+        if ours <= stored:
+            return current
+        return {
+            **current,
+            **{k: written[k] for k in ("lastDecision", "recommendedStage", "history")},
+        }
+
+    async def _set_stage(self, meta: Obj, stage: int) -> bool:
+        """Patch spec.stage (and drop any approval) if nobody changed the object meanwhile."""
+        body: Obj = {
+            "metadata": {"resourceVersion": meta["resourceVersion"]},
+            "spec": {"stage": stage},
+        }
+        if APPROVE_ANNOTATION in (meta.get("annotations") or {}):
+            body["metadata"]["annotations"] = {APPROVE_ANNOTATION: None}
+        return await self._patch(meta, body)
+
+    async def _remove_approval(self, meta: Obj) -> bool:
+        body: Obj = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "annotations": {APPROVE_ANNOTATION: None},
+            }
+        }
+        return await self._patch(meta, body)
+
+    async def _patch(self, meta: Obj, body: Obj) -> bool:
+        resource = self.kube.client.resources.get(
+            api_version=f"{api.GROUP}/{api.VERSION}", kind=api.KIND
+        )
+        try:
+            await self._call(
+                resource.patch,
+                body=body,
+                name=meta["name"],
+                namespace=meta["namespace"],
+                content_type="application/merge-patch+json",
+            )
+        except (ConflictError, NotFoundError):
+            log.info("%s/%s changed meanwhile; deciding again", meta["namespace"], meta["name"])
+            self._due.pop(meta["uid"], None)
+            return False
+        return True
+
+
+def _decision(raw: Any) -> api.Decision | None:
+    if not raw:
+        return None
+    try:
+        return api.Decision.model_validate(raw)
+    except pydantic.ValidationError:
+        return None
+
+
+async def run_forever(client: kube.Kube, stop: asyncio.Event | None = None) -> None:
+    """Run the promotion loop until `stop` is set or the task is cancelled.
+
+    Settings come from the environment: Z2M_PROMOTION_TICK (seconds between
+    listings, default 5), Z2M_PROMOTION_CONCURRENCY (evaluations at once,
+    default 8), Z2M_PROMOTION_REFRESH (seconds after which an unchanged
+    decision is written anyway, default 60).
+    """
+    stop = stop or asyncio.Event()
+    async with httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16)
+    ) as http:
+        loop = Loop(
+            kube=client,
+            http=http,
+            tick=float(os.environ.get("Z2M_PROMOTION_TICK", "5")),
+            concurrency=int(os.environ.get("Z2M_PROMOTION_CONCURRENCY", "8")),
+            refresh_seconds=float(os.environ.get("Z2M_PROMOTION_REFRESH", "60")),
+        )
+        try:
+            await loop.run(stop)
+        finally:
+            loop.executor.shutdown(wait=False, cancel_futures=True)
