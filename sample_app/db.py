@@ -160,6 +160,7 @@ class Database:
             for i, url in enumerate(self.replica_urls)
         ]
         self.health = [policy.ReplicaHealth() for _ in self.replica_urls]
+        self._last_reading = [policy.ReplicaHealth() for _ in self.replica_urls]
         self._next_replica = 0
 
     async def open(self) -> None:
@@ -232,7 +233,11 @@ class Database:
             )
             for index, result in enumerate(results):
                 # A check that timed out counts as unreachable.
-                new = result if isinstance(result, policy.ReplicaHealth) else policy.ReplicaHealth()
+                reading = (
+                    result if isinstance(result, policy.ReplicaHealth) else policy.ReplicaHealth()
+                )
+                new = policy.confirm_lag(self._last_reading[index], reading)
+                self._last_reading[index] = reading
                 if new.usable() != self.health[index].usable():
                     log.info("replica %d usable=%s (lag=%s)", index, new.usable(), new.lag_seconds)
                 self.health[index] = new

@@ -201,16 +201,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--max-in-flight", type=int, default=256)
     args = parser.parse_args(argv)
-    result = asyncio.run(
-        run_load(
-            args.url,
-            rps=args.rps,
-            duration=args.duration,
-            read_ratio=args.read_ratio,
-            users=args.users,
-            max_in_flight=args.max_in_flight,
+    try:
+        result = asyncio.run(
+            run_load(
+                args.url,
+                rps=args.rps,
+                duration=args.duration,
+                read_ratio=args.read_ratio,
+                users=args.users,
+                max_in_flight=args.max_in_flight,
+            )
         )
-    )
+    except (httpx.HTTPError, ValueError) as exc:
+        # Setup (signing users up) failed: the app is unreachable or not ready.
+        print(f"load: {exc!r}", file=sys.stderr)
+        return 2
     print(result.summary())
     return 1 if result.errors or result.dropped else 0
 

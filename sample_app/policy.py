@@ -40,6 +40,20 @@ class ReplicaHealth:
         return self.reachable and self.lag_seconds is not None and self.lag_seconds <= max_lag
 
 
+def confirm_lag(previous: ReplicaHealth, current: ReplicaHealth) -> ReplicaHealth:
+    """Ignore a single over-the-threshold lag reading that follows a good one.
+
+    On a replica that has been idle, the first write after the pause makes the
+    lag briefly read as "time since the previous commit" (possibly minutes)
+    until it is replayed a few milliseconds later.  Requiring two bad readings
+    in a row filters that out and still flags a replica that is really behind
+    within two check intervals.  Unreachable is believed at once.
+    """
+    if current.reachable and not current.usable() and previous.usable():
+        return ReplicaHealth(reachable=True, lag_seconds=previous.lag_seconds)
+    return current
+
+
 def replica_order(
     health: Sequence[ReplicaHealth], start: int, max_lag: float = MAX_REPLICA_LAG_SECONDS
 ) -> list[int]:

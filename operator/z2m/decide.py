@@ -295,7 +295,7 @@ def decide(
         if oversized
         else None,
     )
-    cooling = False and (
+    cooling = (
         memory.last_change is not None and now - memory.last_change < promotion.cooldown_seconds
     )
     cooldown_left = (

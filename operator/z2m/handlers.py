@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import kubernetes
 
-from z2m import api, builders, kube, reconcile
+from z2m import api, builders, kube, promote, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.scheduler = Scheduler(reconciler)
     RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
     RUNTIME.tasks.append(asyncio.create_task(_resync(reconciler.kube)))
+    # Metrics-driven promotion (modes recommend and auto); cancelled by `stop` below.
+    RUNTIME.tasks.append(asyncio.create_task(promote.run_forever(reconciler.kube, asyncio.Event())))
 
 
 @kopf.on.cleanup()
@@ -125,6 +128,26 @@ async def _resync(client: kube.Kube) -> None:
         for item in items:
             if RUNTIME.scheduler is not None:
                 RUNTIME.scheduler.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log Kopf in with Z2M_KUBECONFIG when given, else as the client library would."""
+    path = os.environ.get("Z2M_KUBECONFIG")
+    if not path:
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+    config = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=path, client_configuration=config)
+    token = (config.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        token=token,
+    )
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

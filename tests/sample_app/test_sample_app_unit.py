@@ -183,6 +183,16 @@ def test_lag_threshold_is_inclusive() -> None:
     assert not policy.ReplicaHealth(reachable=True, lag_seconds=2.01).usable(max_lag=2.0)
 
 
+def test_one_lag_spike_after_a_good_reading_is_ignored_but_two_in_a_row_are_not() -> None:
+    spike = policy.confirm_lag(previous=OK, current=LAGGING)
+    assert spike.usable()
+    assert not policy.confirm_lag(previous=LAGGING, current=LAGGING).usable()
+
+
+def test_an_unreachable_replica_is_believed_at_once() -> None:
+    assert not policy.confirm_lag(previous=OK, current=DOWN).usable()
+
+
 def test_circuit_breaker_backs_off_exponentially_and_closes_on_success() -> None:
     breaker = policy.CircuitBreaker(base_backoff=1.0, max_backoff=3.0)
     assert breaker.allow(0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -72,7 +73,7 @@ def test_sustained_load_climbs_exactly_one_stage_per_promote_window() -> None:
     changes = simulate(FAST, 1, lambda t, s: OVERLOAD, seconds=200)
     assert [(a, b) for _, a, b in changes] == [(1, 2), (2, 3), (3, 4), (4, 5)]
     times = [0.0] + [t for t, _, _ in changes]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] == FAST.promote_window_seconds
     # Each later step waits a full window measured at the new stage (plus one evaluation).
     assert all(FAST.promote_window_seconds <= g <= FAST.promote_window_seconds + 1 for g in gaps)
@@ -281,7 +282,7 @@ def test_no_oscillation_changes_the_stage_more_often_than_windows_and_cooldown_a
     changes = simulate(p, low, cycle(pattern, hold), seconds)
     times = [t for t, _, _ in changes]
     gap = max(p.cooldown_seconds, p.promote_window_seconds)
-    assert all(b - a >= gap for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= gap for a, b in itertools.pairwise(times))
     shortest = max(min(p.promote_window_seconds, p.cooldown_seconds), 1)
     assert len(changes) <= seconds / shortest + 1
     for t, before, after in changes:
@@ -305,7 +306,10 @@ def test_the_stage_never_leaves_min_and_max_and_missing_rps_never_moves_it(
         if sample["rps"] is None:
             assert verdict.action == "hold"
         if verdict.action != "hold":
-            stage, memory = verdict.target_stage, decide.changed(verdict.memory, verdict.target_stage, t)
+            stage, memory = (
+                verdict.target_stage,
+                decide.changed(verdict.memory, verdict.target_stage, t),
+            )
         else:
             memory = verdict.memory
         assert low <= stage <= high
