@@ -15,6 +15,7 @@ inline in the request, which is safe for the same reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -148,9 +149,11 @@ class Broker:
         return True
 
     async def close(self) -> None:
-        """Close the connection."""
-        if self.connection is not None:
-            await self.connection.close()
+        """Close the connection (errors ignored: it may already be dead)."""
+        connection, self.connection, self.channel = self.connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
 
 
 class Jobs:

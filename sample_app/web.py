@@ -92,30 +92,37 @@ class State:
 
 
 async def _prepare_database(state: State) -> None:
-    """Migrate (retrying until the primary is reachable), then load the session key."""
-    assert state.db is not None
+    """Migrate and load the session key, retrying until the primary lets us."""
+    db = state.db
+    assert db is not None
     delay = 0.5
     while True:
         try:
-            applied = await state.db.migrate()
+            applied = await db.migrate()
             if applied:
                 log.info("applied migrations %s", applied)
+            if state.config.secret_key is None:
+                state.sessions = SessionCodec(await _shared_secret(db))
             break
         except Exception as exc:  # the primary may simply not be up yet
-            log.warning("migration failed (%r), retrying in %.1fs", exc, delay)
+            log.warning("database not ready (%r), retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-    if state.config.secret_key is None:
-        # Without SECRET_KEY every app process must still agree on one key, so
-        # the first process to start stores a random one in the database.
-        async with state.db.transaction() as tx:
-            await tx.fetch(
-                "INSERT INTO app_secret (id, key) VALUES (1, %s) ON CONFLICT DO NOTHING",
-                (secrets.token_urlsafe(32),),
-            )
-            rows = await tx.fetch("SELECT key FROM app_secret WHERE id = 1")
-        state.sessions = SessionCodec(str(rows[0]["key"]))
     state.schema_ready.set()
+
+
+async def _shared_secret(db: Database) -> str:
+    """The session key every app process agrees on when SECRET_KEY is unset.
+
+    The first process to get here stores a random key; everyone reads that row.
+    """
+    async with db.transaction() as tx:
+        await tx.fetch(
+            "INSERT INTO app_secret (id, key) VALUES (1, %s) ON CONFLICT DO NOTHING",
+            (secrets.token_urlsafe(32),),
+        )
+        rows = await tx.fetch("SELECT key FROM app_secret WHERE id = 1")
+    return str(rows[0]["key"])
 
 
 @contextlib.asynccontextmanager
@@ -164,7 +171,13 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 async def _run_worker(state: State) -> None:
     assert state.db is not None and state.broker is not None
     await state.schema_ready.wait()
-    await Worker(state.db, state.broker).run()
+    while True:
+        try:
+            await Worker(state.db, state.broker).run()
+        except Exception as exc:  # keep consuming; unacked messages were requeued
+            log.warning("consumer stopped (%r); restarting in 1s", exc)
+            await state.broker.close()
+            await asyncio.sleep(1.0)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -117,6 +117,7 @@ def operator(kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("Z2M_RESYNC_SECONDS", "2")
     monkeypatch.setenv("Z2M_RETRY_SECONDS", "1")
     monkeypatch.setenv("Z2M_WATCH_TIMEOUT", "30")
+    monkeypatch.setenv("Z2M_QUEUE_QUIET_SECONDS", "6")
     args = ["run", "--standalone", "--namespace", namespace, "-m", "z2m.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner

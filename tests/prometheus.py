@@ -224,12 +224,12 @@ class Prometheus:
         return found[-1]
 
 
-def write_config(path: Path, targets: Iterable[Target]) -> None:
-    """A scrape config with a 1 s interval and one static target per entry."""
+def write_config(path: Path, targets: Iterable[Target], scrape_interval: str = "1s") -> None:
+    """A scrape config with one static target per entry (1 s interval by default)."""
     targets = list(targets)
     lines = [
         "global:",
-        "  scrape_interval: 1s",
+        f"  scrape_interval: {scrape_interval}",
         "  scrape_timeout: 1s",
         "  evaluation_interval: 1s",
         "scrape_configs:",
@@ -247,8 +247,10 @@ def write_config(path: Path, targets: Iterable[Target]) -> None:
 
 
 @contextlib.contextmanager
-def prometheus(tmp: Path, targets: list[Target]) -> Iterator[Prometheus]:
-    """A real Prometheus scraping `targets` every second; stopped on exit."""
+def prometheus(
+    tmp: Path, targets: list[Target], scrape_interval: str = "1s"
+) -> Iterator[Prometheus]:
+    """A real Prometheus scraping `targets` (every second by default); stopped on exit."""
     tmp.mkdir(parents=True, exist_ok=True)
     server = Prometheus(
         port=free_port(),
@@ -256,7 +258,7 @@ def prometheus(tmp: Path, targets: list[Target]) -> Iterator[Prometheus]:
         data=tmp / "data",
         log=tmp / "prometheus.log",
     )
-    write_config(server.config, targets)
+    write_config(server.config, targets, scrape_interval)
     server.start()
     try:
         yield server

@@ -440,13 +440,23 @@ class RabbitMQ:
 
 
 @contextlib.contextmanager
-def rabbitmq(tmp: Path) -> Iterator[RabbitMQ]:
-    """Run a private RabbitMQ node with its own epmd, ports, cookie and data."""
+def rabbitmq(
+    tmp: Path, *, config: str | None = None, plugins: tuple[str, ...] = ()
+) -> Iterator[RabbitMQ]:
+    """Run a private RabbitMQ node with its own epmd, ports, cookie and data.
+
+    ``config`` replaces the node's rabbitmq.conf (the AMQP listener is still
+    set to the node's free port); ``plugins`` are enabled at boot.
+    """
     port = free_port()
     root = tmp / f"rabbitmq-{port}"
     root.mkdir(parents=True)
-    (root / "enabled_plugins").write_text("[].\n")
-    (root / "rabbitmq.conf").write_text("disk_free_limit.absolute = 1MB\n")
+    (root / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
+    text = "disk_free_limit.absolute = 1MB\n" if config is None else config
+    # The node listens on its free loopback port, whatever listener the config names.
+    kept = [line for line in text.splitlines() if not line.startswith("listeners.tcp.")]
+    kept.append(f"listeners.tcp.1 = 127.0.0.1:{port}")
+    (root / "rabbitmq.conf").write_text("\n".join(kept) + "\n")
     (root / "rabbitmq-env.conf").write_text("")
     node = RabbitMQ(
         root=root,

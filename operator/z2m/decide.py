@@ -140,15 +140,13 @@ class Verdict:
 
 
 def fmt(signal: str, value: float) -> str:
-    """A signal value for people: 93%, 412 RPS, 640 ms."""
+    """A signal value for people: 93%, 640 ms, 0.8, 412 (the label carries the unit)."""
     if signal == "app_cpu_percent":
         return f"{value:.0f}%"
     if signal == "latency_p95_seconds":
         return f"{value * 1000:.0f} ms"
     if signal in ("cache_hit_ratio", "write_ratio", "static_ratio"):
         return f"{value * 100:.0f}%"
-    if signal == "rps":
-        return f"{value:.3g} RPS" if value < 10 else f"{value:.0f} RPS"
     return f"{value:.3g}" if value < 10 else f"{value:.0f}"
 
 

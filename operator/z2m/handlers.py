@@ -100,6 +100,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     reconciler = reconcile.Reconciler(
         kube=kube.Kube.connect(client),
         retry_seconds=float(os.environ.get("Z2M_RETRY_SECONDS", "5")),
+        queue_quiet_seconds=float(os.environ.get("Z2M_QUEUE_QUIET_SECONDS", "15")),
     )
     RUNTIME.scheduler = Scheduler(reconciler)
     RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
@@ -151,7 +152,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def scaling_stage_changed(
+async def scaling_stage_changed(
     type: str | None, namespace: str | None, name: str | None, **_: Any
 ) -> None:
     """Any change to a ScalingStage (including the initial listing) asks for a pass."""
@@ -160,7 +161,7 @@ def scaling_stage_changed(
     RUNTIME.scheduler.trigger(namespace, name)
 
 
-def _child_changed(labels: dict[str, str], namespace: str | None, **_: Any) -> None:
+async def _child_changed(labels: dict[str, str], namespace: str | None, **_: Any) -> None:
     owner = labels.get(builders.PART_OF)
     if RUNTIME.scheduler is not None and owner and namespace:
         RUNTIME.scheduler.trigger(namespace, owner)

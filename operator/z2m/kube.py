@@ -274,5 +274,8 @@ def queue_depth(
         return 0
     response.raise_for_status()
     body = response.json()
-    # "messages" already counts ready and unacknowledged ones: a job a worker holds counts.
-    return int(body.get("messages", 0))
+    # "messages" counts ready and unacknowledged jobs alike: a job a worker holds counts.
+    # A queue the statistics collector has not reported on yet has no count: unknown, not 0.
+    if "messages" not in body:
+        raise ValueError(f"RabbitMQ has no message count for queue {queue!r} yet")
+    return int(body["messages"])

@@ -179,13 +179,19 @@ def recommendation_condition(
                 f"{APPROVE_ANNOTATION}={verdict.target_stage}"
             )
         return condition(previous, "Recommendation", "True", reason, message, now)
-    value = "Unknown" if verdict.state == "NoData" else "False"
+    value = "Unknown" if verdict.state in ("NoData", "Paused") else "False"
     return condition(previous, "Recommendation", value, verdict.state, verdict.reason, now)
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def material(st: Obj) -> Any:
     """The parts of our status whose change is worth a write (not the signal values)."""
-    decision = st.get("lastDecision") or {}
+    decision = _strip_none(st.get("lastDecision") or {})
     return (
         decision.get("action"),
         decision.get("currentStage"),
@@ -430,7 +436,7 @@ class Loop:
             )
             if approved:
                 if not await self._set_stage(meta, verdict.target_stage):
-                    return True  # someone else changed it: decide again on the next tick
+                    return True  # someone else changed it: decide again next interval
                 applied = True
                 events.append(
                     (
@@ -496,7 +502,8 @@ class Loop:
         new_status: Obj = {
             "conditions": [c for c in previous_conditions if c.get("type") not in status.FOREIGN]
             + ours_now,
-            "lastDecision": decision.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            # Nulls stay in: in a merge patch they delete a window's start that has ended.
+            "lastDecision": decision.model_dump(by_alias=True, mode="json"),
             "recommendedStage": verdict.target_stage,
             "history": history[-HISTORY_LIMIT:],
         }
@@ -568,7 +575,6 @@ class Loop:
             )
         except (ConflictError, NotFoundError):
             log.info("%s/%s changed meanwhile; deciding again", meta["namespace"], meta["name"])
-            self._due.pop(meta["uid"], None)
             return False
         return True
 
@@ -591,6 +597,7 @@ async def run_forever(client: kube.Kube, stop: asyncio.Event | None = None) -> N
     decision is written anyway, default 60).
     """
     stop = stop or asyncio.Event()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every query at INFO
     async with httpx.AsyncClient(
         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16)
     ) as http:

@@ -15,7 +15,7 @@ import datetime
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -48,6 +48,13 @@ class Reconciler:
     kube: kube.Kube
     clock: Callable[[], str] = utcnow
     retry_seconds: float = 5.0
+    queue_quiet_seconds: float = 15.0
+    """How long a queue must keep reading empty before it is removed.
+
+    RabbitMQ's management statistics lag the queue by up to their collection
+    interval (5 s by default), so one empty reading is not proof.
+    """
+    _empty_since: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def reconcile(self, namespace: str, name: str) -> Result:
         """Run one pass and record its metrics."""
@@ -180,8 +187,14 @@ class Reconciler:
             trouble = ""
         except Exception as exc:  # any failure means "not shown empty"
             depth, trouble = None, f"{type(exc).__name__}: {exc}"
+        key = (the_plan.namespace, the_plan.name)
         if depth == 0:
-            return None, the_plan
+            since = self._empty_since.setdefault(key, time.monotonic())
+            if time.monotonic() - since >= self.queue_quiet_seconds:
+                self._empty_since.pop(key, None)
+                return None, the_plan
+        else:
+            self._empty_since.pop(key, None)
         workers = max(
             (
                 int((o.get("spec") or {}).get("replicas") or 1)
@@ -191,6 +204,12 @@ class Reconciler:
             default=1,
         )
         held = plan.keep_queue(the_plan, workers)
+        if depth == 0:
+            return (
+                f"queue {spec.queue_name!r} reads empty; confirming for "
+                f"{self.queue_quiet_seconds:g} s before RabbitMQ and its workers go",
+                held,
+            )
         if depth is None:
             return (
                 f"cannot read the depth of queue {spec.queue_name!r} ({trouble}); RabbitMQ "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import kubernetes
 import pytest
 from kubernetes.client import ApiClient
@@ -210,3 +211,61 @@ def test_every_stage_change_emits_an_event(
 
     found = eventually(lambda: [m for m in messages() if "1 -> 2" in m])
     assert found
+
+
+def test_a_demotion_below_stage_4_waits_until_the_queue_is_drained(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any, empty_queue: str
+) -> None:
+    queue = f"jobs-{namespace}"
+    auth = ("z2m", "queue-test-password")
+    httpx.put(f"{empty_queue}/api/queues/%2F/{queue}", json={"durable": True}, auth=auth).raise_for_status()
+    for n in range(3):
+        httpx.post(
+            f"{empty_queue}/api/exchanges/%2F/amq.default/publish",
+            json={"properties": {"delivery_mode": 2}, "routing_key": queue, "payload": f"job {n}",
+                  "payload_encoding": "string"},
+            auth=auth,
+        ).raise_for_status()
+    spec = {"queue": {"managementUrl": empty_queue, "queueName": queue}}
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, **spec))
+    h.wait_ready(api_client, namespace, NAME, 4)
+    h.set_stage(api_client, namespace, NAME, 3)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = h.condition(h.get(api_client, namespace, NAME), "Progressing")
+        return cond if cond and "still holds 3 job(s)" in cond["message"] else None
+
+    eventually(waiting, timeout=60)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    # Redis goes at once; only the queue and its workers wait.
+    def redis_gone() -> set[tuple[str, str]] | None:
+        now = h.children(k, namespace, NAME)
+        return now if ("StatefulSet", f"{NAME}-redis") not in now else None
+
+    left = eventually(redis_gone)
+    assert ("StatefulSet", f"{NAME}-queue") in left and ("Deployment", f"{NAME}-worker") in left
+    app_env = {e.name for e in apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.template.spec.containers[0].env}
+    assert "BROKER_URL" not in app_env  # the app stopped publishing; workers keep draining
+    time.sleep(4)  # several re-checks later it still waits
+    assert ("StatefulSet", f"{NAME}-queue") in h.children(k, namespace, NAME)
+
+    httpx.delete(f"{empty_queue}/api/queues/%2F/{queue}/contents", auth=auth).raise_for_status()
+    h.wait_ready(api_client, namespace, NAME, 3, timeout=90)
+    eventually(lambda: h.children(k, namespace, NAME) == h.expected(3, NAME, namespace, **spec))
+    assert "data-shop-queue-0" in h.claims(api_client, namespace)
+
+
+def test_an_unreachable_queue_is_never_assumed_empty(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    spec = {"queue": {"managementUrl": "http://127.0.0.1:9"}}
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, **spec))
+    h.wait_ready(api_client, namespace, NAME, 4)
+    h.set_stage(api_client, namespace, NAME, 2)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = h.condition(h.get(api_client, namespace, NAME), "Progressing")
+        return cond if cond and "cannot read the depth" in cond["message"] else None
+
+    eventually(waiting, timeout=60)
+    assert ("StatefulSet", f"{NAME}-queue") in h.children(k, namespace, NAME)

@@ -250,12 +250,9 @@ def test_the_edge_cache_serves_static_assets_from_cache_and_passes_the_rest(tmp_
 def test_rabbitmq_takes_our_config_and_serves_the_management_api(tmp_path: Path) -> None:
     management = services.free_port()
     conf = builders.script("rabbitmq.conf").replace("15672", str(management))
-    with services.rabbitmq(tmp_path, config=conf, plugins=["rabbitmq_management"]) as node:
-        overview = services.wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{management}/api/overview", auth=("guest", "guest")),
-            60, "management API",
-        )
-        assert overview.status_code == 200
+    with services.rabbitmq(tmp_path, config=conf, plugins=("rabbitmq_management",)) as node:
+        url = f"http://127.0.0.1:{management}/api/overview"
+        services.wait_for(lambda: httpx.get(url, auth=("guest", "guest")).status_code == 200, 60, "management API")
         env = subprocess.run(
             [str(services.RABBITMQ_BIN / "rabbitmqctl"), "-n", node.nodename, "eval",
              "application:get_env(rabbit, consumer_timeout)."],

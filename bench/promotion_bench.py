@@ -1,0 +1,296 @@
+"""Benchmark auto-promotion: reaction time, and the operator's cost at 200 objects.
+
+Not a test. It brings up its own local control plane (hack/cluster.sh with
+its own state directory), a real Prometheus scraping an exporter with the
+sample app's metric names (tests/prometheus.py), and runs `z2m run` as a
+separate process so its CPU and memory can be read from /proc.
+
+1. Reaction: an object at stage 1 in auto mode with a promote window of W
+   seconds; the exporter's load jumps far over the stage's band at t0; the
+   time until spec.stage is 2 is the reaction. Median of a few runs, and its
+   ratio to W (the floor is W plus the rate() rise, the interval and a tick).
+2. Cost: 200 ScalingStages at stage 1, each its own scrape target. The
+   operator's CPU (percent of one core) and resident memory are sampled every
+   10 s, first with promotion `manual` (the reconciler alone), then with
+   every object in `recommend` mode evaluating every `--interval` seconds.
+
+    .venv/bin/python bench/promotion_bench.py [--objects 200] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import kubernetes  # noqa: E402
+
+from tests import prometheus as prom  # noqa: E402
+from tests.services import free_port  # noqa: E402
+from z2m import api, kube  # noqa: E402
+
+GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*argv: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+
+
+def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with_value = check()
+        if with_value:
+            return with_value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not within {timeout} s")
+
+
+class Cluster:
+    """The local control plane, in its own state directory."""
+
+    def __init__(self, state: Path) -> None:
+        self.env = {
+            **os.environ,
+            "Z2M_CLUSTER_DIR": str(state),
+            "Z2M_CLUSTER_NAME": "z2m-bench-promotion",
+        }
+        self.kubeconfig = str(state / "kubeconfig")
+        binaries = Path(sh(str(REPO_ROOT / "hack" / "build-binaries.sh")).strip())
+        self.kubectl = str(binaries / "kubectl")
+
+    def up(self) -> None:
+        subprocess.run([str(REPO_ROOT / "hack" / "cluster.sh"), "up"], check=True, env=self.env)
+        sh(self.kubectl, "--kubeconfig", self.kubeconfig, "apply", "--server-side", "-f",
+           str(REPO_ROOT / "crds"))  # fmt: skip
+        sh(self.kubectl, "--kubeconfig", self.kubeconfig, "wait", "--for=condition=Established",
+           "crd/scalingstages.z2m.dev")  # fmt: skip
+
+    def down(self) -> None:
+        subprocess.run([str(REPO_ROOT / "hack" / "cluster.sh"), "down"], check=False, env=self.env)
+
+
+class Operator:
+    """`z2m run` as a child process, with /proc readings."""
+
+    def __init__(self, kubeconfig: str, namespace: str, log: Path, **env: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                str(REPO_ROOT / ".venv" / "bin" / "z2m"), "run", "--kubeconfig", kubeconfig,
+                "--namespace", namespace, "--bind", "127.0.0.1",
+                "--health-port", str(free_port()), "--metrics-port", str(free_port()),
+            ],
+            env={**os.environ, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def sample(self, seconds: float, every: float = 10.0) -> tuple[list[float], list[float]]:
+        """CPU percent (of one core) per slice, and RSS at the end of each slice."""
+        cpu, rss = [], []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            c0, t0 = self.cpu_seconds(), time.monotonic()
+            time.sleep(every)
+            cpu.append(100 * (self.cpu_seconds() - c0) / (time.monotonic() - t0))
+            rss.append(self.rss_mib())
+        return cpu, rss
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def body(name: str, url: str, mode: str, **promotion: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "stage": 1,
+            "promotion": {
+                "mode": mode,
+                "prometheus": {"url": url, "rateWindow": "4s"},
+                "minStage": 1,
+                "maxStage": 3,
+                **promotion,
+            },
+        },
+    }
+
+
+def reaction(
+    custom: Any, namespace: str, server: prom.Prometheus, exporter: prom.Exporter,
+    window: int, runs: int,
+) -> list[float]:  # fmt: skip
+    times = []
+    for run in range(runs):
+        exporter.set(rps=0.0, cpu_percent=1.0)
+        name = f"react-{run}"
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL,
+            body(name, server.url, "auto", intervalSeconds=1, promoteWindowSeconds=window,
+                 demoteWindowSeconds=window * 10, cooldownSeconds=0),
+        )  # fmt: skip
+
+        def get(n: str = name) -> dict[str, Any]:
+            obj: dict[str, Any] = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, n
+            )
+            return obj
+
+        def fits(n: str = name) -> bool:
+            conds = (get(n).get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Recommendation" and c["reason"] == "StageFits" for c in conds)
+
+        wait(fits, 60, f"{name} evaluated at rest")
+        t0 = time.monotonic()
+        exporter.set(rps=1000.0, cpu_percent=95.0)
+        wait(lambda n=name: get(n)["spec"]["stage"] == 2, 120, f"{name} promoted", 0.05)
+        times.append(time.monotonic() - t0)
+        print(f"  run {run + 1}: stage 1 -> 2 after {times[-1]:.2f} s (window {window} s)")
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    exporter.set(rps=0.0, cpu_percent=1.0)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--interval", type=int, default=15)
+    parser.add_argument("--sample-seconds", type=float, default=60)
+    parser.add_argument("--keep-cluster", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="z2m-promotion-bench-"))
+    cluster = Cluster(REPO_ROOT / ".cluster" / "bench-promotion")
+    cluster.up()
+    namespace = "bench"
+    client = kube.load_config(cluster.kubeconfig)
+    core, custom = kubernetes.client.CoreV1Api(client), kubernetes.client.CustomObjectsApi(client)
+    exporter = prom.Exporter()
+    exporter.set(rps=0.0, cpu_percent=1.0, latency_seconds=0.02)
+    names = [f"s{i:03d}" for i in range(args.objects)]
+    targets = [prom.Target(exporter.target, namespace, "react-0-app-0")]
+    targets += [prom.Target(exporter.target, namespace, f"react-{r}-app-0") for r in range(1, 9)]
+    targets += [prom.Target(exporter.target, namespace, f"{n}-app-0") for n in names]
+    operator: Operator | None = None
+    try:
+        core.create_namespace({"metadata": {"name": namespace}})
+        with prom.prometheus(tmp / "prometheus", targets, scrape_interval="5s") as server:
+            wait(lambda: server.query("count(up == 1)")["data"]["result"], 60, "scrapes")
+            operator = Operator(
+                cluster.kubeconfig, namespace, tmp / "operator.log", Z2M_PROMOTION_TICK="0.5"
+            )
+            print(f"\n== reaction: sustained breach -> next stage, window {args.window} s")
+            times = reaction(custom, namespace, server, exporter, args.window, args.runs)
+            operator.stop()
+
+            print(f"\n== cost: {args.objects} ScalingStages, operator alone (mode manual)")
+            operator = Operator(cluster.kubeconfig, namespace, tmp / "operator-cost.log")
+            for n in names:
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL,
+                    body(n, server.url, "manual", intervalSeconds=args.interval),
+                )  # fmt: skip
+
+            def all_ready() -> bool:
+                items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                ready = [
+                    i for i in items["items"] if (i.get("status") or {}).get("ready") == "True"
+                ]
+                return len(ready) >= args.objects
+
+            started = time.monotonic()
+            wait(all_ready, 600, "every object Ready", 2)
+            print(f"  all {args.objects} Ready after {time.monotonic() - started:.0f} s")
+            time.sleep(10)
+            base_cpu, base_rss = operator.sample(args.sample_seconds / 2)
+            print(f"  cpu% slices {[round(c, 1) for c in base_cpu]}, rss MiB {base_rss[-1]:.0f}")
+
+            print(f"\n== cost: the same {args.objects} in recommend mode, "
+                  f"interval {args.interval} s")  # fmt: skip
+            for n in names:
+                custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, n,
+                    {"spec": {"promotion": {"mode": "recommend"}}},
+                )  # fmt: skip
+
+            def all_evaluated() -> int:
+                items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                done = [i for i in items["items"] if (i.get("status") or {}).get("lastDecision")]
+                return len(done) >= args.objects
+
+            started = time.monotonic()
+            wait(all_evaluated, 300, "every object evaluated", 1)
+            first_pass = time.monotonic() - started
+            print(f"  every object evaluated within {first_pass:.1f} s of switching")
+            rec_cpu, rec_rss = operator.sample(args.sample_seconds)
+            print(f"  cpu% slices {[round(c, 1) for c in rec_cpu]}, rss MiB {rec_rss[-1]:.0f}")
+            evals = args.objects / args.interval
+            queries = server.query(
+                'sum(rate(prometheus_http_requests_total{handler="/api/v1/query"}[1m]))'
+            )["data"]["result"]
+    finally:
+        if operator is not None:
+            operator.stop()
+        exporter.close()
+        if not args.keep_cluster:
+            cluster.down()
+
+    median = statistics.median(times)
+    results = {
+        "reaction_window_s": args.window,
+        "reaction_median_s": round(median, 2),
+        "reaction_runs_s": [round(t, 2) for t in times],
+        "reaction_over_window": round(median / args.window, 2),
+        "objects": args.objects,
+        "interval_s": args.interval,
+        "evaluations_per_s": round(evals, 1),
+        "prometheus_queries_per_s": round(float(queries[0]["value"][1]), 1) if queries else None,
+        "first_full_pass_s": round(first_pass, 1),
+        "cpu_percent_manual_median": round(statistics.median(base_cpu), 1),
+        "cpu_percent_recommend_median": round(statistics.median(rec_cpu), 1),
+        "cpu_ratio_recommend_over_manual": round(
+            statistics.median(rec_cpu) / max(statistics.median(base_cpu), 0.1), 2
+        ),
+        "cpu_ms_per_evaluation": round(
+            10 * (statistics.median(rec_cpu) - statistics.median(base_cpu)) / evals, 2
+        ),
+        "rss_mib_manual_median": round(statistics.median(base_rss), 1),
+        "rss_mib_recommend_median": round(statistics.median(rec_rss), 1),
+    }
+    print("\n== results")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

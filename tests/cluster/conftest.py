@@ -1,0 +1,67 @@
+"""Fixtures for operator tests that need a real RabbitMQ next to the apiserver.
+
+The operator asks RabbitMQ's management API how many jobs a queue holds before
+it removes the queue. In a test the broker's pods are fake (KWOK), so the
+ScalingStage's `spec.queue.managementUrl` points at a real RabbitMQ on
+loopback instead, configured with the same rabbitmq.conf the queue pod mounts.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import kubernetes
+import pytest
+from kubernetes.client import ApiClient
+
+from tests import services
+from z2m import builders
+
+QUEUE_PASSWORD = "queue-test-password"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real RabbitMQ with the management plugin; yields the management URL."""
+    management = services.free_port()
+    conf = builders.script("rabbitmq.conf").replace("15672", str(management))
+    tmp: Path = tmp_path_factory.mktemp("broker")
+    with services.rabbitmq(tmp, config=conf, plugins=("rabbitmq_management",)) as node:
+        url = f"http://127.0.0.1:{management}"
+        services.wait_for(
+            lambda: httpx.get(f"{url}/api/overview", auth=("guest", "guest")).status_code == 200,
+            60,
+            "management API",
+        )
+        ctl = [str(services.RABBITMQ_BIN / "rabbitmqctl"), "-n", node.nodename]
+        for args in (
+            ["add_user", "z2m", QUEUE_PASSWORD],
+            ["set_user_tags", "z2m", "management"],
+            ["set_permissions", "-p", "/", "z2m", ".*", ".*", ".*"],
+        ):
+            subprocess.run([*ctl, *args], env=node.env, check=True, capture_output=True, timeout=60)
+        yield url
+
+
+@pytest.fixture
+def empty_queue(broker: str, api_client: ApiClient, namespace: str) -> str:
+    """The broker's management URL, with the test's credentials Secret made beforehand.
+
+    The operator never overwrites an existing credentials Secret, so the queue
+    password it uses is the one the broker knows.
+    """
+    make_credentials(api_client, namespace, "shop")
+    return broker
+
+
+def make_credentials(api_client: ApiClient, namespace: str, owner: str) -> None:
+    data = {k: base64.b64encode(f"{k}-test".encode()).decode() for k in builders.SECRET_KEYS}
+    data["queue-password"] = base64.b64encode(QUEUE_PASSWORD.encode()).decode()
+    kubernetes.client.CoreV1Api(api_client).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": builders.secret_name(owner)}, "data": data},
+    )
