@@ -47,7 +47,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kubeconfig(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A kubeconfig for the cluster under test, with the ScalingStage CRD installed."""
     given = request.config.getoption("--kubeconfig")
     env = dict(os.environ)
@@ -59,15 +61,15 @@ def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         subprocess.run([str(ROOT / "hack" / "cluster.sh"), "up"], check=True, env=env)
         path = str(state / "kubeconfig")
     kubectl("apply", "--server-side", "-f", str(ROOT / "crds"), kubeconfig=path)
-    kubectl(
-        "wait", "--for=condition=Established", "crd/scalingstages.z2m.dev", kubeconfig=path
-    )
+    kubectl("wait", "--for=condition=Established", "crd/scalingstages.z2m.dev", kubeconfig=path)
     yield path
     if not given:
         subprocess.run([str(ROOT / "hack" / "cluster.sh"), "down"], check=False, env=env)
 
 
-def kubectl(*args: str, kubeconfig: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    *args: str, kubeconfig: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the kubectl built with the control plane (or the PATH's, for --kubeconfig)."""
     binary = os.environ.get("Z2M_KUBECTL") or _built_kubectl()
     return subprocess.run(

@@ -86,9 +86,12 @@ def diagram(number: int) -> str:
     else:
         app = f"App x{p.app_replicas}"
     if p.colocated_database:
-        lines.append(
-            f'    subgraph pod["One pod"]\n        app["{app}"]\n        db[("PostgreSQL")]\n    end'
-        )
+        lines += [
+            '    subgraph pod["One pod"]',
+            f'        app["{app}"]',
+            '        db[("PostgreSQL")]',
+        ]
+        lines.append("    end")
         lines.append(f"    {front} --> app")
         lines.append("    app --> db")
         return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +140,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
         return info
     config = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=path, client_configuration=config)
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=path, client_configuration=config
+    )
     token = (config.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None
     return kopf.ConnectionInfo(
         server=config.host,
@@ -161,13 +164,16 @@ async def scaling_stage_changed(
     RUNTIME.scheduler.trigger(namespace, name)
 
 
-async def _child_changed(labels: dict[str, str], namespace: str | None, **_: Any) -> None:
+async def _child_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     owner = labels.get(builders.PART_OF)
     if RUNTIME.scheduler is not None and owner and namespace:
         RUNTIME.scheduler.trigger(namespace, owner)
 
 
-_CHILD_LABELS = {builders.MANAGED_BY: "z2m", builders.PART_OF: kopf.PRESENT}
+_CHILD_LABELS: dict[str, Any] = {  # a value or kopf.PRESENT
+    builders.MANAGED_BY: "z2m",
+    builders.PART_OF: kopf.PRESENT,
+}
 for _group_version, _plural in (
     ("apps/v1", "deployments"),
     ("apps/v1", "statefulsets"),

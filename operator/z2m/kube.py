@@ -8,6 +8,7 @@ blocks Kopf's event loop. Builders never import this module.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import logging
 import secrets
@@ -32,12 +33,16 @@ HANDOVER_MANAGER = "z2m-replicas-handover"
 
 def load_config(kubeconfig: str | None = None) -> ApiClient:
     """An API client from a kubeconfig, the in-cluster service account, or ~/.kube/config."""
+    # The kubernetes package's config loaders carry no type hints.
     if kubeconfig:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        client: ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
+        return client
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     return ApiClient()
 
 
@@ -50,7 +55,7 @@ class Kube:
     @classmethod
     def connect(cls, api_client: ApiClient) -> Kube:
         """Wrap an API client; discovery is lazy and cached by the dynamic client."""
-        return cls(DynamicClient(api_client))
+        return cls(DynamicClient(api_client))  # type: ignore[no-untyped-call]
 
     def _resource(self, api_version: str, kind: str) -> Any:
         return self.client.resources.get(api_version=api_version, kind=kind)
@@ -104,14 +109,12 @@ class Kube:
     def delete(self, obj: Obj) -> None:
         """Delete a child; its pods follow through the garbage collector."""
         meta = obj["metadata"]
-        try:
+        with contextlib.suppress(NotFoundError):  # already gone is what we wanted
             self._resource(obj["apiVersion"], obj["kind"]).delete(
                 name=meta["name"],
                 namespace=meta["namespace"],
                 body={"propagationPolicy": "Background"},
             )
-        except NotFoundError:
-            pass
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the apiserver serves a kind (CloudNativePG's Cluster, for one)."""
@@ -165,7 +168,9 @@ class Kube:
             "data": {k: _b64(secrets.token_hex(24)) for k in builders.SECRET_KEYS},
         }
         try:
-            created: Obj = core.create_namespaced_secret(namespace, body).to_dict()
+            created: Obj = core.create_namespaced_secret(
+                namespace, kubernetes.client.V1Secret.model_validate(body)
+            ).to_dict()
             return created
         except ApiException as exc:
             if exc.status != 409:
@@ -236,7 +241,9 @@ class Kube:
             "count": 1,
         }
         core = kubernetes.client.CoreV1Api(self.client.client)
-        core.create_namespaced_event(meta["namespace"], body)
+        core.create_namespaced_event(
+            meta["namespace"], kubernetes.client.CoreV1Event.model_validate(body)
+        )
 
 
 def _b64(text: str) -> str:

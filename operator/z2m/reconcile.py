@@ -150,9 +150,9 @@ class Reconciler:
 
     def _apply(self, obj: Obj, by_key: dict[tuple[str, str, str], Obj]) -> int:
         before = by_key.get(builders.key(obj))
-        if obj["kind"] == "Deployment" and "replicas" not in obj["spec"] and before is not None:
-            if self.kube.hand_over_replicas(obj):
-                metrics.WRITES.labels("handover", obj["kind"]).inc()
+        hands_over = obj["kind"] == "Deployment" and "replicas" not in obj["spec"]
+        if hands_over and before is not None and self.kube.hand_over_replicas(obj):
+            metrics.WRITES.labels("handover", obj["kind"]).inc()
         after = self.kube.apply(obj)
         old_version = (before or {}).get("metadata", {}).get("resourceVersion")
         new_version = after["metadata"].get("resourceVersion")

@@ -53,7 +53,9 @@ def condition(obj: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return None
 
 
-def wait_ready(api_client: ApiClient, namespace: str, name: str, stage: int, timeout: float = 90) -> dict[str, Any]:
+def wait_ready(
+    api_client: ApiClient, namespace: str, name: str, stage: int, timeout: float = 90
+) -> dict[str, Any]:
     """Wait until the ScalingStage reports Ready at `stage` for its current generation."""
 
     def ready() -> dict[str, Any] | None:

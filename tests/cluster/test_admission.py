@@ -18,27 +18,75 @@ def apply(kubeconfig: str, namespace: str, spec: dict[str, object]) -> tuple[int
         "metadata": {"name": "bad", "namespace": namespace},
         "spec": spec,
     }
-    out = kubectl("apply", "--server-side", "-f", "-", kubeconfig=kubeconfig, check=False, stdin=json.dumps(body))
+    out = kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        kubeconfig=kubeconfig,
+        check=False,
+        stdin=json.dumps(body),
+    )
     return out.returncode, out.stderr
 
 
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"stage": 0}, "spec.stage: Invalid value: 0: spec.stage in body should be greater than or equal to 1"),
+        (
+            {"stage": 0},
+            "spec.stage: Invalid value: 0: spec.stage in body should be greater than or equal to 1",
+        ),
         ({"stage": 8}, "spec.stage in body should be less than or equal to 7"),
-        ({"stage": 2, "overrides": {"appReplicas": -1}}, "spec.overrides.appReplicas in body should be greater than or equal to 1"),
+        (
+            {"stage": 2, "overrides": {"appReplicas": -1}},
+            "spec.overrides.appReplicas in body should be greater than or equal to 1",
+        ),
         ({"stage": 2, "overrides": {"appReplicas": 100000}}, "less than or equal to 1000"),
-        ({"stage": 1, "overrides": {"appReplicas": 3}}, "stage 1 keeps the database inside the app pod"),
+        (
+            {"stage": 1, "overrides": {"appReplicas": 3}},
+            "stage 1 keeps the database inside the app pod",
+        ),
         ({"stage": 1, "overrides": {"readReplicas": 1}}, "read replicas start at stage 2"),
-        ({"stage": 3, "overrides": {"autoscaling": {"minReplicas": 6, "maxReplicas": 2}}}, "autoscaling.minReplicas must not be above autoscaling.maxReplicas"),
-        ({"stage": 3, "overrides": {"appReplicas": 3, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}}, "with autoscaling the HPA owns the replica count"),
+        (
+            {"stage": 3, "overrides": {"autoscaling": {"minReplicas": 6, "maxReplicas": 2}}},
+            "autoscaling.minReplicas must not be above autoscaling.maxReplicas",
+        ),
+        (
+            {
+                "stage": 3,
+                "overrides": {
+                    "appReplicas": 3,
+                    "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+                },
+            },
+            "with autoscaling the HPA owns the replica count",
+        ),
         ({"stage": 2, "overrides": {"workers": 2}}, "workers need the queue"),
         ({"stage": 2, "promotion": {"mode": "auto"}}, "promotion.prometheus.url is required"),
-        ({"stage": 2, "promotion": {"minStage": 4, "maxStage": 3}}, "promotion.minStage must not be above promotion.maxStage"),
-        ({"stage": 2, "promotion": {"mode": "auto", "prometheus": {"url": "http://p:9090"}, "minStage": 3}}, "spec.stage must lie between promotion.minStage and promotion.maxStage"),
-        ({"stage": 2, "promotion": {"promoteWindowSeconds": 600, "demoteWindowSeconds": 60}}, "so that the stage climbs faster than it falls"),
-        ({"stage": 2, "app": {"port": 70000}}, "spec.app.port in body should be less than or equal to 65535"),
+        (
+            {"stage": 2, "promotion": {"minStage": 4, "maxStage": 3}},
+            "promotion.minStage must not be above promotion.maxStage",
+        ),
+        (
+            {
+                "stage": 2,
+                "promotion": {
+                    "mode": "auto",
+                    "prometheus": {"url": "http://p:9090"},
+                    "minStage": 3,
+                },
+            },
+            "spec.stage must lie between promotion.minStage and promotion.maxStage",
+        ),
+        (
+            {"stage": 2, "promotion": {"promoteWindowSeconds": 600, "demoteWindowSeconds": 60}},
+            "so that the stage climbs faster than it falls",
+        ),
+        (
+            {"stage": 2, "app": {"port": 70000}},
+            "spec.app.port in body should be less than or equal to 65535",
+        ),
         ({"stage": 2, "replicaz": 3}, ".spec.replicaz: field not declared in schema"),
         ({"stage": 2, "app": {"imag": "x"}}, ".spec.app.imag: field not declared in schema"),
     ],
@@ -52,8 +100,14 @@ def test_the_apiserver_refuses_bad_input_with_a_clear_message(
 
 
 def test_a_valid_scaling_stage_is_accepted_and_defaulted(kubeconfig: str, namespace: str) -> None:
-    code, stderr = apply(kubeconfig, namespace, {"stage": 3, "promotion": {"mode": "recommend", "prometheus": {"url": "http://p:9090"}}})
+    code, stderr = apply(
+        kubeconfig,
+        namespace,
+        {"stage": 3, "promotion": {"mode": "recommend", "prometheus": {"url": "http://p:9090"}}},
+    )
     assert code == 0, stderr
-    got = json.loads(kubectl("get", "sstage", "bad", "-n", namespace, "-o", "json", kubeconfig=kubeconfig).stdout)
+    got = json.loads(
+        kubectl("get", "sstage", "bad", "-n", namespace, "-o", "json", kubeconfig=kubeconfig).stdout
+    )
     assert got["spec"]["promotion"]["maxStage"] == 5
     assert got["spec"]["promotion"]["cooldownSeconds"] == 600

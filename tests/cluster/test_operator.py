@@ -39,9 +39,11 @@ def test_stage_1_is_one_pod_holding_app_and_postgres(
 ) -> None:
     h.create(api_client, namespace, h.scaling_stage(NAME, 1))
     h.wait_ready(api_client, namespace, NAME, 1)
-    pods = kubernetes.client.CoreV1Api(api_client).list_namespaced_pod(
-        namespace, label_selector=f"app.kubernetes.io/part-of={NAME}"
-    ).items
+    pods = (
+        kubernetes.client.CoreV1Api(api_client)
+        .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/part-of={NAME}")
+        .items
+    )
     assert len(pods) == 1
     assert sorted(c.name for c in pods[0].spec.containers) == ["app", "postgres"]
     assert all(c.ready for c in pods[0].status.container_statuses)
@@ -51,17 +53,27 @@ def test_stage_1_is_one_pod_holding_app_and_postgres(
     "walk", [[1, 2, 3, 4, 5, 4, 3, 2, 1], [1, 5, 1]], ids=["one-by-one", "jump"]
 )
 def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
-    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any, walk: list[int],
+    api_client: ApiClient,
+    k: kube.Kube,
+    namespace: str,
+    operator: Any,
+    walk: list[int],
     empty_queue: str,
 ) -> None:
-    h.create(api_client, namespace, h.scaling_stage(NAME, walk[0], queue={"managementUrl": empty_queue}))
+    h.create(
+        api_client, namespace, h.scaling_stage(NAME, walk[0], queue={"managementUrl": empty_queue})
+    )
     h.wait_ready(api_client, namespace, NAME, walk[0])
     seen_claims: dict[str, str] = {}
     for stage in walk[1:]:
         h.set_stage(api_client, namespace, NAME, stage)
         h.wait_ready(api_client, namespace, NAME, stage, timeout=120)
         spec = {"queue": {"managementUrl": empty_queue}}
-        eventually(lambda s=stage, sp=spec: h.children(k, namespace, NAME) == h.expected(s, NAME, namespace, **sp))
+        eventually(
+            lambda s=stage, sp=spec: (
+                h.children(k, namespace, NAME) == h.expected(s, NAME, namespace, **sp)
+            )
+        )
         now = h.claims(api_client, namespace)
         # Every claim ever made is still there, with the same identity: nothing was recreated.
         assert all(now.get(name) == uid for name, uid in seen_claims.items()), (stage, now)
@@ -74,7 +86,11 @@ def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
 def test_a_reconcile_with_nothing_to_do_writes_nothing(
     api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
 ) -> None:
-    h.create(api_client, namespace, h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}))
+    h.create(
+        api_client,
+        namespace,
+        h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}),
+    )
     h.wait_ready(api_client, namespace, NAME, 4)
     time.sleep(3)  # let status settle after Ready
     before = h.versions(k, namespace, NAME)
@@ -95,7 +111,9 @@ def test_a_child_deleted_by_hand_comes_back(
 
     def recreated() -> bool:
         try:
-            return bool(core.read_namespaced_service(f"{NAME}-db-ro", namespace).metadata.uid != old)
+            return bool(
+                core.read_namespaced_service(f"{NAME}-db-ro", namespace).metadata.uid != old
+            )
         except kubernetes.client.ApiException:
             return False
 
@@ -107,13 +125,20 @@ def test_a_hand_edit_is_reverted(api_client: ApiClient, namespace: str, operator
     h.wait_ready(api_client, namespace, NAME, 3)
     apps = kubernetes.client.AppsV1Api(api_client)
     apps.patch_namespaced_deployment(f"{NAME}-app", namespace, {"spec": {"replicas": 9}})
-    eventually(lambda: apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.replicas == 2, timeout=30)
+    eventually(
+        lambda: apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.replicas == 2,
+        timeout=30,
+    )
 
 
 def test_the_hpa_replica_count_survives_reconciles(
     api_client: ApiClient, namespace: str, operator: Any
 ) -> None:
-    h.create(api_client, namespace, h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}))
+    h.create(
+        api_client,
+        namespace,
+        h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}),
+    )
     h.wait_ready(api_client, namespace, NAME, 4)
     h.set_stage(api_client, namespace, NAME, 5)
     h.wait_ready(api_client, namespace, NAME, 5)
@@ -125,7 +150,11 @@ def test_the_hpa_replica_count_survives_reconciles(
     apps.patch_namespaced_deployment_scale(f"{NAME}-app", namespace, {"spec": {"replicas": 7}})
     custom = h.custom(api_client)
     custom.patch_namespaced_custom_object(
-        "z2m.dev", "v1alpha1", namespace, "scalingstages", NAME,
+        "z2m.dev",
+        "v1alpha1",
+        namespace,
+        "scalingstages",
+        NAME,
         {"spec": {"app": {"env": [{"name": "POKE", "value": "1"}]}}},
     )
     eventually(lambda: h.get(api_client, namespace, NAME)["status"]["observedGeneration"] == 3)
@@ -139,7 +168,11 @@ def test_the_hpa_replica_count_survives_reconciles(
 def test_replicas_can_be_handed_to_another_autoscaler(
     api_client: ApiClient, namespace: str, operator: Any
 ) -> None:
-    h.create(api_client, namespace, h.scaling_stage(NAME, 3, overrides={"replicasManagedExternally": True}))
+    h.create(
+        api_client,
+        namespace,
+        h.scaling_stage(NAME, 3, overrides={"replicasManagedExternally": True}),
+    )
     h.wait_ready(api_client, namespace, NAME, 3)
     apps = kubernetes.client.AppsV1Api(api_client)
     apps.patch_namespaced_deployment_scale(f"{NAME}-app", namespace, {"spec": {"replicas": 5}})
@@ -178,7 +211,9 @@ def test_deleting_the_scaling_stage_removes_children_but_keeps_claims_and_creden
     h.create(api_client, namespace, h.scaling_stage(NAME, 2))
     h.wait_ready(api_client, namespace, NAME, 2)
     claims = h.claims(api_client, namespace)
-    h.custom(api_client).delete_namespaced_custom_object("z2m.dev", "v1alpha1", namespace, "scalingstages", NAME)
+    h.custom(api_client).delete_namespaced_custom_object(
+        "z2m.dev", "v1alpha1", namespace, "scalingstages", NAME
+    )
     eventually(lambda: not h.children(k, namespace, NAME), timeout=60)
     assert h.claims(api_client, namespace) == claims
     core = kubernetes.client.CoreV1Api(api_client)
@@ -207,7 +242,11 @@ def test_every_stage_change_emits_an_event(
     core = kubernetes.client.CoreV1Api(api_client)
 
     def messages() -> list[str]:
-        return [e.message for e in core.list_namespaced_event(namespace).items if e.reason == "StageChanged"]
+        return [
+            e.message
+            for e in core.list_namespaced_event(namespace).items
+            if e.reason == "StageChanged"
+        ]
 
     found = eventually(lambda: [m for m in messages() if "1 -> 2" in m])
     assert found
@@ -218,12 +257,18 @@ def test_a_demotion_below_stage_4_waits_until_the_queue_is_drained(
 ) -> None:
     queue = f"jobs-{namespace}"
     auth = ("z2m", "queue-test-password")
-    httpx.put(f"{empty_queue}/api/queues/%2F/{queue}", json={"durable": True}, auth=auth).raise_for_status()
+    httpx.put(
+        f"{empty_queue}/api/queues/%2F/{queue}", json={"durable": True}, auth=auth
+    ).raise_for_status()
     for n in range(3):
         httpx.post(
             f"{empty_queue}/api/exchanges/%2F/amq.default/publish",
-            json={"properties": {"delivery_mode": 2}, "routing_key": queue, "payload": f"job {n}",
-                  "payload_encoding": "string"},
+            json={
+                "properties": {"delivery_mode": 2},
+                "routing_key": queue,
+                "payload": f"job {n}",
+                "payload_encoding": "string",
+            },
             auth=auth,
         ).raise_for_status()
     spec = {"queue": {"managementUrl": empty_queue, "queueName": queue}}
@@ -237,6 +282,7 @@ def test_a_demotion_below_stage_4_waits_until_the_queue_is_drained(
 
     eventually(waiting, timeout=60)
     apps = kubernetes.client.AppsV1Api(api_client)
+
     # Redis goes at once; only the queue and its workers wait.
     def redis_gone() -> set[tuple[str, str]] | None:
         now = h.children(k, namespace, NAME)
@@ -244,7 +290,12 @@ def test_a_demotion_below_stage_4_waits_until_the_queue_is_drained(
 
     left = eventually(redis_gone)
     assert ("StatefulSet", f"{NAME}-queue") in left and ("Deployment", f"{NAME}-worker") in left
-    app_env = {e.name for e in apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.template.spec.containers[0].env}
+    app_env = {
+        e.name
+        for e in apps.read_namespaced_deployment(f"{NAME}-app", namespace)
+        .spec.template.spec.containers[0]
+        .env
+    }
     assert "BROKER_URL" not in app_env  # the app stopped publishing; workers keep draining
     time.sleep(4)  # several re-checks later it still waits
     assert ("StatefulSet", f"{NAME}-queue") in h.children(k, namespace, NAME)

@@ -14,9 +14,9 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import psycopg
@@ -42,7 +42,9 @@ def _script(tmp: Path, name: str) -> Path:
 @contextlib.contextmanager
 def _run(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield proc
     finally:
@@ -67,25 +69,58 @@ def pg_primary(tmp_path: Path) -> Iterator[tuple[str | None, Path, int, str]]:
     if user:
         shutil.chown(pwfile, user)
     subprocess.run(
-        services._as_user(user, [str(services.PG_BIN / "initdb"), "-D", str(data), "-U", "app",
-                                 "--pwfile", str(pwfile), "--auth-local=trust",
-                                 "--auth-host=scram-sha-256", "--no-sync"]),
-        check=True, capture_output=True,
+        services._as_user(
+            user,
+            [
+                str(services.PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "app",
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            ],
+        ),
+        check=True,
+        capture_output=True,
     )
-    pg_ctl = [str(services.PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-              "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"]
+    pg_ctl = [
+        str(services.PG_BIN / "pg_ctl"),
+        "-D",
+        str(data),
+        "-w",
+        "-l",
+        str(root / "log"),
+        "-o",
+        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}",
+    ]
     subprocess.run(services._as_user(user, [*pg_ctl, "start"]), check=True, capture_output=True)
     # What the postgres image does with /docker-entrypoint-initdb.d on an empty data dir.
     init = _script(root, "postgres-primary-init.sh")
-    env = _pg_env(POSTGRES_USER="app", PGDATA=str(data), REPLICATION_PASSWORD=password,
-                  PGHOST=str(root), PGPORT=str(port))
-    subprocess.run(services._as_user(user, ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(init)]),
-                   check=True, capture_output=True)
+    env = _pg_env(
+        POSTGRES_USER="app",
+        PGDATA=str(data),
+        REPLICATION_PASSWORD=password,
+        PGHOST=str(root),
+        PGPORT=str(port),
+    )
+    subprocess.run(
+        services._as_user(
+            user, ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(init)]
+        ),
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(services._as_user(user, [*pg_ctl, "restart"]), check=True, capture_output=True)
     try:
         yield user, root, port, password
     finally:
-        subprocess.run(services._as_user(user, [*pg_ctl, "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(
+            services._as_user(user, [*pg_ctl, "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -101,11 +136,27 @@ def test_the_replica_script_clones_the_primary_and_streams_from_it(
     root = services._private_dir(tmp_path, "replica", user)
     port = services.free_port()
     script = _script(root, "postgres-replica.sh")
-    env = _pg_env(PRIMARY_HOST="127.0.0.1", PRIMARY_PORT=str(primary_port),
-                  REPLICATION_PASSWORD=password, PGDATA=str(root / "data"))
-    argv = services._as_user(user, ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(script),
-                                    "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-                                    "-c", f"unix_socket_directories={root}"])
+    env = _pg_env(
+        PRIMARY_HOST="127.0.0.1",
+        PRIMARY_PORT=str(primary_port),
+        REPLICATION_PASSWORD=password,
+        PGDATA=str(root / "data"),
+    )
+    argv = services._as_user(
+        user,
+        [
+            "env",
+            *[f"{k}={v}" for k, v in env.items()],
+            "/bin/sh",
+            str(script),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={root}",
+        ],
+    )
     replica = f"postgresql://app:app-password@127.0.0.1:{port}/postgres"
 
     def streaming() -> bool:
@@ -118,8 +169,11 @@ def test_the_replica_script_clones_the_primary_and_streams_from_it(
         with psycopg.connect(primary, autocommit=True) as conn:
             conn.execute("INSERT INTO orders VALUES (2)")
         services.wait_for(
-            lambda: psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (2,),
-            30, "row 2 replayed",
+            lambda: (
+                psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (2,)
+            ),
+            30,
+            "row 2 replayed",
         )
         with psycopg.connect(replica) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("INSERT INTO orders VALUES (3)")
@@ -130,8 +184,11 @@ def test_the_replica_script_clones_the_primary_and_streams_from_it(
     with _run(argv, env, root / "second.log"):
         services.wait_for(streaming, 60, "replica streaming again")
         services.wait_for(
-            lambda: psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (3,),
-            30, "row 4 replayed after restart",
+            lambda: (
+                psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (3,)
+            ),
+            30,
+            "row 4 replayed after restart",
         )
     assert "pg_basebackup" not in (root / "second.log").read_text()
 
@@ -142,9 +199,21 @@ def test_replication_needs_the_generated_password(
     _, _, primary_port, _ = pg_primary
     target = tmp_path / "clone"
     done = subprocess.run(
-        [str(services.PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary_port),
-         "-U", "replicator", "-D", str(target), "--no-password"],
-        env=_pg_env(PGPASSWORD="wrong"), capture_output=True, text=True,
+        [
+            str(services.PG_BIN / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary_port),
+            "-U",
+            "replicator",
+            "-D",
+            str(target),
+            "--no-password",
+        ],
+        env=_pg_env(PGPASSWORD="wrong"),
+        capture_output=True,
+        text=True,
     )
     assert done.returncode != 0 and "password authentication failed" in done.stderr
 
@@ -152,16 +221,31 @@ def test_replication_needs_the_generated_password(
 # --- Redis and Sentinel ---------------------------------------------------------------------
 
 
-def _redis(tmp: Path, pod: str, primary_port: int, port: int, password: str, sentinel: int | None) -> list[str]:
+def _redis(
+    tmp: Path, pod: str, primary_port: int, port: int, password: str, sentinel: int | None
+) -> list[str]:
     data = tmp / pod
     data.mkdir()
     # Tests run every pod on one host, so the primary is told apart by its port.
-    env = {"POD_NAME": pod, "PRIMARY_HOST": "127.0.0.1", "PRIMARY_PORT": str(primary_port),
-           "REDIS_PASSWORD": password, "REDIS_PORT": str(port), "REDIS_DIR": str(data)}
+    env = {
+        "POD_NAME": pod,
+        "PRIMARY_HOST": "127.0.0.1",
+        "PRIMARY_PORT": str(primary_port),
+        "REDIS_PASSWORD": password,
+        "REDIS_PORT": str(port),
+        "REDIS_DIR": str(data),
+    }
     if sentinel:
         env.update(SENTINEL_HOST="127.0.0.1", SENTINEL_PORT=str(sentinel))
     script = _script(tmp, "redis.sh")
-    return ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(script), "--bind", "127.0.0.1"]
+    return [
+        "env",
+        *[f"{k}={v}" for k, v in env.items()],
+        "/bin/sh",
+        str(script),
+        "--bind",
+        "127.0.0.1",
+    ]
 
 
 def test_redis_pods_replicate_and_sentinel_fails_the_primary_over(tmp_path: Path) -> None:
@@ -169,27 +253,65 @@ def test_redis_pods_replicate_and_sentinel_fails_the_primary_over(tmp_path: Path
     p0, p1, s = services.free_port(), services.free_port(), services.free_port()
     base = {"PATH": "/usr/bin:/bin"}
     with contextlib.ExitStack() as stack:
-        primary = stack.enter_context(_run(_redis(tmp_path, "redis-0", p0, p0, password, None), base, tmp_path / "r0.log"))
+        primary = stack.enter_context(
+            _run(_redis(tmp_path, "redis-0", p0, p0, password, None), base, tmp_path / "r0.log")
+        )
         services.wait_for(lambda: redis.Redis(port=p0, password=password).ping(), 20, "redis-0")
-        stack.enter_context(_run(_redis(tmp_path, "redis-1", p0, p1, password, None), base, tmp_path / "r1.log"))
-        services.wait_for(lambda: redis.Redis(port=p1, password=password).info("replication")["master_link_status"] == "up", 30, "replica link")
+        stack.enter_context(
+            _run(_redis(tmp_path, "redis-1", p0, p1, password, None), base, tmp_path / "r1.log")
+        )
+        services.wait_for(
+            lambda: (
+                redis.Redis(port=p1, password=password).info("replication")["master_link_status"]
+                == "up"
+            ),
+            30,
+            "replica link",
+        )
         redis.Redis(port=p0, password=password).set("cart:1", "3 items")
-        services.wait_for(lambda: redis.Redis(port=p1, password=password).get("cart:1") == b"3 items", 10, "replicated key")
+        services.wait_for(
+            lambda: redis.Redis(port=p1, password=password).get("cart:1") == b"3 items",
+            10,
+            "replicated key",
+        )
 
         sentinel_dir = tmp_path / "sentinel"
         sentinel_dir.mkdir()
-        env = {**base, "PRIMARY_HOST": "127.0.0.1", "REDIS_PASSWORD": password, "REDIS_PORT": str(p0),
-               "SENTINEL_PORT": str(s), "SENTINEL_DIR": str(sentinel_dir), "QUORUM": "1",
-               "DOWN_AFTER_MS": "1000"}
+        env = {
+            **base,
+            "PRIMARY_HOST": "127.0.0.1",
+            "REDIS_PASSWORD": password,
+            "REDIS_PORT": str(p0),
+            "SENTINEL_PORT": str(s),
+            "SENTINEL_DIR": str(sentinel_dir),
+            "QUORUM": "1",
+            "DOWN_AFTER_MS": "1000",
+        }
         script = _script(tmp_path, "sentinel.sh")
-        stack.enter_context(_run(["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(script)], base, tmp_path / "s.log"))
+        stack.enter_context(
+            _run(
+                ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(script)],
+                base,
+                tmp_path / "s.log",
+            )
+        )
         watcher = redis.Redis(port=s)
-        services.wait_for(lambda: watcher.sentinel_master("z2m")["num-slaves"] == 1, 30, "sentinel sees the replica")
+        services.wait_for(
+            lambda: watcher.sentinel_master("z2m")["num-slaves"] == 1,
+            30,
+            "sentinel sees the replica",
+        )
 
         os.killpg(primary.pid, 9)
-        services.wait_for(lambda: int(watcher.sentinel_get_master_addr_by_name("z2m")[1]) == p1, 60, "failover to redis-1")
+        services.wait_for(
+            lambda: int(watcher.sentinel_get_master_addr_by_name("z2m")[1]) == p1,
+            60,
+            "failover to redis-1",
+        )
         promoted = redis.Redis(port=p1, password=password)
-        services.wait_for(lambda: promoted.info("replication")["role"] == "master", 30, "redis-1 is primary")
+        services.wait_for(
+            lambda: promoted.info("replication")["role"] == "master", 30, "redis-1 is primary"
+        )
         assert promoted.get("cart:1") == b"3 items"
 
 
@@ -197,9 +319,9 @@ def test_redis_pods_replicate_and_sentinel_fails_the_primary_over(tmp_path: Path
 
 
 class _Upstream(http.server.BaseHTTPRequestHandler):
-    hits: dict[str, int] = {}
+    hits: ClassVar[dict[str, int]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         _Upstream.hits[self.path] = _Upstream.hits.get(self.path, 0) + 1
         body = f"served {self.path}".encode()
         self.send_response(200)
@@ -221,16 +343,33 @@ def test_the_edge_cache_serves_static_assets_from_cache_and_passes_the_rest(tmp_
     user = services._unprivileged_user()
     root = services._private_dir(tmp_path, "edge", user)
     conf = root / "nginx.conf"
-    env = {"UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}", "STATIC_PATH": "/static/",
-           "LISTEN_PORT": str(port), "PATH": "/usr/bin:/bin:/usr/sbin"}
+    env = {
+        "UPSTREAM": f"127.0.0.1:{upstream.server_address[1]}",
+        "STATIC_PATH": "/static/",
+        "LISTEN_PORT": str(port),
+        "PATH": "/usr/bin:/bin:/usr/sbin",
+    }
     # The same envsubst call the edge pod's command runs.
-    rendered = subprocess.run(["envsubst", "$UPSTREAM $STATIC_PATH $LISTEN_PORT"],
-                              input=builders.script("nginx-edge.conf"), env=env,
-                              capture_output=True, text=True, check=True).stdout
+    rendered = subprocess.run(
+        ["envsubst", "$UPSTREAM $STATIC_PATH $LISTEN_PORT"],
+        input=builders.script("nginx-edge.conf"),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     conf.write_text(rendered.replace("/tmp/", f"{root}/"))
     try:
-        with _run(services._as_user(user, ["nginx", "-c", str(conf), "-g", "daemon off;"]), env, tmp_path / "nginx.log"):
-            services.wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/edge-healthz").status_code == 200, 20, "nginx")
+        with _run(
+            services._as_user(user, ["nginx", "-c", str(conf), "-g", "daemon off;"]),
+            env,
+            tmp_path / "nginx.log",
+        ):
+            services.wait_for(
+                lambda: httpx.get(f"http://127.0.0.1:{port}/edge-healthz").status_code == 200,
+                20,
+                "nginx",
+            )
             first = httpx.get(f"http://127.0.0.1:{port}/static/app.css")
             second = httpx.get(f"http://127.0.0.1:{port}/static/app.css")
             httpx.get(f"http://127.0.0.1:{port}/feed")
@@ -252,10 +391,20 @@ def test_rabbitmq_takes_our_config_and_serves_the_management_api(tmp_path: Path)
     conf = builders.script("rabbitmq.conf").replace("15672", str(management))
     with services.rabbitmq(tmp_path, config=conf, plugins=("rabbitmq_management",)) as node:
         url = f"http://127.0.0.1:{management}/api/overview"
-        services.wait_for(lambda: httpx.get(url, auth=("guest", "guest")).status_code == 200, 60, "management API")
+        services.wait_for(
+            lambda: httpx.get(url, auth=("guest", "guest")).status_code == 200, 60, "management API"
+        )
         env = subprocess.run(
-            [str(services.RABBITMQ_BIN / "rabbitmqctl"), "-n", node.nodename, "eval",
-             "application:get_env(rabbit, consumer_timeout)."],
-            env=node.env, capture_output=True, text=True, timeout=60,
+            [
+                str(services.RABBITMQ_BIN / "rabbitmqctl"),
+                "-n",
+                node.nodename,
+                "eval",
+                "application:get_env(rabbit, consumer_timeout).",
+            ],
+            env=node.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert "1800000" in env.stdout

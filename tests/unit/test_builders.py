@@ -95,7 +95,10 @@ def test_credentials_come_only_from_the_secret() -> None:
             continue
         for container in obj["spec"]["template"]["spec"]["containers"]:
             for var in container.get("env", []):
-                if "PASSWORD" in var["name"] or var["name"] in ("SECRET_KEY", "RABBITMQ_DEFAULT_PASS"):
+                if "PASSWORD" in var["name"] or var["name"] in (
+                    "SECRET_KEY",
+                    "RABBITMQ_DEFAULT_PASS",
+                ):
                     secret_vars += 1
                     assert "value" not in var
                     assert var["valueFrom"]["secretKeyRef"]["name"] == "shop-credentials"
@@ -126,7 +129,10 @@ def test_nothing_prunable_is_a_pvc_or_secret() -> None:
 def test_multi_replica_workloads_spread_over_zones(stage: int) -> None:
     for obj in build(stage):
         if obj["kind"] in ("Deployment", "StatefulSet"):
-            keys = [c["topologyKey"] for c in obj["spec"]["template"]["spec"]["topologySpreadConstraints"]]
+            keys = [
+                c["topologyKey"]
+                for c in obj["spec"]["template"]["spec"]["topologySpreadConstraints"]
+            ]
             assert builders.ZONE in keys
 
 

@@ -31,7 +31,9 @@ def test_stage_is_bounded_one_to_seven() -> None:
 
 
 def test_cel_rules_travel_with_their_models() -> None:
-    spec = crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec = crd.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
     messages = [r["message"] for r in spec["x-kubernetes-validations"]]
     assert any("stage 1" in m for m in messages)
     promotion = spec["properties"]["promotion"]["x-kubernetes-validations"]

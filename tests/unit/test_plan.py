@@ -22,7 +22,11 @@ def test_the_seed_numbers_are_in_the_catalog() -> None:
     assert [s.app_replicas for s in catalog.STAGES[:4]] == [1, 1, 2, 4]
     assert [s.read_replicas for s in catalog.STAGES[:5]] == [0, 0, 1, 2, 3]
     five = catalog.stage(5).app_autoscaling
-    assert five is not None and (five.min_replicas, five.max_replicas, five.cpu_percent) == (4, 12, 70)
+    assert five is not None and (five.min_replicas, five.max_replicas, five.cpu_percent) == (
+        4,
+        12,
+        70,
+    )
 
 
 def test_stage_5_hands_app_replicas_to_the_hpa() -> None:
@@ -51,7 +55,13 @@ def test_app_replicas_override_replaces_the_stage_5_hpa() -> None:
         ({"stage": 1, "overrides": {"readReplicas": 1}}, "no separate database"),
         ({"stage": 2, "overrides": {"workers": 3}}, "workers need the queue"),
         (
-            {"stage": 3, "overrides": {"appReplicas": 3, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}},
+            {
+                "stage": 3,
+                "overrides": {
+                    "appReplicas": 3,
+                    "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+                },
+            },
             "not both",
         ),
     ],
@@ -70,7 +80,9 @@ def test_later_stages_say_they_are_not_built_yet(stage: int) -> None:
 def test_failover_is_delegated_only_when_cloudnativepg_is_there() -> None:
     spec = api.ScalingStageSpec(stage=5)
     assert plan.resolve(spec, name="a", namespace="b").failover == "unavailable"
-    assert plan.resolve(spec, name="a", namespace="b", cloudnativepg=True).failover == "cloudnativepg"
+    assert (
+        plan.resolve(spec, name="a", namespace="b", cloudnativepg=True).failover == "cloudnativepg"
+    )
     assert resolve(stage=4).failover == "none"
 
 
