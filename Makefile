@@ -36,6 +36,7 @@ cluster-down:
 crd: venv
 	$(BIN)/z2m crd > crds/scalingstage.yaml
 	cp crds/scalingstage.yaml manifests/00-crd.yaml
+	cp crds/scalingstage.yaml charts/z2m/crds/scalingstage.yaml
 	$(BIN)/z2m docs > docs/stages.md
 
 lint: venv

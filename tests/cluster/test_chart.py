@@ -1,0 +1,452 @@
+"""The Helm chart (charts/z2m) lints, renders, validates and installs with least privilege.
+
+Rendering and schema checks need only `helm`; the rest runs against the real
+apiserver: a server-side dry run of the rendered objects, then a real install
+whose ServiceAccount's permissions are asked of the apiserver by impersonation.
+The ScalingStage CRD is cluster-scoped and shared with the other tests: Helm
+skips it when it exists and never deletes it, and neither do these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, eventually, kubectl
+
+pytestmark = pytest.mark.cluster
+
+CHART = ROOT / "charts" / "z2m"
+CRD = "scalingstages.z2m.dev"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
+
+
+@pytest.fixture(scope="module")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for `helm`: its caches and config in a scratch directory."""
+    home = tmp_path_factory.mktemp("helm")
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+@pytest.fixture(scope="module")
+def helm_bin() -> str:
+    """The helm built by hack/build-binaries.sh (or $Z2M_HELM)."""
+    if given := os.environ.get("Z2M_HELM"):
+        return given
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-binaries.sh")], check=True, capture_output=True, text=True
+    )
+    return str(Path(out.stdout.strip()) / "helm")
+
+
+@dataclass
+class Helm:
+    binary: str
+    env: dict[str, str]
+    kubeconfig: str
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, "--kubeconfig", self.kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def template(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self("template", *args, str(CHART), check=check)
+
+
+@pytest.fixture(scope="module")
+def helm(helm_bin: str, helm_env: dict[str, str], kubeconfig: str) -> Helm:
+    return Helm(helm_bin, helm_env, kubeconfig)
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def kinds(text: str) -> list[str]:
+    return [d["kind"] for d in docs(text)]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def create_namespace(kubeconfig: str, name: str, labels: dict[str, str] | None = None) -> None:
+    kubectl("create", "namespace", name, kubeconfig=kubeconfig)
+    pairs = [f"{k}={v}" for k, v in {"z2m.dev/test": "true", **(labels or {})}.items()]
+    kubectl("label", "namespace", name, *pairs, kubeconfig=kubeconfig)
+
+
+def delete_namespace(kubeconfig: str, name: str) -> None:
+    kubectl(
+        "delete", "namespace", name, "--ignore-not-found", "--wait=false", kubeconfig=kubeconfig
+    )
+
+
+# --- the chart on its own -------------------------------------------------------------------
+
+
+def test_chart_crd_is_a_byte_identical_copy_of_the_generated_crd() -> None:
+    chart_crd = CHART / "crds" / "scalingstage.yaml"
+    assert chart_crd.read_bytes() == (ROOT / "crds" / "scalingstage.yaml").read_bytes(), (
+        "charts/z2m/crds/scalingstage.yaml is stale: cp crds/scalingstage.yaml charts/z2m/crds/"
+    )
+
+
+def test_chart_rbac_is_the_same_as_the_plain_manifests(helm: Helm) -> None:
+    rendered = docs(helm.template("z2m-x", "--namespace", "z2m-system").stdout)
+    manifests = docs((ROOT / "manifests" / "02-rbac.yaml").read_text())
+
+    def rules(objects: list[dict[str, Any]], kind: str) -> list[Any]:
+        return sorted(
+            (o["rules"] for o in objects if o["kind"] == kind),
+            key=lambda r: yaml.safe_dump(r),
+        )
+
+    assert rules(rendered, "ClusterRole") == rules(manifests, "ClusterRole")
+    assert [o["roleRef"]["kind"] for o in rendered if o["kind"] == "RoleBinding"] == ["ClusterRole"]
+
+
+def test_lint_strict(helm: Helm) -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+def test_defaults_render_one_of_each_kind_with_release_specific_names(helm: Helm) -> None:
+    objects = docs(helm.template("mine", "--namespace", "ops").stdout)
+    assert sorted(o["kind"] for o in objects) == [
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert ("ClusterRole", "mine-z2m") in names
+    assert ("ClusterRole", "mine-z2m-credentials") in names
+    assert not any(name.startswith("z2m-operator") for _, name in names)
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/z2m-dev/z2m:0.1.0"
+    assert container["args"] == ["run", "--health-port=8080", "--metrics-port=9090"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_values_become_z2m_run_flags_and_rolebindings(helm: Helm) -> None:
+    objects = docs(
+        helm.template(
+            "r",
+            "--namespace",
+            "ops",
+            "--set",
+            "watchNamespaces={shop,blog}",
+            "--set",
+            "appNamespaces={shop,blog,shop}",
+            "--set",
+            "metricsPort=9100",
+            "--set",
+            "healthPort=8081",
+            "--set",
+            "verbose=true",
+        ).stdout
+    )
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "run",
+        "--health-port=8081",
+        "--metrics-port=9100",
+        "--namespace=shop",
+        "--namespace=blog",
+        "--verbose",
+    ]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["blog", "shop"]
+    [service] = [o for o in objects if o["kind"] == "Service"]
+    assert service["spec"]["ports"][0]["port"] == 9100
+
+
+def test_empty_namespace_lists_watch_everything_and_bind_nothing(helm: Helm) -> None:
+    objects = docs(
+        helm.template("r", "--set", "watchNamespaces=null", "--set", "appNamespaces=null").stdout
+    )
+    assert "RoleBinding" not in [o["kind"] for o in objects]
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [a for a in args if a.startswith("--namespace")]
+
+
+def test_service_monitor_needs_the_value_and_the_api(helm: Helm) -> None:
+    api = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    on = ("--set", "serviceMonitor.enabled=true")
+    assert "ServiceMonitor" not in kinds(helm.template("r", *api).stdout)
+    assert "ServiceMonitor" not in kinds(helm.template("r", *on).stdout)
+    assert "ServiceMonitor" in kinds(helm.template("r", *on, *api).stdout)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("metricsPort=notanumber", "/metricsPort"),
+        ("healthPort=70000", "/healthPort"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("watchNamespaces={Not_A_Namespace}", "/watchNamespaces/0"),
+        ("serviceMonitor.enabld=true", "enabld"),
+        ("metricsPort=8080", "healthPort and metricsPort must differ"),
+        ("extraEnv[0].name=X,extraEnv[0].value=1", "/extraEnv/0/value"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_message(helm: Helm, setting: str, message: str) -> None:
+    result = helm.template("r", "--set", setting, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+# --- against the apiserver -------------------------------------------------------------------
+
+
+@pytest.fixture
+def restricted_namespace(kubeconfig: str) -> Iterator[str]:
+    """A fresh namespace enforcing the "restricted" Pod Security Standard."""
+    name = unique("t-chart")
+    create_namespace(kubeconfig, name, RESTRICTED)
+    yield name
+    delete_namespace(kubeconfig, name)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        (),
+        (
+            "--set=watchNamespaces={default,kube-public}",
+            "--set=appNamespaces={default,kube-public}",
+            "--set=verbose=true",
+            "--set=extraEnv[0].name=PYTHONUNBUFFERED",
+            "--set-string=extraEnv[0].value=1",
+            "--set=nodeSelector.kubernetes\\.io/os=linux",
+            "--set=tolerations[0].operator=Exists",
+            "--set=podAnnotations.example\\.com/a=b",
+        ),
+    ],
+    ids=["defaults", "options"],
+)
+def test_rendered_chart_passes_a_server_side_dry_run(
+    helm: Helm, kubeconfig: str, restricted_namespace: str, settings: tuple[str, ...]
+) -> None:
+    rendered = helm.template(
+        unique("z2m-dry"), "--namespace", restricted_namespace, "--include-crds", *settings
+    ).stdout
+    assert CRD in rendered
+    result = kubectl(
+        "apply",
+        "--dry-run=server",
+        "--server-side",
+        "-f",
+        "-",
+        kubeconfig=kubeconfig,
+        stdin=rendered,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "PodSecurity" not in result.stderr, result.stderr
+    applied = result.stdout
+    for kind in ("customresourcedefinition", "serviceaccount", "clusterrole", "deployment"):
+        assert kind in applied, applied
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    app_namespace: str
+    service_account: str
+
+
+@pytest.fixture(scope="module")
+def release(helm: Helm, kubeconfig: str) -> Iterator[Release]:
+    """The chart installed for real, with one application namespace."""
+    name = unique("z2m-chart")
+    namespace = unique("t-chart-sys")
+    app_namespace = unique("t-chart-app")
+    create_namespace(kubeconfig, app_namespace)
+    try:
+        helm(
+            "install",
+            name,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            "--set",
+            f"appNamespaces={{{app_namespace}}}",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+        yield Release(name, namespace, app_namespace, service_account=name)
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
+        delete_namespace(kubeconfig, namespace)
+        delete_namespace(kubeconfig, app_namespace)
+
+
+def test_install_creates_the_operator_and_its_rbac(release: Release, kubeconfig: str) -> None:
+    ns = ("--namespace", release.namespace)
+    for obj in (
+        f"deployment/{release.name}",
+        f"serviceaccount/{release.service_account}",
+        f"service/{release.name}-metrics",
+    ):
+        kubectl("get", obj, *ns, kubeconfig=kubeconfig)
+    for obj in (
+        f"clusterrole/{release.name}",
+        f"clusterrole/{release.name}-credentials",
+        f"clusterrolebinding/{release.name}",
+    ):
+        kubectl("get", obj, kubeconfig=kubeconfig)
+    kubectl(
+        "get",
+        f"rolebinding/{release.name}-credentials",
+        "--namespace",
+        release.app_namespace,
+        kubeconfig=kubeconfig,
+    )
+    ready = kubectl(
+        "get",
+        f"deployment/{release.name}",
+        *ns,
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+        kubeconfig=kubeconfig,
+    )
+    assert ready.stdout == "1"
+
+
+def test_install_meets_the_restricted_pod_security_standard(
+    release: Release, kubeconfig: str
+) -> None:
+    pods = eventually(
+        lambda: (
+            kubectl(
+                "get", "pods", "--namespace", release.namespace, "-o", "name", kubeconfig=kubeconfig
+            ).stdout
+        )
+    )
+    assert pods.startswith(f"pod/{release.name}-")
+    # Labelling a namespace warns about every running pod the new level would reject.
+    result = kubectl(
+        "label",
+        "--dry-run=server",
+        "--overwrite",
+        "namespace",
+        release.namespace,
+        *(f"{k}={v}" for k, v in RESTRICTED.items()),
+        kubeconfig=kubeconfig,
+    )
+    assert "violate" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "where", "allowed"),
+    [
+        ("patch", "deployments.apps", "app", True),
+        ("delete", "statefulsets.apps", "app", True),
+        ("watch", "scalingstages.z2m.dev", "all", True),
+        ("patch", "scalingstages.z2m.dev/status", "app", True),
+        ("create", "secrets", "app", True),
+        ("create", "secrets", "other", True),
+        ("get", "secrets", "app", True),
+        ("patch", "secrets", "app", True),
+        ("list", "namespaces", "cluster", True),
+        ("delete", "persistentvolumeclaims", "app", False),
+        ("delete", "persistentvolumeclaims", "all", False),
+        ("delete", "secrets", "app", False),
+        ("list", "secrets", "app", False),
+        ("get", "secrets", "kube-system", False),
+        ("get", "secrets", "other", False),
+        ("delete", "scalingstages.z2m.dev", "app", False),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", "cluster", False),
+        ("impersonate", "serviceaccounts", "all", False),
+        ("*", "*", "all", False),
+    ],
+)
+def test_service_account_has_least_privilege(
+    release: Release, kubeconfig: str, verb: str, resource: str, where: str, allowed: bool
+) -> None:
+    scope = {
+        "app": ["--namespace", release.app_namespace],
+        "other": ["--namespace", "default"],
+        "kube-system": ["--namespace", "kube-system"],
+        "all": ["--all-namespaces"],
+        "cluster": [],
+    }[where]
+    args = [verb, resource]
+    if "/" in resource:
+        resource, subresource = resource.split("/")
+        args = [verb, resource, f"--subresource={subresource}"]
+    subject = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    result = kubectl(
+        "auth", "can-i", *args, *scope, f"--as={subject}", kubeconfig=kubeconfig, check=False
+    )
+    answer = result.stdout.strip()
+    assert answer == ("yes" if allowed else "no"), (answer, result.stderr)
+
+
+def test_uninstall_removes_everything_but_the_crd(helm: Helm, kubeconfig: str) -> None:
+    name = unique("z2m-gone")
+    namespace = unique("t-chart-gone")
+    try:
+        helm("install", name, str(CHART), "--namespace", namespace, "--create-namespace")
+        kubectl("get", f"clusterrole/{name}", kubeconfig=kubeconfig)
+        helm("uninstall", name, "--namespace", namespace, "--wait")
+        for obj in (f"clusterrole/{name}", f"clusterrolebinding/{name}"):
+            gone = kubectl("get", obj, "--ignore-not-found", "-o", "name", kubeconfig=kubeconfig)
+            assert gone.stdout == ""
+        eventually(
+            lambda: (
+                kubectl(
+                    "get",
+                    "all,serviceaccounts",
+                    "--namespace",
+                    namespace,
+                    "-o",
+                    "name",
+                    "--selector",
+                    f"app.kubernetes.io/instance={name}",
+                    kubeconfig=kubeconfig,
+                ).stdout
+                == ""
+            )
+        )
+        kubectl("get", f"crd/{CRD}", kubeconfig=kubeconfig)
+    finally:
+        helm("uninstall", name, "--namespace", namespace, check=False)
+        delete_namespace(kubeconfig, namespace)
