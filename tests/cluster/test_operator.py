@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -320,3 +321,49 @@ def test_an_unreachable_queue_is_never_assumed_empty(
 
     eventually(waiting, timeout=60)
     assert ("StatefulSet", f"{NAME}-queue") in h.children(k, namespace, NAME)
+
+
+def test_a_read_replica_stops_getting_reads_before_it_is_removed(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    spec = {"overrides": {"queue": False, "workers": 0}}
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, **spec))
+    h.wait_ready(api_client, namespace, NAME, 4)
+    seen: list[tuple[str, int]] = []
+    apps = kubernetes.client.AppsV1Api(api_client)
+    stop = threading.Event()
+
+    def record() -> None:
+        # Watch both objects and note, in the order the apiserver reports them,
+        # how many replica URLs the app has and how many replicas the StatefulSet wants.
+        watch = kubernetes.watch.Watch()
+        for event in watch.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=60):
+            obj = event["object"]
+            if obj.metadata.name == f"{NAME}-app":
+                env = {e.name: e.value for e in obj.spec.template.spec.containers[0].env}
+                seen.append(
+                    ("app-urls", env.get("DATABASE_REPLICA_URLS", "").count("postgresql://"))
+                )
+            if stop.is_set():
+                return
+
+    def record_sts() -> None:
+        watch = kubernetes.watch.Watch()
+        for event in watch.stream(apps.list_namespaced_stateful_set, namespace, timeout_seconds=60):
+            obj = event["object"]
+            if obj.metadata.name == f"{NAME}-db-replica":
+                seen.append(("replicas", obj.spec.replicas))
+            if stop.is_set():
+                return
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (record, record_sts)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    h.set_stage(api_client, namespace, NAME, 3)
+    h.wait_ready(api_client, namespace, NAME, 3)
+    time.sleep(1)
+    stop.set()
+    rewired = next(i for i, e in enumerate(seen) if e == ("app-urls", 1))
+    shrunk = next(i for i, e in enumerate(seen) if e == ("replicas", 1))
+    assert rewired < shrunk, seen
