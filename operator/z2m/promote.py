@@ -60,6 +60,8 @@ APPROVE_ANNOTATION = f"{api.GROUP}/approve-stage"
 HISTORY_LIMIT = 20
 MAX_BACKOFF_FACTOR = 8
 MAX_BACKOFF_SECONDS = 600.0
+QUERY_CONNECTIONS = 8
+"""Prometheus connections, and queries in flight, across all evaluations."""
 
 
 def iso(t: float) -> str:
@@ -269,6 +271,7 @@ class Loop:
         default_factory=lambda: ThreadPoolExecutor(max_workers=3, thread_name_prefix="z2m-promote")
     )
     _limit: asyncio.Semaphore = field(init=False)
+    _queries: asyncio.Semaphore = field(init=False)
     _due: dict[str, float] = field(default_factory=dict)
     _running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _failures: dict[str, int] = field(default_factory=dict)
@@ -279,8 +282,9 @@ class Loop:
     _names: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Make the semaphore inside the running loop's lifetime."""
+        """Make the semaphores inside the running loop's lifetime."""
         self._limit = asyncio.Semaphore(self.concurrency)
+        self._queries = asyncio.Semaphore(QUERY_CONNECTIONS)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -417,7 +421,7 @@ class Loop:
             )
             reading = None
         else:
-            reading = await signals.read(self.http, promotion, namespace, name)
+            reading = await signals.read(self.http, promotion, namespace, name, self._queries)
             failure = reading.problem.message if reading.problem is not None else None
             verdict = decide.decide(spec.stage, promotion, reading.values, memory, now, failure)
             if reading.problem is not None:
@@ -598,9 +602,10 @@ async def run_forever(client: kube.Kube, stop: asyncio.Event | None = None) -> N
     """
     stop = stop or asyncio.Event()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every query at INFO
-    async with httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16)
-    ) as http:
+    pool = httpx.Limits(
+        max_connections=QUERY_CONNECTIONS, max_keepalive_connections=QUERY_CONNECTIONS
+    )
+    async with httpx.AsyncClient(limits=pool) as http:
         loop = Loop(
             kube=client,
             http=http,

@@ -171,15 +171,30 @@ async def query(client: httpx.AsyncClient, base: str, promql: str, seconds: floa
 
 
 async def read(
-    client: httpx.AsyncClient, promotion: api.Promotion, namespace: str, name: str
+    client: httpx.AsyncClient,
+    promotion: api.Promotion,
+    namespace: str,
+    name: str,
+    limit: asyncio.Semaphore | None = None,
 ) -> Reading:
-    """Read every signal concurrently; one failed query makes the whole reading a Problem."""
+    """Read every signal concurrently; one failed query makes the whole reading a Problem.
+
+    `limit` bounds queries in flight across readings: sized to the client's
+    connection pool, it keeps requests from queueing inside httpcore's pool,
+    whose bookkeeping grows with the queue.
+    """
+    limit = limit or asyncio.Semaphore(len(DEFAULT_QUERIES))
+
+    async def limited(promql: str) -> float | None:
+        async with limit:
+            return await query(client, base, promql, timeout)
+
     if promotion.prometheus is None:
         return Reading(problem=Problem("NoPrometheus", "spec.promotion.prometheus.url is not set"))
     base, timeout = promotion.prometheus.url, promotion.prometheus.timeout_seconds
     wanted = queries(promotion, namespace, name)
     results = await asyncio.gather(
-        *(query(client, base, promql, timeout) for promql in wanted.values()),
+        *(limited(promql) for promql in wanted.values()),
         return_exceptions=True,
     )
     values: dict[str, float | None] = {}

@@ -89,7 +89,9 @@ def seconds(entry: dict[str, Any]) -> float:
     return t
 
 
-def events(api_client: ApiClient, namespace: str, name: str = NAME) -> list[tuple[str, str]]:
+def events(
+    api_client: ApiClient, namespace: str, name: str = NAME
+) -> list[tuple[str | None, str | None]]:
     items = (
         kubernetes.client.CoreV1Api(api_client)
         .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
