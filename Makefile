@@ -55,6 +55,10 @@ test: venv deps binaries
 demo: venv deps cluster-up
 	hack/demo.sh
 
+## Auto-promotion end to end: load rises, the stage climbs; load stops, it comes back down.
+demo-auto: venv deps binaries
+	hack/demo-auto.sh
+
 bench: venv deps binaries
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/sample_app_bench.py

@@ -713,6 +713,11 @@ def monitoring_files(p: plan.Plan) -> dict[str, str]:
                         ("app_kubernetes_io_part_of", p.name),
                         ("app_kubernetes_io_component", "app|worker"),
                     )
+                ]
+                # The alert rules and the promotion queries select on these two labels.
+                + [
+                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
                 ],
             }
         ]

@@ -12,8 +12,10 @@ import contextlib
 import datetime
 import logging
 import secrets
+import threading
+import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -48,9 +50,18 @@ def load_config(kubeconfig: str | None = None) -> ApiClient:
 
 @dataclass
 class Kube:
-    """A thin, typed face over the dynamic client for the few verbs the operator uses."""
+    """A thin, typed face over the dynamic client for the few verbs the operator uses.
+
+    One instance is shared by every reconcile thread. The dynamic client's
+    discovery cache is not thread-safe, so lookups go through one lock, and
+    kinds the server does not serve are remembered for a while instead of
+    re-reading discovery on every miss.
+    """
 
     client: DynamicClient
+    missing_ttl: float = 60.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _missing: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
     def connect(cls, api_client: ApiClient) -> Kube:
@@ -58,7 +69,8 @@ class Kube:
         return cls(DynamicClient(api_client))  # type: ignore[no-untyped-call]
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.client.resources.get(api_version=api_version, kind=kind)
+        with self._lock:
+            return self.client.resources.get(api_version=api_version, kind=kind)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         """One object as a dict, or None when it does not exist."""
@@ -118,18 +130,19 @@ class Kube:
 
     def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the apiserver serves a kind (CloudNativePG's Cluster, for one)."""
+        key = (api_version, kind)
+        if time.monotonic() - self._missing.get(key, -self.missing_ttl) < self.missing_ttl:
+            return False
         try:
             self._resource(api_version, kind)
         except ResourceNotFoundError:
+            self._missing[key] = time.monotonic()
             return False
+        self._missing.pop(key, None)
         return True
 
     def cloudnativepg_installed(self) -> bool:
-        """Whether the CloudNativePG CRDs are installed; asks discovery afresh each time."""
-        try:
-            self.client.resources.invalidate_cache()
-        except Exception:
-            log.debug("discovery cache not invalidated", exc_info=True)
+        """Whether the CloudNativePG CRDs are installed (a miss is re-checked each minute)."""
         return self.has_kind("postgresql.cnpg.io/v1", "Cluster")
 
     def ensure_credentials(self, namespace: str, owner_name: str) -> Obj | None:
@@ -209,13 +222,18 @@ class Kube:
         self.apply(claim, manager=HANDOVER_MANAGER)
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Obj) -> None:
-        """Merge-patch the ScalingStage's status subresource."""
+    def patch_status(
+        self, namespace: str, name: str, status: Obj, resource_version: str | None = None
+    ) -> None:
+        """Merge-patch the status subresource; with a resourceVersion, only if unchanged since."""
         resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        body: Obj = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         resource.status.patch(
             name=name,
             namespace=namespace,
-            body={"status": status},
+            body=body,
             content_type="application/merge-patch+json",
         )
 

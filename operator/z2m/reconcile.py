@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from kubernetes.client.exceptions import ApiException
 
 from z2m import api, builders, kube, metrics, plan, status
 
@@ -61,6 +62,15 @@ class Reconciler:
         started = time.perf_counter()
         try:
             result = self._pass(namespace, name)
+        except ApiException as exc:
+            if exc.status != 409:
+                metrics.RECONCILES.labels("error").inc()
+                metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+                raise
+            # The ScalingStage changed under this pass (a user, or the promotion loop):
+            # nothing is wrong, the next pass starts from the newer object.
+            metrics.RECONCILES.labels("conflict").inc()
+            return Result(0, 0.2)
         except Exception as exc:
             metrics.RECONCILES.labels("error").inc()
             metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
@@ -284,7 +294,9 @@ class Reconciler:
         if patch is None:
             return None
         meta = body["metadata"]
-        self.kube.patch_status(meta["namespace"], meta["name"], patch)
+        # Based on what this pass read: if the promotion loop wrote status since, the
+        # apiserver refuses (409) and the next pass rebuilds from the newer status.
+        self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
         return new
 
 
