@@ -7,7 +7,7 @@ logic beyond lookups; it never talks to Kubernetes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -182,45 +182,28 @@ STAGES: tuple[Stage, ...] = (
             "monitoring: scrape config, alert rules and a dashboard",
         ),
     ),
-    Stage(
+)
+
+# Stages 6 and 7 are not built yet: they keep stage 5's topology and carry the seed's numbers.
+STAGES = (
+    *STAGES,
+    replace(
+        STAGES[-1],
         number=6,
         title="10M users: microservices, sharding, multi-region",
         users="10M",
         rps=Band(50_000, 200_000),
         monthly_cost_usd=Band(50_000, 150_000),
-        app_replicas=4,
-        colocated_database=False,
-        read_replicas=3,
-        edge_cache=True,
-        redis=True,
-        redis_replicas=1,
-        queue=True,
-        workers=2,
-        app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
-        worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
-        database_failover=True,
-        monitoring=True,
         implemented=False,
         adds=("microservices, an API gateway, database sharding, multi-region, Redis Cluster",),
     ),
-    Stage(
+    replace(
+        STAGES[-1],
         number=7,
         title="100M users: world scale",
         users="100M",
         rps=Band(200_000, 1_000_000),
         monthly_cost_usd=Band(500_000, 5_000_000),
-        app_replicas=4,
-        colocated_database=False,
-        read_replicas=3,
-        edge_cache=True,
-        redis=True,
-        redis_replicas=1,
-        queue=True,
-        workers=2,
-        app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
-        worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
-        database_failover=True,
-        monitoring=True,
         implemented=False,
         adds=("multi-CDN, edge computing, specialised databases, stream processing, 3+ regions",),
     ),
