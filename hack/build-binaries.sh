@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the local control plane's binaries from the Go modules pinned under
-# hack/tools/ into a cache outside the repo, keyed by those pins. A second run
+# Build the clusters' binaries from the Go modules pinned under hack/tools/ into
+# a cache outside the repo, keyed by those pins: the local control plane's
+# (apiserver, controller-manager, scheduler, etcd, KWOK, metrics-server) and the
+# kind node's (kubelet, kubeadm, kube-proxy, crictl, CoreDNS, kind itself). A second run
 # with the same pins does nothing. Prints the binary directory on stdout.
 #
 #   hack/build-binaries.sh            # build what is missing, print the dir
@@ -49,11 +51,15 @@ build "$tools/k8s" "$k8s_ldflags" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \
-  k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kubeadm \
+  k8s.io/kubernetes/cmd/kube-proxy
 [ -x "$bin/etcd" ] || { build "$tools/etcd" "" go.etcd.io/etcd/server/v3 && mv "$bin/server" "$bin/etcd"; }
 build "$tools/kwok" "" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 build "$tools/metrics-server" "" sigs.k8s.io/metrics-server/cmd/metrics-server
 build "$tools/helm" "" helm.sh/helm/v3/cmd/helm
+build "$tools/kind" "" sigs.k8s.io/kind sigs.k8s.io/cri-tools/cmd/crictl github.com/coredns/coredns
 rmdir "$bin.partial" 2>/dev/null || true
 
 # KWOK's stage configs (pods Ready, node heartbeats, simulated CPU usage) ship in its module.
