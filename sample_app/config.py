@@ -41,6 +41,8 @@ class Config:
     replica_urls: tuple[str, ...] = ()
     redis_url: str | None = None
     broker_url: str | None = None
+    queue_name: str = "z2m.jobs"
+    """QUEUE_NAME: the jobs queue, as the operator names it (spec.queue.queueName)."""
     secret_key: str | None = None
 
     @property
@@ -144,5 +146,6 @@ def parse_env(env: Mapping[str, str]) -> Config:
         replica_urls=replica_urls,
         redis_url=redis_url,
         broker_url=broker_url,
+        queue_name=_get(env, "QUEUE_NAME") or Config.queue_name,
         secret_key=secret_key,
     )

@@ -88,18 +88,19 @@ async def process(db: Database, job: FanoutJob) -> bool:
     return bool(first_time)
 
 
-async def queue_depth(channel: AbstractChannel) -> int:
+async def queue_depth(channel: AbstractChannel, name: str = QUEUE) -> int:
     """Messages ready in the jobs queue, via a passive declare."""
-    queue = await channel.declare_queue(QUEUE, passive=True)
+    queue = await channel.declare_queue(name, passive=True)
     return int(queue.declaration_result.message_count or 0)
 
 
 class Broker:
     """A robust connection to RabbitMQ, established in the background."""
 
-    def __init__(self, url: str) -> None:
-        """Remember the URL; :meth:`connect_forever` does the work."""
+    def __init__(self, url: str, queue: str = QUEUE) -> None:
+        """Remember the URL and the queue's name; :meth:`connect_forever` does the work."""
         self.url = url
+        self.queue = queue
         self.connection: AbstractRobustConnection | None = None
         self.channel: AbstractChannel | None = None
 
@@ -113,7 +114,7 @@ class Broker:
                 channel = await self.connection.channel(publisher_confirms=True)
                 if prefetch is not None:
                     await channel.set_qos(prefetch_count=prefetch)
-                await channel.declare_queue(QUEUE, durable=True)
+                await channel.declare_queue(self.queue, durable=True)
                 self.channel = channel
                 log.info("connected to the broker")
                 return channel
@@ -133,7 +134,7 @@ class Broker:
             content_type="application/json",
         )
         await self.channel.default_exchange.publish(
-            message, routing_key=QUEUE, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+            message, routing_key=self.queue, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
         )
         metrics.JOBS_PUBLISHED.inc()
 
@@ -142,7 +143,7 @@ class Broker:
         if self.channel is None or self.channel.is_closed:
             return False
         try:
-            depth = await asyncio.wait_for(queue_depth(self.channel), timeout=1.0)
+            depth = await asyncio.wait_for(queue_depth(self.channel, self.queue), timeout=1.0)
         except Exception:  # a scrape must not fail because the broker is away
             return False
         metrics.QUEUE_DEPTH.set(depth)
@@ -187,7 +188,7 @@ class Worker:
     async def run(self) -> None:
         """Connect and consume until cancelled."""
         channel = await self.broker.connect_forever(prefetch=PREFETCH)
-        queue = await channel.declare_queue(QUEUE, durable=True)
+        queue = await channel.declare_queue(self.broker.queue, durable=True)
         await queue.consume(self.handle)  # manual acks (no_ack=False is the default)
         await asyncio.Future()  # the robust connection re-registers the consumer
 

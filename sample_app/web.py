@@ -145,7 +145,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     if config.redis_url is not None and config.role == "web":
         state.cache = Cache(config.redis_url)
     if config.broker_url is not None:
-        state.broker = Broker(config.broker_url)
+        state.broker = Broker(config.broker_url, config.queue_name)
         if config.role == "web":
             state.tasks.append(asyncio.create_task(state.broker.connect_forever()))
     if config.role == "web" and state.db is not None:

@@ -20,7 +20,14 @@ PLURAL = "scalingstages"
 SINGULAR = "scalingstage"
 SHORT_NAMES = ("sstage",)
 
-DEFAULT_APP_IMAGE = "ghcr.io/z2m-dev/sample-app:0.1.0"
+# Images z2m builds (hack/images.sh; `make images` loads them into kind). Debian's
+# PostgreSQL 15, RabbitMQ 3.10, Redis 7.0 and nginx 1.22 inside.
+IMAGE_TAG = "0.1.0"
+DEFAULT_APP_IMAGE = f"z2m/sample-app:{IMAGE_TAG}"
+DEFAULT_POSTGRES_IMAGE = f"z2m/postgres:{IMAGE_TAG}"
+DEFAULT_REDIS_IMAGE = f"z2m/redis:{IMAGE_TAG}"
+DEFAULT_RABBITMQ_IMAGE = f"z2m/rabbitmq:{IMAGE_TAG}"
+DEFAULT_NGINX_IMAGE = f"z2m/nginx:{IMAGE_TAG}"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 DNS_LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -126,18 +133,24 @@ class Storage(Model):
 
 
 class DatabaseSpec(Model):
-    """PostgreSQL, co-located at stage 1 and a StatefulSet from stage 2."""
+    """PostgreSQL: its own StatefulSet at every stage, beside the app at stage 1."""
 
-    image: str = Field(default="postgres:16", min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_POSTGRES_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
 
 
 class QueueSpec(Model):
     """RabbitMQ and where the operator reads the jobs queue's depth from."""
 
-    image: str = Field(default="rabbitmq:3.13-management", min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_RABBITMQ_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
-    queue_name: str = Field(default="jobs", min_length=1, max_length=255)
+    queue_name: str = Field(
+        default="z2m.jobs",
+        min_length=1,
+        max_length=255,
+        description="The jobs queue: the app and workers are told it (QUEUE_NAME), and the "
+        "operator drains it before RabbitMQ goes.",
+    )
     management_url: str | None = Field(
         default=None,
         pattern=r"^https?://",
@@ -150,7 +163,7 @@ class QueueSpec(Model):
 class CacheSpec(Model):
     """Redis, from stage 4."""
 
-    image: str = Field(default="redis:7", min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_REDIS_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
 
 

@@ -41,7 +41,7 @@ SECRET_KEYS = (
     "session-secret",
 )
 SCRIPT_FILES = (
-    "postgres-primary-init.sh",
+    "postgres-primary.sh",
     "postgres-replica.sh",
     "redis.sh",
     "sentinel.sh",
@@ -164,9 +164,7 @@ def _resources(r: api.Resources) -> Obj:
 
 
 def database_host(p: plan.Plan) -> str:
-    """Where the app writes: localhost at stage 1, the primary's Service after that."""
-    if p.colocated_database:
-        return "127.0.0.1"
+    """Where the app writes: the primary's Service, at every stage."""
     return child(p.name, "db-rw" if p.failover == "cloudnativepg" else "db")
 
 
@@ -203,6 +201,7 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
         env.append(_secret_env(p, "Z2M_QUEUE_PASSWORD", "queue-password"))
         broker = f"amqp://z2m:$(Z2M_QUEUE_PASSWORD)@{child(p.name, 'queue')}:{AMQP_PORT}/%2F"
         env.append({"name": "BROKER_URL", "value": broker})
+        env.append({"name": "QUEUE_NAME", "value": p.spec.queue.queue_name})
     ours = {e["name"] for e in env}
     user = [e.model_dump(by_alias=True) for e in p.spec.app.env]
     # The user's value wins over ours: drop ours rather than send a duplicate key.
@@ -217,6 +216,7 @@ def _postgres_container(p: plan.Plan) -> Obj:
     return {
         "name": "postgres",
         "image": p.spec.database.image,
+        "command": ["/bin/sh", f"{SCRIPTS_DIR}/postgres-primary.sh"],
         "ports": [{"name": "postgres", "containerPort": PG_PORT}],
         "env": [
             {"name": "POSTGRES_USER", "value": "app"},
@@ -231,12 +231,7 @@ def _postgres_container(p: plan.Plan) -> Obj:
         },
         "volumeMounts": [
             {"name": "data", "mountPath": "/var/lib/postgresql/data"},
-            {
-                "name": "z2m-scripts",
-                "mountPath": "/docker-entrypoint-initdb.d/10-z2m-replication.sh",
-                "subPath": "postgres-primary-init.sh",
-                "readOnly": True,
-            },
+            _scripts_mount(),
         ],
     }
 
@@ -314,8 +309,6 @@ def _deployment(
     component: str,
     replicas: int | None,
     pod_spec: Obj,
-    *,
-    recreate: bool = False,
 ) -> Obj:
     spec: Obj = {
         "selector": {"matchLabels": labels(p.name, component)},
@@ -324,13 +317,10 @@ def _deployment(
     if replicas is not None:
         # Left out entirely when an autoscaler owns the count: see kube.hand_over_replicas.
         spec["replicas"] = replicas
-    if recreate:
-        spec["strategy"] = {"type": "Recreate"}
-    else:
-        spec["strategy"] = {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-        }
+    spec["strategy"] = {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -419,19 +409,13 @@ def _scripts(p: plan.Plan, owner: Owner) -> Obj:
 
 
 def _app(p: plan.Plan, owner: Owner) -> list[Obj]:
-    containers = [_app_container(p, "web")]
-    pod_spec: Obj = {"containers": containers, "topologySpreadConstraints": _spread(p, "app")}
-    if p.colocated_database:
-        containers.append(_postgres_container(p))
-        # The same claim the stage-2 StatefulSet's first pod uses: promotion moves the data.
-        pod_spec["volumes"] = [
-            {"name": "data", "persistentVolumeClaim": {"claimName": stage1_claim(p.name)}},
-            _scripts_volume(p),
-        ]
+    pod_spec: Obj = {
+        "containers": [_app_container(p, "web")],
+        "topologySpreadConstraints": _spread(p, "app"),
+        "affinity": _beside_database(p),
+    }
     objs = [
-        _deployment(
-            p, owner, "app", "app", p.app_replicas, pod_spec, recreate=p.colocated_database
-        ),
+        _deployment(p, owner, "app", "app", p.app_replicas, pod_spec),
         _service(p, owner, child(p.name, "app"), "app", [("http", 80, p.spec.app.port)]),
     ]
     if p.app_autoscaling is not None:
@@ -441,30 +425,38 @@ def _app(p: plan.Plan, owner: Owner) -> list[Obj]:
     return objs
 
 
-def stage1_claim(owner_name: str) -> str:
-    """The database's claim: the name the StatefulSet `<name>-db` gives its first pod's."""
-    return f"data-{child(owner_name, 'db')}-0"
+def _beside_database(p: plan.Plan) -> Obj:
+    """Where the app may run: on the database's node at stage 1, off it later.
 
-
-def _stage1_pvc(p: plan.Plan) -> Obj:
-    template = _pvc_template(p, "database", p.spec.database.storage)
+    Stage 1 is one machine, so the app must share the database's node. From stage 2
+    the database has a machine of its own, and the app keeps off it where it can.
+    """
+    term: Obj = {
+        "labelSelector": {"matchLabels": labels(p.name, "database")},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    if p.colocated_database:
+        return {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
     return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        # No owner reference: the data outlives the ScalingStage.
-        "metadata": {
-            **template["metadata"],
-            "name": stage1_claim(p.name),
-            "namespace": p.namespace,
-        },
-        "spec": template["spec"],
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": term}
+            ]
+        }
     }
 
 
 def _database(p: plan.Plan, owner: Owner) -> list[Obj]:
     objs = [
         _statefulset(
-            p, owner, "db", "database", 1, [_postgres_container(p)], p.spec.database.storage
+            p,
+            owner,
+            "db",
+            "database",
+            1,
+            [_postgres_container(p)],
+            p.spec.database.storage,
+            run_as=999,
         ),
         _service(p, owner, child(p.name, "db"), "database", [("postgres", PG_PORT, PG_PORT)]),
     ]
@@ -555,7 +547,7 @@ def _edge(p: plan.Plan, owner: Owner) -> list[Obj]:
     )
     container: Obj = {
         "name": "nginx",
-        "image": "nginx:1.27-alpine",
+        "image": api.DEFAULT_NGINX_IMAGE,
         "command": ["/bin/sh", "-c", command],
         "env": [
             {"name": "UPSTREAM", "value": f"{child(p.name, 'app')}:80"},
@@ -792,10 +784,7 @@ def _monitoring(p: plan.Plan, owner: Owner) -> list[Obj]:
 def build(p: plan.Plan, owner: Owner) -> list[Obj]:
     """Every object of the plan's stage, in the order they should be applied."""
     objs: list[Obj] = [_scripts(p, owner)]
-    if p.colocated_database:
-        objs.append(_stage1_pvc(p))
-    else:
-        objs += _database(p, owner)
+    objs += _database(p, owner)
     objs += _read_replicas(p, owner)
     objs += _app(p, owner)
     objs += _edge(p, owner)

@@ -83,7 +83,10 @@ STAGES: tuple[Stage, ...] = (
         database_failover=False,
         monitoring=False,
         implemented=True,
-        adds=("one pod: the app and PostgreSQL side by side",),
+        adds=(
+            "one machine: the app and PostgreSQL on the same node, PostgreSQL in its own "
+            "StatefulSet from the start so that no later stage moves its data",
+        ),
     ),
     Stage(
         number=2,
@@ -104,7 +107,10 @@ STAGES: tuple[Stage, ...] = (
         database_failover=False,
         monitoring=False,
         implemented=True,
-        adds=("the database moves to its own StatefulSet so it stops starving the app",),
+        adds=(
+            "the database gets a machine of its own: the app is no longer pinned to its node "
+            "and keeps off it where there is another, so it stops starving the database",
+        ),
     ),
     Stage(
         number=3,

@@ -87,9 +87,9 @@ def diagram(number: int) -> str:
         app = f"App x{p.app_replicas}"
     if p.colocated_database:
         lines += [
-            '    subgraph pod["One pod"]',
+            '    subgraph node["One machine"]',
             f'        app["{app}"]',
-            '        db[("PostgreSQL")]',
+            '        db[("PostgreSQL (own StatefulSet and volume)")]',
         ]
         lines.append("    end")
         lines.append(f"    {front} --> app")

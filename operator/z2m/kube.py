@@ -290,13 +290,14 @@ def queue_depth(
 ) -> int:
     """Messages in a RabbitMQ queue (ready and unacknowledged), from the management API.
 
-    A queue that does not exist holds nothing and returns 0. Anything else that
-    goes wrong raises, so that the caller keeps the queue rather than guessing.
+    Anything that goes wrong raises, so that the caller keeps the queue rather than
+    guessing. That includes a queue that does not exist: workers declare it when they
+    start, so its absence means the operator and the app disagree, not that it is empty.
     """
     url = f"{management_url.rstrip('/')}/api/queues/%2F/{urllib.parse.quote(queue, safe='')}"
     response = httpx.get(url, auth=(user, password), timeout=timeout)
     if response.status_code == 404:
-        return 0
+        raise LookupError(f"RabbitMQ has no queue {queue!r}")
     response.raise_for_status()
     body = response.json()
     # "messages" counts ready and unacknowledged jobs alike: a job a worker holds counts.

@@ -31,6 +31,7 @@ class Plan:
     """None when the HPA or another autoscaler owns the replica count."""
     app_autoscaling: catalog.Autoscaling | None
     colocated_database: bool
+    """Stage 1: the app runs on the database's node (the database is a StatefulSet anyway)."""
     read_replicas: int
     edge_cache: bool
     redis: bool
@@ -42,11 +43,6 @@ class Plan:
     monitoring: bool
     draining_queue: bool = False
     """The queue and workers stay only to drain: the app no longer publishes to it."""
-
-    @property
-    def database(self) -> bool:
-        """A separate database StatefulSet (or CloudNativePG cluster) exists."""
-        return not self.colocated_database
 
     @property
     def sentinel(self) -> bool:

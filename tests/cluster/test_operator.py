@@ -35,7 +35,7 @@ def test_each_stage_converges_to_its_objects_and_becomes_ready(
         assert cond["lastTransitionTime"] and cond["reason"]
 
 
-def test_stage_1_is_one_pod_holding_app_and_postgres(
+def test_stage_1_puts_the_app_on_the_database_node(
     api_client: ApiClient, namespace: str, operator: Any
 ) -> None:
     h.create(api_client, namespace, h.scaling_stage(NAME, 1))
@@ -45,9 +45,10 @@ def test_stage_1_is_one_pod_holding_app_and_postgres(
         .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/part-of={NAME}")
         .items
     )
-    assert len(pods) == 1
-    assert sorted(c.name for c in pods[0].spec.containers) == ["app", "postgres"]
-    assert all(c.ready for c in pods[0].status.container_statuses)
+    by_component = {p.metadata.labels["app.kubernetes.io/component"]: p for p in pods}
+    assert sorted(by_component) == ["app", "database"]
+    assert by_component["app"].spec.node_name == by_component["database"].spec.node_name
+    assert all(c.ready for p in pods for c in p.status.container_statuses)
 
 
 @pytest.mark.parametrize(

@@ -58,70 +58,68 @@ def _pg_env(**extra: str) -> dict[str, str]:
     return {"PATH": f"{services.PG_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **extra}
 
 
+def _wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
+    def up() -> bool:
+        assert proc.poll() is None, f"postgres exited with {proc.returncode}"
+        return services._port_open(port)
+
+    services.wait_for(up, 60, "postgres")
+
+
 @pytest.fixture
 def pg_primary(tmp_path: Path) -> Iterator[tuple[str | None, Path, int, str]]:
-    """A PostgreSQL primary initialised the way the postgres image does, with our init script."""
+    """A PostgreSQL primary started by z2m's own entry point on an empty data directory."""
     user = services._unprivileged_user()
     root = services._private_dir(tmp_path, "primary", user)
     data, port, password = root / "data", services.free_port(), "s3cret-repl"
-    pwfile = root / "pw"
-    pwfile.write_text("app-password\n")
-    if user:
-        shutil.chown(pwfile, user)
-    subprocess.run(
-        services._as_user(
-            user,
-            [
-                str(services.PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "app",
-                "--pwfile",
-                str(pwfile),
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--no-sync",
-            ],
-        ),
-        check=True,
-        capture_output=True,
-    )
-    pg_ctl = [
-        str(services.PG_BIN / "pg_ctl"),
-        "-D",
-        str(data),
-        "-w",
-        "-l",
-        str(root / "log"),
-        "-o",
-        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}",
-    ]
-    subprocess.run(services._as_user(user, [*pg_ctl, "start"]), check=True, capture_output=True)
-    # What the postgres image does with /docker-entrypoint-initdb.d on an empty data dir.
-    init = _script(root, "postgres-primary-init.sh")
+    entry = _script(root, "postgres-primary.sh")
     env = _pg_env(
         POSTGRES_USER="app",
+        POSTGRES_DB="app",
+        POSTGRES_PASSWORD="app-password",
         PGDATA=str(data),
         REPLICATION_PASSWORD=password,
-        PGHOST=str(root),
-        PGPORT=str(port),
     )
-    subprocess.run(
-        services._as_user(
-            user, ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(init)]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(services._as_user(user, [*pg_ctl, "restart"]), check=True, capture_output=True)
-    try:
+    argv = ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(entry)]
+    argv += ["-p", str(port), "-c", "listen_addresses=127.0.0.1"]
+    argv += ["-c", f"unix_socket_directories={root}", "-c", "fsync=off"]
+    with _run(services._as_user(user, argv), {}, root / "log") as proc:
+        _wait_accepting(port, proc)
         yield user, root, port, password
-    finally:
-        subprocess.run(
-            services._as_user(user, [*pg_ctl, "-m", "immediate", "stop"]), capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_primary_entry_point_makes_the_app_database_and_keeps_data_across_restarts(
+    tmp_path: Path,
+) -> None:
+    user = services._unprivileged_user()
+    root = services._private_dir(tmp_path, "primary", user)
+    data, port = root / "data", services.free_port()
+    entry = _script(root, "postgres-primary.sh")
+    env = _pg_env(
+        POSTGRES_USER="app",
+        POSTGRES_DB="app",
+        POSTGRES_PASSWORD="app-password",
+        PGDATA=str(data),
+        REPLICATION_PASSWORD="repl",
+    )
+    argv = ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(entry)]
+    argv += ["-p", str(port), "-c", "listen_addresses=127.0.0.1"]
+    argv += ["-c", f"unix_socket_directories={root}"]
+    url = f"postgresql://app:app-password@127.0.0.1:{port}/app"
+    with _run(services._as_user(user, argv), {}, root / "log") as proc:
+        _wait_accepting(port, proc)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url.replace("app-password", "wrong"), connect_timeout=5).close()
+    # A second start finds the cluster and runs it as it is: no initdb over the data.
+    with _run(services._as_user(user, argv), {}, root / "log") as proc:
+        _wait_accepting(port, proc)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+            roles = conn.execute("SELECT rolreplication FROM pg_roles WHERE rolname = 'replicator'")
+            assert roles.fetchall() == [(True,)]
 
 
 def test_the_replica_script_clones_the_primary_and_streams_from_it(

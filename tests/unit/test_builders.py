@@ -26,22 +26,49 @@ def env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "<secret>") for e in container["env"]}
 
 
-def test_stage_1_is_one_pod_with_the_app_and_postgres() -> None:
+def test_stage_1_pins_the_app_to_the_database_node_and_the_database_is_its_own_statefulset() -> (
+    None
+):
     objs = build(1)
     app = find(objs, "Deployment", "shop-app")
-    containers = app["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["app", "postgres"]
-    assert app["spec"]["replicas"] == 1 and app["spec"]["strategy"]["type"] == "Recreate"
-    assert env(containers[0])["DATABASE_URL"].endswith("@127.0.0.1:5432/app")
-    assert not any(o["kind"] == "StatefulSet" for o in objs)
+    pod = app["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["app"]
+    assert app["spec"]["replicas"] == 1 and app["spec"]["strategy"]["type"] == "RollingUpdate"
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"][builders.COMPONENT] == "database"
+    assert "@shop-db:5432/app" in env(pod["containers"][0])["DATABASE_URL"]
+    sts = find(objs, "StatefulSet", "shop-db")
+    assert sts["spec"]["template"]["metadata"]["labels"][builders.COMPONENT] == "database"
 
 
-def test_stage_1_data_lives_on_the_claim_the_stage_2_database_adopts() -> None:
-    claim = find(build(1), "PersistentVolumeClaim", "data-shop-db-0")
-    assert "ownerReferences" not in claim["metadata"]
+def test_stage_1_to_2_changes_only_where_the_app_may_run() -> None:
+    """No data moves at 1->2 or 2->1: the database is the same object at both stages."""
+    one, two = build(1), build(2)
+    assert kinds(one) == kinds(two)
+    assert find(one, "StatefulSet", "shop-db") == find(two, "StatefulSet", "shop-db")
+    app1 = find(one, "Deployment", "shop-app")["spec"]["template"]["spec"]
+    app2 = find(two, "Deployment", "shop-app")["spec"]["template"]["spec"]
+    assert app1["containers"] == app2["containers"]
+    assert "podAntiAffinity" in app2["affinity"] and "podAffinity" not in app2["affinity"]
+
+
+def test_the_primary_starts_through_z2ms_own_entry_point_as_an_unprivileged_user() -> None:
     sts = find(build(2), "StatefulSet", "shop-db")
-    template = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
-    assert f"{template}-{sts['metadata']['name']}-0" == claim["metadata"]["name"]
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["/bin/sh", "/etc/z2m/postgres-primary.sh"]
+    assert pod["securityContext"]["runAsUser"] == 999
+    scripts = find(build(2), "ConfigMap", "shop-scripts")["data"]
+    assert "initdb" in scripts["postgres-primary.sh"]
+
+
+def test_app_and_workers_are_told_the_queue_the_operator_drains() -> None:
+    objs = build(4, queue={"queueName": "orders"})
+    for name in ("shop-app", "shop-worker"):
+        container = find(objs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        assert env(container)["QUEUE_NAME"] == "orders"
+    default = find(build(4), "Deployment", "shop-worker")["spec"]["template"]["spec"]
+    assert env(default["containers"][0])["QUEUE_NAME"] == "z2m.jobs"
 
 
 def test_every_child_is_labelled_and_owned() -> None:
