@@ -154,7 +154,7 @@ def test_defaults_render_one_of_each_kind_with_release_specific_names(helm: Helm
     assert not any(name.startswith("z2m-operator") for _, name in names)
     [deployment] = [o for o in objects if o["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == "ghcr.io/z2m-dev/z2m:0.1.0"
+    assert container["image"] == "z2m/operator:0.1.0"
     assert container["args"] == ["run", "--health-port=8080", "--metrics-port=9090"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
