@@ -8,6 +8,7 @@
 #   hack/kind.sh down         # delete it
 #   hack/kind.sh node-image   # build the node image only, print its name
 #   hack/kind.sh kubeconfig   # print the kubeconfig path
+#   hack/kind.sh addons       # metrics-server, on a cluster made another way (pytest-kind)
 #
 # Z2M_KIND_CLUSTER names the cluster (default z2m), Z2M_KIND_DIR holds its kubeconfig.
 set -euo pipefail
@@ -73,6 +74,7 @@ build_node_image() {
   cp "$bin"/{kubelet,kubeadm,kubectl,crictl} "$ctx/bin/"
   cp "$z2m_root/hack/kind/10-bridge.conflist" "$ctx/"
   podman build -q --build-arg BASE="$z2m_local_base" --build-arg KUBERNETES_VERSION="$k8s_version" \
+    --build-arg PAUSE_IMAGE="$("$bin/kubeadm" config images list --kubernetes-version "$k8s_version" 2>/dev/null | grep /pause:)" \
     -t "$node_image-base" -f "$z2m_root/hack/kind/node.Containerfile" "$ctx" >/dev/null
   log "building the control-plane images"
   control_plane_images "$ctx"
@@ -150,7 +152,10 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  node-image) build_node_image && echo "$node_image" ;;
+  node-image)
+    if [ "$engine" = podman ]; then build_node_image && echo "$node_image"; fi
+    ;;
+  addons) install_metrics_server ;;
   kubeconfig) echo "$kubeconfig" ;;
-  *) echo "usage: $0 up|down|node-image|kubeconfig" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|node-image|kubeconfig|addons" >&2; exit 2 ;;
 esac

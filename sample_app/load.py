@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import random
 import sys
@@ -90,6 +91,12 @@ class _Run:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     errors: int = 0
+    journal: bool = False
+    """Print a JSON line per acknowledged write and per failed request (with its time)."""
+
+    def note(self, **event: object) -> None:
+        if self.journal:
+            print(json.dumps({"t": time.time(), **event}), flush=True)
 
     def url(self) -> str:
         return self.rng.choice(self.urls)
@@ -133,12 +140,15 @@ async def _one_request(
             response = await writer.post(f"{run.url()}/api/posts", json={"body": "load"})
             if response.status_code == 201:
                 run.post_ids.append(int(response.json()["id"]))
+                run.note(post=run.post_ids[-1])
         run.statuses[str(response.status_code)] += 1
         if response.status_code >= 400:
             run.errors += 1
+            run.note(error=str(response.status_code))
     except httpx.HTTPError as exc:
         run.statuses[type(exc).__name__] += 1
         run.errors += 1
+        run.note(error=type(exc).__name__)
     run.latencies.append(time.perf_counter() - scheduled)
 
 
@@ -151,11 +161,12 @@ async def run_load(
     max_in_flight: int = 256,
     request_timeout: float = 10.0,
     seed: int | None = None,
+    journal: bool = False,
 ) -> LoadResult:
     """Offer ``rps`` requests per second for ``duration`` seconds to ``urls`` (round-robin)."""
     if not urls or rps <= 0 or duration <= 0 or not 0 <= read_ratio <= 1 or users < 1:
         raise ValueError("need urls, rps > 0, duration > 0, 0 <= read_ratio <= 1, users >= 1")
-    run = _Run(urls=[u.rstrip("/") for u in urls], rng=random.Random(seed))  # noqa: S311 -- traffic mix, not crypto
+    run = _Run(urls=[u.rstrip("/") for u in urls], rng=random.Random(seed), journal=journal)  # noqa: S311 -- traffic mix, not crypto
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
     writers = await _setup(run, users, request_timeout)
     reader = httpx.AsyncClient(timeout=request_timeout, limits=limits)
@@ -200,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--read-ratio", type=float, default=0.9)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--max-in-flight", type=int, default=256)
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="print a JSON line per acknowledged write and per failed request",
+    )
     args = parser.parse_args(argv)
     try:
         result = asyncio.run(
@@ -210,13 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_ratio=args.read_ratio,
                 users=args.users,
                 max_in_flight=args.max_in_flight,
+                journal=args.journal,
             )
         )
     except (httpx.HTTPError, ValueError) as exc:
         # Setup (signing users up) failed: the app is unreachable or not ready.
         print(f"load: {exc!r}", file=sys.stderr)
         return 2
-    print(result.summary())
+    print(json.dumps({"summary": result.summary()}) if args.journal else result.summary())
     return 1 if result.errors or result.dropped else 0
 
 

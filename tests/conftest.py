@@ -26,24 +26,8 @@ from z2m import kube
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--kubeconfig",
-        default=None,
-        help="run cluster tests against this cluster instead of the local control plane",
-    )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--kubeconfig"):
-        return
-    skip = pytest.mark.skip(
-        reason="needs real pods (kind); the local control plane fakes pods with KWOK. "
-        "Run with --kubeconfig pointing at a kind cluster."
-    )
-    for item in items:
-        if "kind" in item.keywords:
-            item.add_marker(skip)
+# `--kubeconfig PATH` (pytest-kind's option) runs every cluster test, fake-pod and
+# real-pod alike, against that cluster instead of the ones the session makes.
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +35,7 @@ def kubeconfig(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A kubeconfig for the cluster under test, with the ScalingStage CRD installed."""
-    given = request.config.getoption("--kubeconfig")
+    given = request.config.getoption("kubeconfig")
     env = dict(os.environ)
     if given:
         path = str(given)
@@ -86,6 +70,69 @@ def _built_kubectl() -> str:
         [str(ROOT / "hack" / "build-binaries.sh")], check=True, capture_output=True, text=True
     )
     return str(Path(out.stdout.strip()) / "kubectl")
+
+
+@pytest.fixture(scope="session")
+def kind_kubeconfig(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real-pod kind cluster through pytest-kind, with our images loaded and the CRD.
+
+    Where Docker runs, pytest-kind's stock kind and node image; here, podman as kind's
+    provider and the node image hack/kind.sh assembles. metrics-server is added so HPAs
+    see real CPU. `--keep-cluster` keeps it for the next run.
+    """
+    from pytest_kind import KindCluster
+
+    given = request.config.getoption("kubeconfig")
+    if given:
+        yield str(given)
+        return
+    env = _kind_env()
+    os.environ.update(env)
+    bin_dir = Path(_built_kubectl()).parent
+    image = _hack("kind.sh", "node-image") or None
+    name = request.config.getoption("cluster_name")
+    name = "z2m-test" if name == "pytest-kind" else name
+    path = ROOT / ".kind" / f"kubeconfig-{name}"
+    path.parent.mkdir(exist_ok=True)
+    cluster = KindCluster(
+        name, path, image=image, kind_path=bin_dir / "kind", kubectl_path=bin_dir / "kubectl"
+    )
+    cluster.create(config_file=ROOT / "hack" / "kind" / "cluster.yaml" if image else None)
+    os.environ["Z2M_KIND_CLUSTER"] = name
+    _hack("kind.sh", "addons")
+    _hack("images.sh", "build")
+    _hack("images.sh", "load", name)
+    kubectl("apply", "--server-side", "-f", str(ROOT / "crds"), kubeconfig=str(path))
+    kubectl(
+        "wait", "--for=condition=Ready", "node", "--all", "--timeout=300s", kubeconfig=str(path)
+    )
+    yield str(path)
+    if not request.config.getoption("keep_cluster"):
+        cluster.delete()
+
+
+def _kind_env() -> dict[str, str]:
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source {ROOT}/hack/lib.sh; [ $(z2m_engine) = podman ] && z2m_podman_env; env",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    wanted = ("CONTAINERS_CONF", "KIND_EXPERIMENTAL_PROVIDER")
+    return dict(
+        line.split("=", 1) for line in out.stdout.splitlines() if line.split("=", 1)[0] in wanted
+    )
+
+
+def _hack(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [str(ROOT / "hack" / script), *args], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
 @pytest.fixture(scope="session")
