@@ -64,7 +64,6 @@ build_node_image() {
   podman image exists "$node_image" && return 0
   local start=$SECONDS ctx kind_dir preload
   ctx=$(mktemp -d)
-  trap 'rm -rf "$ctx"' RETURN
   z2m_base_image
   log "assembling the kind node image $node_image"
   kind_dir=$(cd "$z2m_root/hack/tools/kind" && go list -m -f '{{.Dir}}' sigs.k8s.io/kind)
@@ -97,6 +96,7 @@ build_node_image() {
     "$preload" "$node_image" >/dev/null
   podman rm -f "$preload" >/dev/null
   podman rmi "$node_image-base" >/dev/null 2>&1 || true
+  rm -rf "$ctx"
   log "node image built in $((SECONDS - start)) s"
 }
 

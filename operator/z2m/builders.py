@@ -283,6 +283,22 @@ def _statefulset(
     }
     if run_as is not None:
         pod_spec["securityContext"] = {"runAsUser": run_as, "runAsGroup": run_as, "fsGroup": run_as}
+        # Volumes that ignore fsGroup (hostPath-backed ones, such as kind's default
+        # provisioner's) come root-owned: hand the data directory to the server's user.
+        mount = next(m for m in containers[0]["volumeMounts"] if m["name"] == "data")
+        pod_spec["initContainers"] = [
+            {
+                "name": "data-owner",
+                "image": containers[0]["image"],
+                "command": ["chown", f"{run_as}:{run_as}", mount["mountPath"]],
+                "securityContext": {
+                    "runAsUser": 0,
+                    "runAsNonRoot": False,
+                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+                },
+                "volumeMounts": [{"name": "data", "mountPath": mount["mountPath"]}],
+            }
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
