@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 KUBECONFIG_LOCAL := .cluster/kubeconfig
 PYTEST_ARGS ?=
 
-.PHONY: all venv deps binaries cluster-up cluster-down crd docs lint test demo demo-auto bench clean
+.PHONY: all venv deps binaries cluster-up cluster-down kind-up kind-down images crd docs lint test demo demo-auto bench clean
 
 all: test
 
@@ -32,6 +32,18 @@ cluster-up: binaries
 cluster-down:
 	hack/cluster.sh down
 
+## The real-pod cluster: kind (podman and a node image assembled here, or stock kind on Docker).
+kind-up: binaries
+	hack/kind.sh up
+
+kind-down:
+	hack/kind.sh down
+
+## Build the operator, sample app, PostgreSQL, Redis, RabbitMQ and nginx images and load them into kind.
+images: kind-up
+	hack/images.sh build
+	hack/images.sh load $${Z2M_KIND_CLUSTER:-z2m}
+
 ## Regenerate the CRD and the stage docs from the models and the catalog.
 crd: venv
 	$(BIN)/z2m crd > crds/scalingstage.yaml
@@ -51,8 +63,8 @@ test: venv deps binaries
 	  if [ $$rc -eq 5 ]; then echo "pytest ran no tests: that is a failure" >&2; exit 1; fi; \
 	  exit $$rc
 
-## Stage 1 of examples/shop.yaml on the local control plane, end to end.
-demo: venv deps cluster-up
+## examples/shop.yaml on real pods in kind: stage 1 answering HTTP, then a promotion to 3.
+demo: venv deps images
 	hack/demo.sh
 
 ## Auto-promotion end to end: load rises, the stage climbs; load stops, it comes back down.
@@ -63,5 +75,5 @@ bench: venv deps binaries
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/sample_app_bench.py
 
-clean: cluster-down
-	rm -rf $(VENV) .cluster
+clean: cluster-down kind-down
+	rm -rf $(VENV) .cluster .kind .pytest-kind

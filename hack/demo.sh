@@ -1,48 +1,49 @@
 #!/usr/bin/env bash
-# The main job, end to end on the local control plane: run the operator, apply
-# examples/shop.yaml (stage 1), wait until it is Ready, and show what z2m made.
-# Expects `make cluster-up` to have run (make demo does that).
+# The main job on real pods: z2m installed in the kind cluster with its Helm chart,
+# examples/shop.yaml at stage 1 with the sample app answering HTTP through its Service,
+# then one promotion (1 -> 3), with a request before and after it and the data kept.
+# Expects `make kind-up images` to have run (make demo does that).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bin=$(hack/build-binaries.sh)
-kubeconfig=.cluster/kubeconfig
+kubeconfig=$(hack/kind.sh kubeconfig)
+ns=shop
 k() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
-ports=$(.venv/bin/python -c 'import socket
-for _ in range(2):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-health=$(echo "$ports" | sed -n 1p)
-metrics=$(echo "$ports" | sed -n 2p)
+ask() { # one HTTP request from inside the cluster, through the app's Service
+  k -n "$ns" run "ask-$RANDOM" --image=z2m/sample-app:0.1.0 --restart=Never --rm -i --quiet \
+    --command -- python -c "import httpx, sys; r = httpx.request(sys.argv[1], sys.argv[2], json={'name': 'demo'} if sys.argv[1] == 'POST' else None); print(r.status_code, r.text[:200])" "$@"
+}
 
 k apply --server-side -f crds/ >/dev/null
-k wait --for=condition=Established crd/scalingstages.z2m.dev >/dev/null
+k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+echo "== helm install z2m (operator image z2m/operator:0.1.0, watching namespace $ns)"
+"$bin/helm" --kubeconfig "$kubeconfig" upgrade --install z2m charts/z2m -n "$ns" --skip-crds \
+  --set "watchNamespaces={$ns}" --set "appNamespaces={$ns}" --wait --timeout 5m >/dev/null
+k -n "$ns" get deploy z2m
 
-echo "== starting the operator (log: .cluster/operator.log)"
-.venv/bin/z2m run --kubeconfig "$kubeconfig" --bind 127.0.0.1 \
-  --health-port "$health" --metrics-port "$metrics" >.cluster/operator.log 2>&1 &
-operator=$!
-trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null || true' EXIT
+echo; echo "== kubectl apply -f examples/shop.yaml (stage 1)"
+k -n "$ns" apply --server-side -f examples/shop.yaml
+k -n "$ns" wait --for=condition=Ready scalingstage/shop --timeout=600s
+k -n "$ns" get pods -o wide
+echo; echo "== a write and a read through the app's Service, at stage 1"
+ask POST "http://shop-app/api/users"
+ask GET "http://shop-app/api/users/1/posts"
 
-echo "== kubectl apply -f examples/shop.yaml"
-k apply --server-side -f examples/shop.yaml
-k wait --for=condition=Ready scalingstage/shop --timeout=180s
-echo
-echo "== the ScalingStage"
-k get scalingstage shop -o wide
-echo
-echo "== what z2m made for stage 1"
-k get deployments,statefulsets,services,configmaps,persistentvolumeclaims,pods \
-  -l app.kubernetes.io/part-of=shop -o wide
-echo
-echo "== conditions"
-k get scalingstage shop -o jsonpath='{range .status.conditions[*]}{.type}={.status} ({.reason}) {.message}{"\n"}{end}'
-echo
-echo "== events"
-k get events --field-selector involvedObject.kind=ScalingStage,involvedObject.name=shop \
+echo; echo "== promote: kubectl patch sstage shop stage=3"
+k -n "$ns" patch scalingstage shop --type merge -p '{"spec":{"stage":3}}'
+k -n "$ns" wait --for=jsonpath='{.status.stage}'=3 scalingstage/shop --timeout=120s
+k -n "$ns" wait --for=condition=Ready scalingstage/shop --timeout=600s
+k -n "$ns" get scalingstage shop -o wide
+k -n "$ns" get pods -o wide
+echo; echo "== after the promotion: the stage-1 user is still there; static files through the edge cache"
+ask GET "http://shop-app/api/users/1/posts"
+ask GET "http://shop-edge/static/app.css"
+echo; echo "== the read replica streams from the primary"
+k -n "$ns" exec shop-db-0 -c postgres -- psql -U app -d app -tAc \
+  "SELECT application_name, state FROM pg_stat_replication"
+echo; echo "== events"
+k -n "$ns" get events --field-selector involvedObject.kind=ScalingStage \
   -o custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message
 echo
-echo "== the operator's own metrics"
-curl -s "http://127.0.0.1:$metrics/metrics" | grep -E '^z2m_(reconciles_total|stage)' || true
-echo
-echo "z2m: stage 1 is Ready. Try: $bin/kubectl --kubeconfig $kubeconfig patch sstage shop --type merge -p '{\"spec\":{\"stage\":3}}'"
-echo "z2m: the cluster stays up; 'make cluster-down' stops it."
+echo "z2m: stage 3 is Ready on real pods. The kind cluster stays up; 'make kind-down' deletes it."

@@ -19,7 +19,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests import services
-from z2m import builders
+from z2m import api, builders
 
 QUEUE_PASSWORD = "queue-test-password"
 
@@ -44,6 +44,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ["set_permissions", "-p", "/", "z2m", ".*", ".*", ".*"],
         ):
             subprocess.run([*ctl, *args], env=node.env, check=True, capture_output=True, timeout=60)
+        # What the workers do when they start: declare the jobs queue (pods are fake here).
+        declared = httpx.put(
+            f"{url}/api/queues/%2F/{api.QueueSpec().queue_name}",
+            json={"durable": True},
+            auth=("guest", "guest"),
+        )
+        assert declared.status_code in (201, 204), declared.text
         yield url
 
 
