@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests and the demo start on loopback, if any
-# is missing: PostgreSQL, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus,
-# envsubst and openssl. Runs apt-get only when something is missing.
+# Install the Debian packages the tests and the demo need, if any is missing:
+# PostgreSQL, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus, envsubst and openssl,
+# started on loopback by the tests; podman, runc, CNI plugins and debootstrap for the
+# kind cluster and our images where Docker is not running. Runs apt-get only when
+# something is missing.
 set -euo pipefail
 declare -A want=(
   [/usr/lib/postgresql]=postgresql
@@ -12,6 +14,12 @@ declare -A want=(
   [/usr/bin/prometheus]=prometheus
   [/usr/bin/envsubst]=gettext-base
   [/usr/bin/openssl]=openssl
+  [/usr/bin/podman]=podman
+  [/usr/sbin/runc]=runc
+  [/usr/lib/cni/bridge]=containernetworking-plugins
+  [/usr/sbin/debootstrap]=debootstrap
+  [/usr/sbin/iptables]=iptables
+  [/usr/include/stdio.h]=libc6-dev
 )
 missing=()
 for path in "${!want[@]}"; do [ -e "$path" ] || missing+=("${want[$path]}"); done
