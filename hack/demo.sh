@@ -36,8 +36,10 @@ k -n "$ns" wait --for=jsonpath='{.status.stage}'=3 scalingstage/shop --timeout=1
 k -n "$ns" wait --for=condition=Ready scalingstage/shop --timeout=600s
 k -n "$ns" get scalingstage shop -o wide
 k -n "$ns" get pods -o wide
-echo; echo "== after the promotion: the stage-1 user is still there; static files through the edge cache"
-ask GET "http://shop-app/api/users/1/posts"
+echo; echo "== after the promotion: the user written at stage 1 is still in the primary"
+k -n "$ns" exec shop-db-0 -c postgres -- psql -U app -d app -tAc "SELECT id, name FROM users"
+echo; echo "== and the app answers through the load balancer; static files come through the edge cache"
+ask POST "http://shop-app/api/users"
 ask GET "http://shop-edge/static/app.css"
 echo; echo "== the read replica streams from the primary"
 k -n "$ns" exec shop-db-0 -c postgres -- psql -U app -d app -tAc \
