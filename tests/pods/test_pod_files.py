@@ -66,24 +66,28 @@ def _wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
     services.wait_for(up, 60, "postgres")
 
 
+def _primary_argv(root: Path, port: int, replication_password: str) -> list[str]:
+    """z2m's primary entry point on `root`/data, as the pod runs it, on a loopback port."""
+    env = _pg_env(
+        POSTGRES_USER="app",
+        POSTGRES_DB="app",
+        POSTGRES_PASSWORD="app-password",
+        PGDATA=str(root / "data"),
+        REPLICATION_PASSWORD=replication_password,
+    )
+    argv = ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh"]
+    argv += [str(_script(root, "postgres-primary.sh")), "-p", str(port)]
+    return [*argv, "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}"]
+
+
 @pytest.fixture
 def pg_primary(tmp_path: Path) -> Iterator[tuple[str | None, Path, int, str]]:
     """A PostgreSQL primary started by z2m's own entry point on an empty data directory."""
     user = services._unprivileged_user()
     root = services._private_dir(tmp_path, "primary", user)
-    data, port, password = root / "data", services.free_port(), "s3cret-repl"
-    entry = _script(root, "postgres-primary.sh")
-    env = _pg_env(
-        POSTGRES_USER="app",
-        POSTGRES_DB="app",
-        POSTGRES_PASSWORD="app-password",
-        PGDATA=str(data),
-        REPLICATION_PASSWORD=password,
-    )
-    argv = ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(entry)]
-    argv += ["-p", str(port), "-c", "listen_addresses=127.0.0.1"]
-    argv += ["-c", f"unix_socket_directories={root}", "-c", "fsync=off"]
-    with _run(services._as_user(user, argv), {}, root / "log") as proc:
+    port, password = services.free_port(), "s3cret-repl"
+    argv = [*_primary_argv(root, port, password), "-c", "fsync=off"]
+    with _run(services._as_user(user, argv), _pg_env(), root / "log") as proc:
         _wait_accepting(port, proc)
         yield user, root, port, password
 
@@ -93,20 +97,10 @@ def test_the_primary_entry_point_makes_the_app_database_and_keeps_data_across_re
 ) -> None:
     user = services._unprivileged_user()
     root = services._private_dir(tmp_path, "primary", user)
-    data, port = root / "data", services.free_port()
-    entry = _script(root, "postgres-primary.sh")
-    env = _pg_env(
-        POSTGRES_USER="app",
-        POSTGRES_DB="app",
-        POSTGRES_PASSWORD="app-password",
-        PGDATA=str(data),
-        REPLICATION_PASSWORD="repl",
-    )
-    argv = ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(entry)]
-    argv += ["-p", str(port), "-c", "listen_addresses=127.0.0.1"]
-    argv += ["-c", f"unix_socket_directories={root}"]
+    port = services.free_port()
+    argv = _primary_argv(root, port, "repl")
     url = f"postgresql://app:app-password@127.0.0.1:{port}/app"
-    with _run(services._as_user(user, argv), {}, root / "log") as proc:
+    with _run(services._as_user(user, argv), _pg_env(), root / "log") as proc:
         _wait_accepting(port, proc)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE kept (v int)")
@@ -114,7 +108,7 @@ def test_the_primary_entry_point_makes_the_app_database_and_keeps_data_across_re
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(url.replace("app-password", "wrong"), connect_timeout=5).close()
     # A second start finds the cluster and runs it as it is: no initdb over the data.
-    with _run(services._as_user(user, argv), {}, root / "log") as proc:
+    with _run(services._as_user(user, argv), _pg_env(), root / "log") as proc:
         _wait_accepting(port, proc)
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
