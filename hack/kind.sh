@@ -19,7 +19,11 @@ cluster=${Z2M_KIND_CLUSTER:-z2m}
 state=${Z2M_KIND_DIR:-$z2m_root/.kind}
 kubeconfig=$state/kubeconfig-$cluster
 engine=$(z2m_engine)
-[ "$engine" = podman ] && z2m_podman_env
+if [ "$engine" = podman ]; then
+  z2m_podman_env
+  # kind mounts the host's /lib/modules into the node; some machines have none.
+  [ -d /lib/modules ] || mkdir -p /lib/modules 2>/dev/null || sudo mkdir -p /lib/modules
+fi
 
 bin=$("$z2m_root/hack/build-binaries.sh")
 kind=$bin/kind
@@ -103,7 +107,7 @@ build_node_image() {
 running() { "$kind" get clusters 2>/dev/null | grep -qx "$cluster"; }
 
 up() {
-  mkdir -p "$state" /lib/modules 2>/dev/null || mkdir -p "$state"
+  mkdir -p "$state"
   if running; then
     "$kind" get kubeconfig --name "$cluster" >"$kubeconfig"
   else
