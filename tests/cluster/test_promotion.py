@@ -100,6 +100,11 @@ def events(
     return [(e.reason, e.message) for e in items]
 
 
+def saw_event(api_client: ApiClient, namespace: str, reason: str, name: str = NAME) -> None:
+    """Wait for an Event with `reason`: it is posted after the change it explains."""
+    eventually(lambda: reason in [r for r, _ in events(api_client, namespace, name)], timeout=30)
+
+
 def has_condition(
     api_client: ApiClient, namespace: str, ctype: str, value: str, reason: str, name: str = NAME
 ) -> dict[str, Any] | None:
@@ -133,8 +138,10 @@ def test_sustained_load_climbs_one_stage_per_window_and_stops_at_max_stage(
     assert seconds(steps[0]) - load_began >= PROMOTE
     assert seconds(steps[1]) - seconds(steps[0]) >= PROMOTE
     assert "bottleneck" in steps[0]["reason"] and "stage 2 adds" in steps[0]["reason"]
-    reasons = [r for r, _ in events(api_client, namespace)]
-    assert reasons.count("Promoted") == 2 and "AtStageLimit" in reasons
+    eventually(
+        lambda: [r for r, _ in events(api_client, namespace)].count("Promoted") == 2, timeout=30
+    )
+    saw_event(api_client, namespace, "AtStageLimit")
     decision = status(api_client, namespace)["lastDecision"]
     assert decision["signals"]["rps"] > 800 and decision["bottleneck"] == "traffic"
     h.wait_ready(api_client, namespace, NAME, 3)
@@ -205,14 +212,14 @@ def test_without_prometheus_nothing_changes_and_decisions_resume_when_it_returns
     exporter.set(rps=1000.0, cpu_percent=95.0)
     time.sleep(DEMOTE + PROMOTE + COOLDOWN + 2)
     assert spec_stage(api_client, namespace) == 2 and history(api_client, namespace) == []
-    assert "MetricsPrometheusUnreachable" in [r for r, _ in events(api_client, namespace)]
+    saw_event(api_client, namespace, "MetricsPrometheusUnreachable")
     prometheus.start()
     eventually(
         lambda: has_condition(api_client, namespace, "MetricsAvailable", "True", "SignalsRead"),
         timeout=60,
     )
     eventually(lambda: spec_stage(api_client, namespace) == 3, timeout=60)
-    assert "MetricsAvailable" in [r for r, _ in events(api_client, namespace)]
+    saw_event(api_client, namespace, "MetricsAvailable")
 
 
 def test_recommend_mode_changes_nothing_until_the_recommendation_is_approved(
@@ -235,7 +242,7 @@ def test_recommend_mode_changes_nothing_until_the_recommendation_is_approved(
     assert status(api_client, namespace)["recommendedStage"] == 2
     time.sleep(PROMOTE + COOLDOWN + 2)
     assert spec_stage(api_client, namespace) == 1
-    assert "PromotionRecommended" in [r for r, _ in events(api_client, namespace)]
+    saw_event(api_client, namespace, "PromotionRecommended")
 
     def annotate(value: str) -> None:
         h.custom(api_client).patch_namespaced_custom_object(
@@ -252,14 +259,14 @@ def test_recommend_mode_changes_nothing_until_the_recommendation_is_approved(
 
     annotate("3")  # not what is recommended: removed, and nothing changes
     eventually(lambda: "z2m.dev/approve-stage" not in annotations(), timeout=30)
-    assert "ApprovalIgnored" in [r for r, _ in events(api_client, namespace)]
+    saw_event(api_client, namespace, "ApprovalIgnored")
     assert spec_stage(api_client, namespace) == 1
     annotate("2")
     eventually(lambda: spec_stage(api_client, namespace) == 2, timeout=30)
     assert "z2m.dev/approve-stage" not in annotations()
     steps = history(api_client, namespace)
     assert [(s["fromStage"], s["toStage"], s["by"]) for s in steps] == [(1, 2, "user")]
-    assert "Approved" in [r for r, _ in events(api_client, namespace)]
+    saw_event(api_client, namespace, "Approved")
     h.wait_ready(api_client, namespace, NAME, 2)
 
 
@@ -299,7 +306,7 @@ def test_bad_promql_an_unreachable_url_and_a_pause_each_say_why_and_change_nothi
     time.sleep(PROMOTE + COOLDOWN + 2)
     for name in ("bad", "nowhere", "paused"):
         assert spec_stage(api_client, namespace, name) == 1, name
-    assert "MetricsBadQuery" in [r for r, _ in events(api_client, namespace, "bad")]
+    saw_event(api_client, namespace, "MetricsBadQuery", "bad")
     # The operator is still healthy: a good object next to the broken ones still climbs.
     h.create(api_client, namespace, promoting(1, prometheus.url))
     eventually(lambda: spec_stage(api_client, namespace) == 2, timeout=60)
