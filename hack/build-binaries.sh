@@ -2,8 +2,9 @@
 # Build the clusters' binaries from the Go modules pinned under hack/tools/ into
 # a cache outside the repo, keyed by those pins: the local control plane's
 # (apiserver, controller-manager, scheduler, etcd, KWOK, metrics-server) and the
-# kind node's (kubelet, kubeadm, kube-proxy, crictl, CoreDNS, kind itself). A second run
-# with the same pins does nothing. Prints the binary directory on stdout.
+# kind node's (kubelet, kubeadm, kube-proxy, crictl, CoreDNS, local-path-provisioner,
+# kind itself). A second run with the same pins does nothing. Prints the binary
+# directory on stdout.
 #
 #   hack/build-binaries.sh            # build what is missing, print the dir
 #   Z2M_CACHE=/some/dir hack/...      # cache root (default ~/.cache/z2m)
@@ -60,6 +61,7 @@ build "$tools/kwok" "" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
 build "$tools/metrics-server" "" sigs.k8s.io/metrics-server/cmd/metrics-server
 build "$tools/helm" "" helm.sh/helm/v3/cmd/helm
 build "$tools/kind" "" sigs.k8s.io/kind sigs.k8s.io/cri-tools/cmd/crictl github.com/coredns/coredns
+build "$tools/local-path" "" github.com/rancher/local-path-provisioner
 rmdir "$bin.partial" 2>/dev/null || true
 
 # KWOK's stage configs (pods Ready, node heartbeats, simulated CPU usage) ship in its module.

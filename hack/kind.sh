@@ -30,8 +30,8 @@ kind=$bin/kind
 k8s_version=$("$bin/kubeadm" version -o short)
 # Bump when the recipe below or the files under hack/kind/ change the node image.
 recipe=1
-key=$( (echo "$recipe"; cat "$z2m_root"/hack/tools/{k8s,kind}/go.{mod,sum} "$z2m_root"/hack/kind/*) \
-  | sha256sum | cut -c1-12)
+key=$( (echo "$recipe"; cat "$z2m_root"/hack/tools/{k8s,kind,local-path}/go.{mod,sum} \
+  "$z2m_root"/hack/kind/*) | sha256sum | cut -c1-12)
 node_image=localhost/z2m/kind-node:$k8s_version-$key
 
 log() { echo "z2m: $*" >&2; }
@@ -64,6 +64,32 @@ control_plane_images() {
   done <"$ctx/images"
 }
 
+# Stock kind's default StorageClass: local-path-provisioner, which makes each volume a
+# world-writable directory on the node, so pods running as non-root can use it without
+# a root init container. The manifest is kind's own (from its module), with our images:
+# the provisioner built from its module, and the Debian base as its helper (sh, mkdir, rm).
+local_path_storage() {
+  local ctx=$1 kind_dir=$2 version
+  version=$(cd "$z2m_root/hack/tools/local-path" && go list -m -f '{{.Version}}' github.com/rancher/local-path-provisioner)
+  local provisioner=localhost/z2m/local-path-provisioner:$version helper=localhost/z2m/local-path-helper:bookworm
+  mkdir -p "$ctx/kindfiles/kind/manifests"
+  python3 - "$kind_dir/pkg/build/nodeimage/const_storage.go" "$provisioner" "$helper" \
+    >"$ctx/kindfiles/kind/manifests/default-storage.yaml" <<'PY'
+import re, sys
+source, provisioner, helper = sys.argv[1:]
+text = open(source).read()
+manifest = re.search(r"const defaultStorageManifest = `(.*?)`\n", text, re.S).group(1)
+manifest = manifest.replace("` + storageProvisionerImage + `", provisioner)
+print(manifest.replace("` + storageHelperImage + `", helper))
+PY
+  cp "$bin/local-path-provisioner" "$ctx/"
+  printf 'FROM scratch\nCOPY local-path-provisioner /usr/local/bin/local-path-provisioner\nENV PATH=/usr/local/bin\n' \
+    >"$ctx/local-path.Containerfile"
+  podman build -q -t "$provisioner" -f "$ctx/local-path.Containerfile" "$ctx" >/dev/null
+  podman tag "$z2m_local_base" "$helper"
+  printf '%s\n%s\n' "$provisioner" "$helper" >"$ctx/storage-images"
+}
+
 build_node_image() {
   podman image exists "$node_image" && return 0
   local start=$SECONDS ctx kind_dir preload
@@ -76,11 +102,13 @@ build_node_image() {
   mkdir "$ctx/bin"
   cp "$bin"/{kubelet,kubeadm,kubectl,crictl} "$ctx/bin/"
   cp "$z2m_root/hack/kind/10-bridge.conflist" "$ctx/"
+  local_path_storage "$ctx" "$kind_dir"
   podman build -q --build-arg BASE="$z2m_local_base" --build-arg KUBERNETES_VERSION="$k8s_version" \
     --build-arg PAUSE_IMAGE="$("$bin/kubeadm" config images list --kubernetes-version "$k8s_version" 2>/dev/null | grep /pause:)" \
     -t "$node_image-base" -f "$z2m_root/hack/kind/node.Containerfile" "$ctx" >/dev/null
   log "building the control-plane images"
   control_plane_images "$ctx"
+  cat "$ctx/storage-images" >>"$ctx/images"
   # Preload: containerd alone in a node container imports the images, then we commit it.
   # shellcheck disable=SC2046
   podman save -q --multi-image-archive -o "$ctx/images.tar" $(cat "$ctx/images")

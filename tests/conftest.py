@@ -24,6 +24,22 @@ from kubernetes.client import ApiClient
 from z2m import kube
 
 ROOT = Path(__file__).resolve().parent.parent
+FIGURES: list[str] = []
+"""Measured figures tests report; printed at the end of the run, whatever the capture mode."""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures the tests measured (the walk's errors, failover times...)."""
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
+def report(line: str) -> None:
+    """Record a measured figure: shown now with -s, and in the run's summary always."""
+    print(line)
+    FIGURES.append(line)
 
 
 # `--kubeconfig PATH` (pytest-kind's option) runs every cluster test, fake-pod and

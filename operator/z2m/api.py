@@ -137,6 +137,11 @@ class DatabaseSpec(Model):
 
     image: str = Field(default=DEFAULT_POSTGRES_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
+    resources: Resources | None = Field(
+        default=None,
+        description="Requests and limits of the primary and its read replicas; the "
+        "catalog's small defaults when unset.",
+    )
 
 
 class QueueSpec(Model):
@@ -144,6 +149,10 @@ class QueueSpec(Model):
 
     image: str = Field(default=DEFAULT_RABBITMQ_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
+    resources: Resources | None = Field(
+        default=None,
+        description="Requests and limits of RabbitMQ; the catalog's small defaults when unset.",
+    )
     queue_name: str = Field(
         default="z2m.jobs",
         min_length=1,
@@ -165,6 +174,10 @@ class CacheSpec(Model):
 
     image: str = Field(default=DEFAULT_REDIS_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
+    resources: Resources | None = Field(
+        default=None,
+        description="Requests and limits of Redis; the catalog's small defaults when unset.",
+    )
 
 
 class Thresholds(Model):

@@ -160,6 +160,38 @@ def _resources(r: api.Resources) -> Obj:
     return r.model_dump(by_alias=True, exclude_none=True)
 
 
+def _footprint(component: str, override: api.Resources | None = None) -> Obj:
+    """The user's requests and limits for a server of ours, else the catalog's."""
+    if override is not None:
+        return _resources(override)
+    f = catalog.FOOTPRINTS[component]
+    return {"requests": {"cpu": f.cpu, "memory": f.memory}, "limits": {"memory": f.memory_limit}}
+
+
+def _restricted(pod_spec: Obj, uid: int | None) -> Obj:
+    """Make a pod pass the `restricted` Pod Security level, as every child pod does.
+
+    Non-root (as `uid`, the image's own user, or the user's image's USER when None), no
+    privilege escalation, no capabilities, the runtime's default seccomp profile. The
+    volumes need no root init container: `fsGroup` hands them over where the volume
+    plugin supports it, and local-path volumes (kind's) are world-writable directories.
+    """
+    pod: Obj = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if uid is not None:
+        pod.update(runAsUser=uid, runAsGroup=uid, fsGroup=uid)
+    for container in pod_spec["containers"]:
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
+    return {**pod_spec, "securityContext": pod}
+
+
+# A pod being replaced stays in the Service's endpoints until every kube-proxy has seen it
+# go: it keeps serving that long before its process is told to stop.
+DRAIN = {"preStop": {"sleep": {"seconds": 5}}}
+
+
 # --- wiring ----------------------------------------------------------------------------
 
 
@@ -229,6 +261,7 @@ def _postgres_container(p: plan.Plan) -> Obj:
             "exec": {"command": ["pg_isready", "-U", "app", "-d", "app", "-h", "127.0.0.1"]},
             "periodSeconds": 5,
         },
+        "resources": _footprint("database", p.spec.database.resources),
         "volumeMounts": [
             {"name": "data", "mountPath": "/var/lib/postgresql/data"},
             _scripts_mount(),
@@ -244,11 +277,21 @@ def _app_container(p: plan.Plan, role: str) -> Obj:
         "env": app_env(p, role),
         "resources": _resources(app.resources),
         "ports": [{"name": "http", "containerPort": app.port}],
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": app.port}, "periodSeconds": 10},
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": app.port}, "periodSeconds": 5},
     }
     if role == "worker" and app.worker_command:
+        # The user's own worker program may serve no HTTP: probing it would kill it.
         container["command"] = list(app.worker_command)
+        return container
+    container["livenessProbe"] = {
+        "httpGet": {"path": "/healthz", "port": app.port},
+        "periodSeconds": 10,
+    }
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", "port": app.port},
+        "periodSeconds": 5,
+    }
+    if role == "web":
+        container["lifecycle"] = DRAIN
     return container
 
 
@@ -274,31 +317,16 @@ def _statefulset(
     containers: list[Obj],
     storage: api.Storage,
     *,
-    run_as: int | None = None,
+    run_as: int,
 ) -> Obj:
-    pod_spec: Obj = {
-        "containers": containers,
-        "volumes": [_scripts_volume(p)],
-        "topologySpreadConstraints": _spread(p, component),
-    }
-    if run_as is not None:
-        pod_spec["securityContext"] = {"runAsUser": run_as, "runAsGroup": run_as, "fsGroup": run_as}
-        # Volumes that ignore fsGroup (hostPath-backed ones, such as kind's default
-        # provisioner's) come root-owned: hand the data directory to the server's user.
-        mount = next(m for m in containers[0]["volumeMounts"] if m["name"] == "data")
-        pod_spec["initContainers"] = [
-            {
-                "name": "data-owner",
-                "image": containers[0]["image"],
-                "command": ["chown", f"{run_as}:{run_as}", mount["mountPath"]],
-                "securityContext": {
-                    "runAsUser": 0,
-                    "runAsNonRoot": False,
-                    "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
-                },
-                "volumeMounts": [{"name": "data", "mountPath": mount["mountPath"]}],
-            }
-        ]
+    pod_spec = _restricted(
+        {
+            "containers": containers,
+            "volumes": [_scripts_volume(p)],
+            "topologySpreadConstraints": _spread(p, component),
+        },
+        run_as,
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -325,10 +353,15 @@ def _deployment(
     component: str,
     replicas: int | None,
     pod_spec: Obj,
+    *,
+    run_as: int | None = None,
 ) -> Obj:
     spec: Obj = {
         "selector": {"matchLabels": labels(p.name, component)},
-        "template": {"metadata": {"labels": labels(p.name, component)}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": labels(p.name, component)},
+            "spec": _restricted(pod_spec, run_as),
+        },
     }
     if replicas is not None:
         # Left out entirely when an autoscaler owns the count: see kube.hand_over_replicas.
@@ -472,7 +505,7 @@ def _database(p: plan.Plan, owner: Owner) -> list[Obj]:
             1,
             [_postgres_container(p)],
             p.spec.database.storage,
-            run_as=999,
+            run_as=catalog.SERVER_UIDS["postgres"],
         ),
         _service(p, owner, child(p.name, "db"), "database", [("postgres", PG_PORT, PG_PORT)]),
     ]
@@ -499,6 +532,7 @@ def _read_replicas(p: plan.Plan, owner: Owner) -> list[Obj]:
             "exec": {"command": ["pg_isready", "-h", "127.0.0.1"]},
             "periodSeconds": 5,
         },
+        "resources": _footprint("read-replica", p.spec.database.resources),
         "volumeMounts": [
             {"name": "data", "mountPath": "/var/lib/postgresql/data"},
             _scripts_mount(),
@@ -515,7 +549,7 @@ def _read_replicas(p: plan.Plan, owner: Owner) -> list[Obj]:
             p.read_replicas,
             [container],
             p.spec.database.storage,
-            run_as=999,
+            run_as=catalog.SERVER_UIDS["postgres"],
         ),
         _service(p, owner, child(p.name, "db-replica"), component, port, headless=True),
         _service(p, owner, child(p.name, "db-ro"), component, port),
@@ -572,8 +606,9 @@ def _edge(p: plan.Plan, owner: Owner) -> list[Obj]:
         ],
         "ports": [{"name": "http", "containerPort": EDGE_PORT}],
         "readinessProbe": {"httpGet": {"path": "/edge-healthz", "port": EDGE_PORT}},
+        "lifecycle": DRAIN,
+        "resources": _footprint("edge"),
         "volumeMounts": [_scripts_mount()],
-        "securityContext": {"runAsUser": 101, "runAsNonRoot": True},
     }
     pod: Obj = {
         "containers": [container],
@@ -581,7 +616,7 @@ def _edge(p: plan.Plan, owner: Owner) -> list[Obj]:
         "topologySpreadConstraints": _spread(p, "edge"),
     }
     return [
-        _deployment(p, owner, "edge", "edge", 2, pod),
+        _deployment(p, owner, "edge", "edge", 2, pod, run_as=catalog.SERVER_UIDS["nginx"]),
         _service(p, owner, child(p.name, "edge"), "edge", [("http", 80, EDGE_PORT)]),
         _pdb(p, owner, "edge", "edge"),
     ]
@@ -605,12 +640,20 @@ def _redis(p: plan.Plan, owner: Owner) -> list[Obj]:
         "env": env,
         "ports": [{"name": "redis", "containerPort": REDIS_PORT}],
         "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 5},
+        "resources": _footprint("cache", p.spec.cache.resources),
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, _scripts_mount()],
     }
     replicas = 1 + p.redis_replicas
     objs = [
         _statefulset(
-            p, owner, "redis", "cache", replicas, [container], p.spec.cache.storage, run_as=999
+            p,
+            owner,
+            "redis",
+            "cache",
+            replicas,
+            [container],
+            p.spec.cache.storage,
+            run_as=catalog.SERVER_UIDS["redis"],
         ),
         _service(
             p,
@@ -632,6 +675,7 @@ def _redis(p: plan.Plan, owner: Owner) -> list[Obj]:
             ],
             "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
             "readinessProbe": {"tcpSocket": {"port": SENTINEL_PORT}},
+            "resources": _footprint("cache-sentinel"),
             "volumeMounts": [_scripts_mount()],
         }
         pod: Obj = {
@@ -640,7 +684,15 @@ def _redis(p: plan.Plan, owner: Owner) -> list[Obj]:
             "topologySpreadConstraints": _spread(p, "cache-sentinel"),
         }
         objs += [
-            _deployment(p, owner, "redis-sentinel", "cache-sentinel", 3, pod),
+            _deployment(
+                p,
+                owner,
+                "redis-sentinel",
+                "cache-sentinel",
+                3,
+                pod,
+                run_as=catalog.SERVER_UIDS["redis"],
+            ),
             _service(
                 p,
                 owner,
@@ -669,6 +721,7 @@ def _queue(p: plan.Plan, owner: Owner) -> list[Obj]:
             {"name": "management", "containerPort": AMQP_MANAGEMENT_PORT},
         ],
         "readinessProbe": {"tcpSocket": {"port": AMQP_PORT}, "periodSeconds": 10},
+        "resources": _footprint("queue", p.spec.queue.resources),
         "volumeMounts": [
             {"name": "data", "mountPath": "/var/lib/rabbitmq"},
             {
@@ -680,7 +733,16 @@ def _queue(p: plan.Plan, owner: Owner) -> list[Obj]:
         ],
     }
     objs = [
-        _statefulset(p, owner, "queue", "queue", 1, [container], p.spec.queue.storage, run_as=999),
+        _statefulset(
+            p,
+            owner,
+            "queue",
+            "queue",
+            1,
+            [container],
+            p.spec.queue.storage,
+            run_as=catalog.SERVER_UIDS["rabbitmq"],
+        ),
         _service(
             p,
             owner,

@@ -215,6 +215,32 @@ STAGES = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class Footprint:
+    """Default requests and memory limit of a server z2m runs (the user's app has its own).
+
+    Small on purpose: they make the pods Burstable rather than BestEffort, the first to be
+    evicted, and still fit stage 5 on one small node. The spec overrides them per component.
+    """
+
+    cpu: str
+    memory: str
+    memory_limit: str
+
+
+FOOTPRINTS: dict[str, Footprint] = {
+    "database": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
+    "read-replica": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
+    "cache": Footprint(cpu="25m", memory="32Mi", memory_limit="256Mi"),
+    "cache-sentinel": Footprint(cpu="10m", memory="16Mi", memory_limit="64Mi"),
+    "queue": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
+    "edge": Footprint(cpu="10m", memory="16Mi", memory_limit="128Mi"),
+}
+
+# The user each of our server images runs as (their Dockerfiles' USER).
+SERVER_UIDS: dict[str, int] = {"postgres": 999, "redis": 999, "rabbitmq": 999, "nginx": 101}
+
 MIN_STAGE = STAGES[0].number
 MAX_STAGE = STAGES[-1].number
 MAX_IMPLEMENTED = max(s.number for s in STAGES if s.implemented)

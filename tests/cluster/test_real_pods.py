@@ -1,14 +1,19 @@
 """The ladder on real pods: a kind cluster, our images, the operator installed by Helm.
 
-The sample app serves a read-heavy mix with writes from a load generator pod for the
-whole walk, through the app's Service. After the walk every write the app acknowledged
-must be in the primary, and the failed requests of each transition are printed.
+The sample app serves a read-heavy mix with writes (each write queues a fan-out job)
+from a load generator pod for the whole walk, through the app's Service, in a namespace
+that enforces the `restricted` Pod Security level. Along the way the read replica must
+stream, the edge cache must serve static files, Redis must answer hits and the HPA must
+add pods on real CPU. After the walk every write the app acknowledged must be in the
+primary and every job must have been done exactly once in effect. The failed requests
+of each transition are reported.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -21,12 +26,13 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
-from tests.conftest import ROOT, _built_kubectl, eventually, kubectl
+from tests.conftest import ROOT, _built_kubectl, eventually, kubectl, report
 from z2m import kube
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kind]
 NAME = "shop"
 WALK = [1, 2, 3, 4, 5, 4, 3, 2, 1]
+APP_IMAGE = "z2m/sample-app:0.1.0"
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +42,20 @@ def kind_api(kind_kubeconfig: str) -> ApiClient:
 
 @pytest.fixture(scope="module")
 def app_namespace(kind_api: ApiClient, kind_kubeconfig: str) -> Iterator[str]:
-    """A namespace with z2m installed from its Helm chart, watching only it."""
+    """A namespace enforcing `restricted`, with z2m installed by Helm, watching only it."""
     core = kubernetes.client.CoreV1Api(kind_api)
     name = f"walk-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(
+        {
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            }
+        }
+    )
     release = f"z2m-{name}"
     helm = str(_bin("helm"))
     argv = [helm, "--kubeconfig", kind_kubeconfig, "install", release, str(ROOT / "charts" / "z2m")]
@@ -62,24 +78,43 @@ def _bin(name: str) -> Path:
     return Path(_built_kubectl()).parent / name
 
 
-def _psql(kubeconfig: str, namespace: str, sql: str, pod: str = f"{NAME}-db-0") -> str:
-    out = kubectl(
-        "exec",
-        "-n",
-        namespace,
-        pod,
-        "--",
-        "psql",
-        "-U",
-        "app",
-        "-d",
-        "app",
-        "-tAc",
-        sql,
-        kubeconfig=kubeconfig,
-        check=False,
-    )
+def _load_pod(name: str, rps: int, *, journal: bool) -> dict[str, Any]:
+    """A load generator pod that passes the `restricted` level."""
+    args = ["python", "-m", "sample_app.load", "--url", f"http://{NAME}-app", "--rps", str(rps)]
+    args += ["--duration", "7200", "--users", "5", "--read-ratio", "0.8"]
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "load",
+                    "image": APP_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": args + (["--journal"] if journal else []),
+                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _exec(kubeconfig: str, namespace: str, pod: str, *argv: str) -> str:
+    out = kubectl("exec", "-n", namespace, pod, "--", *argv, kubeconfig=kubeconfig, check=False)
     return out.stdout.strip()
+
+
+def _psql(kubeconfig: str, namespace: str, sql: str, pod: str = f"{NAME}-db-0") -> str:
+    return _exec(kubeconfig, namespace, pod, "psql", "-U", "app", "-d", "app", "-tAc", sql)
+
+
+def _python(kubeconfig: str, namespace: str, pod: str, code: str) -> str:
+    return _exec(kubeconfig, namespace, pod, "python", "-c", code)
 
 
 def _journal(kubeconfig: str, namespace: str) -> list[dict[str, Any]]:
@@ -93,63 +128,128 @@ def _journal(kubeconfig: str, namespace: str) -> list[dict[str, Any]]:
     return events
 
 
-def test_the_walk_under_live_traffic_loses_no_acknowledged_write(
+def _acked(kubeconfig: str, namespace: str) -> int:
+    return len([e for e in _journal(kubeconfig, namespace) if "post" in e])
+
+
+def _app_pods(api_client: ApiClient, namespace: str) -> list[str]:
+    pods = kubernetes.client.CoreV1Api(api_client).list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/component=app"
+    )
+    return [p.metadata.name for p in pods.items if p.status.phase == "Running"]
+
+
+def _cache_lookups(api_client: ApiClient, kubeconfig: str, namespace: str) -> dict[str, float]:
+    """Redis hits and misses summed over the app pods, from their /metrics."""
+    code = (
+        "import urllib.request;"
+        "print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())"
+    )
+    totals = {"hit": 0.0, "miss": 0.0}
+    for pod in _app_pods(api_client, namespace):
+        text = _python(kubeconfig, namespace, pod, code)
+        for result, value in re.findall(
+            r'^app_cache_requests_total\{result="(\w+)"\} (\S+)$', text, re.M
+        ):
+            totals[result] = totals.get(result, 0.0) + float(value)
+    return totals
+
+
+def _edge_cache_status(kubeconfig: str, namespace: str) -> list[str]:
+    """X-Cache-Status of the same static file fetched twice through the edge cache."""
+    code = (
+        "import urllib.request\n"
+        "for _ in range(2):\n"
+        f"    r = urllib.request.urlopen('http://{NAME}-edge/static/app.css')\n"
+        "    print(r.headers.get('X-Cache-Status'))\n"
+    )
+    return _python(kubeconfig, namespace, "load", code).split()
+
+
+def _hpa_scales_up(api_client: ApiClient, kubeconfig: str, namespace: str) -> int:
+    """Add load until the HPA runs more app pods than its minimum; return how many ran."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    autoscaling = kubernetes.client.AutoscalingV2Api(api_client)
+    minimum = autoscaling.read_namespaced_horizontal_pod_autoscaler(
+        f"{NAME}-app", namespace
+    ).spec.min_replicas
+    core.create_namespaced_pod(namespace, _load_pod("burst", 60, journal=False))
+    try:
+
+        def ready_app_pods() -> int | None:
+            dep = kubernetes.client.AppsV1Api(api_client).read_namespaced_deployment(
+                f"{NAME}-app", namespace
+            )
+            ready = dep.status.ready_replicas or 0
+            return ready if ready > minimum else None
+
+        ready: int = eventually(ready_app_pods, timeout=420, interval=5)
+    finally:
+        core.delete_namespaced_pod("burst", namespace, grace_period_seconds=0)
+    return ready
+
+
+def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
     kind_api: ApiClient, kind_kubeconfig: str, app_namespace: str
 ) -> None:
     ns, kc = app_namespace, kind_kubeconfig
+    core = kubernetes.client.CoreV1Api(kind_api)
     h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0]))
     h.wait_ready(kind_api, ns, NAME, WALK[0], timeout=600)
-    kubectl(
-        "run",
-        "load",
-        "-n",
-        ns,
-        "--image=z2m/sample-app:0.1.0",
-        "--restart=Never",
-        "--image-pull-policy=IfNotPresent",
-        "--command",
-        "--",
-        "python",
-        "-m",
-        "sample_app.load",
-        "--url",
-        f"http://{NAME}-app",
-        "--rps",
-        "8",
-        "--duration",
-        "7200",
-        "--users",
-        "5",
-        "--read-ratio",
-        "0.8",
-        "--journal",
-        kubeconfig=kc,
-    )
-    eventually(lambda: any("post" in e for e in _journal(kc, ns)), timeout=300)
+    core.create_namespaced_pod(ns, _load_pod("load", 8, journal=True))
+    eventually(lambda: _acked(kc, ns) > 0, timeout=300)
     windows: list[tuple[str, float, float]] = []
+    seen: dict[str, Any] = {}
     for before, stage in itertools.pairwise(WALK):
         started = time.time()
         h.set_stage(kind_api, ns, NAME, stage)
         h.wait_ready(kind_api, ns, NAME, stage, timeout=900)
         # Traffic keeps flowing a little after Ready, so late failures are counted too.
-        mark = len([e for e in _journal(kc, ns) if "post" in e])
-        eventually(lambda m=mark: len([e for e in _journal(kc, ns) if "post" in e]) > m + 3)
+        mark = _acked(kc, ns)
+        eventually(lambda m=mark: _acked(kc, ns) > m + 3)
         windows.append((f"{before}->{stage}", started, time.time()))
-        if stage == 3 and before == 2:
-            replicas = _psql(
+        if (before, stage) == (2, 3):
+            streaming = _psql(
                 kc, ns, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
             )
-            assert replicas == "1", f"stage 3's read replica does not stream: {replicas!r}"
+            assert streaming == "1", f"stage 3's read replica does not stream: {streaming!r}"
+            seen["edge"] = _edge_cache_status(kc, ns)
+            assert seen["edge"] == ["MISS", "HIT"] or seen["edge"] == ["HIT", "HIT"], seen
+        if (before, stage) == (3, 4):
+            seen["cache"] = eventually(
+                lambda: (c := _cache_lookups(kind_api, kc, ns))["hit"] > 0 and c, timeout=120
+            )
+        if (before, stage) == (4, 5):
+            seen["hpa"] = _hpa_scales_up(kind_api, kc, ns)
+
     journal = _journal(kc, ns)
     acked = sorted({int(e["post"]) for e in journal if "post" in e})
     errors = [e for e in journal if "error" in e]
-    print(f"\nreal-pod walk {WALK}: {len(acked)} acknowledged writes")
+    report(f"real-pod walk {WALK}: {len(acked)} acknowledged writes")
     for label, start, end in windows:
         failed = [e for e in errors if start <= e["t"] <= end]
         kinds = sorted({e["error"] for e in failed})
-        print(f"  {label}: {end - start:5.0f} s, {len(failed)} failed requests {kinds}")
+        report(f"  {label}: {end - start:5.0f} s, {len(failed)} failed requests {kinds}")
     outside = [e for e in errors if not any(s <= e["t"] <= t for _, s, t in windows)]
-    print(f"  between transitions: {len(outside)} failed requests")
-    stored = _psql(kc, ns, f"SELECT count(*) FROM posts WHERE id IN ({','.join(map(str, acked))})")
+    report(f"  between transitions: {len(outside)} failed requests")
+    hits, misses = seen["cache"]["hit"], seen["cache"]["miss"]
+    report(f"  stage 4 Redis hit ratio {hits / (hits + misses):.2f} ({hits:.0f} hits)")
+    report(f"  stage 3 edge cache, one file twice: {seen['edge']}")
+    report(f"  stage 5 HPA on real CPU: {seen['hpa']} app pods ready (minimum 4)")
+
+    ids = ",".join(map(str, acked))
+    stored = _psql(kc, ns, f"SELECT count(*) FROM posts WHERE id IN ({ids})")
     assert acked and stored == str(len(acked)), f"{len(acked)} acknowledged, {stored} stored"
-    print(f"  acknowledged writes lost: {len(acked) - int(stored)}")
+    report(f"  acknowledged writes lost: {len(acked) - int(stored)}")
+    # Each acknowledged post queued one fan-out job: every follower of its author holds
+    # exactly one notification for it (a redelivered job is a no-op by construction).
+    undone = _psql(
+        kc,
+        ns,
+        f"SELECT count(*) FROM posts p WHERE p.id IN ({ids}) AND"
+        " (SELECT count(*) FROM notifications n WHERE n.post_id = p.id) <>"
+        " (SELECT count(*) FROM follows f WHERE f.followee_id = p.author_id)",
+    )
+    jobs = _psql(kc, ns, "SELECT count(*) FROM processed_jobs")
+    report(f"  jobs: {jobs} processed, {undone} posts whose fan-out is missing or doubled")
+    assert undone == "0"

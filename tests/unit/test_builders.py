@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from z2m import api, builders, plan
+from z2m import api, builders, catalog, plan
 
 OWNER = builders.Owner(name="shop", uid="uid-1")
 
@@ -165,3 +165,59 @@ def test_multi_replica_workloads_spread_over_zones(stage: int) -> None:
 
 def test_build_is_deterministic() -> None:
     assert build(4) == build(4)
+
+
+def pods(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in objs
+        if o["kind"] in ("Deployment", "StatefulSet")
+    ]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+def test_every_child_pod_meets_the_restricted_pod_security_level(stage: int) -> None:
+    """What the `restricted` level checks, pod by pod (the kind walk enforces it for real)."""
+    for name, pod in pods(build(stage, queue={"queueName": "z2m.jobs"})):
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True, name
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert ctx.get("runAsUser", 1) != 0, name
+        assert "initContainers" not in pod, f"{name}: no root init container"
+        for c in pod["containers"]:
+            assert c["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }, (name, c["name"])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
+def test_every_container_has_requests_and_a_memory_limit(stage: int) -> None:
+    for name, pod in pods(build(stage)):
+        for c in pod["containers"]:
+            r = c["resources"]
+            assert r["requests"]["cpu"] and r["requests"]["memory"], (name, c["name"])
+            assert r["limits"]["memory"], (name, c["name"])
+
+
+def test_the_user_overrides_a_servers_footprint_and_the_catalog_fills_the_rest() -> None:
+    big = {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    objs = build(4, database={"resources": big})
+    for sts in ("shop-db", "shop-db-replica"):
+        (c,) = find(objs, "StatefulSet", sts)["spec"]["template"]["spec"]["containers"]
+        assert c["resources"] == big
+    (redis,) = find(objs, "StatefulSet", "shop-redis")["spec"]["template"]["spec"]["containers"]
+    cache = catalog.FOOTPRINTS["cache"]
+    assert redis["resources"]["requests"] == {"cpu": cache.cpu, "memory": cache.memory}
+
+
+def test_web_pods_drain_before_stopping_and_user_workers_get_no_http_probes() -> None:
+    objs = build(4, app={"workerCommand": ["celery", "worker"]})
+    (web,) = find(objs, "Deployment", "shop-app")["spec"]["template"]["spec"]["containers"]
+    assert web["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (worker,) = find(objs, "Deployment", "shop-worker")["spec"]["template"]["spec"]["containers"]
+    assert worker["command"] == ["celery", "worker"]
+    assert "readinessProbe" not in worker and "livenessProbe" not in worker
+    (ours,) = find(build(4), "Deployment", "shop-worker")["spec"]["template"]["spec"]["containers"]
+    assert ours["livenessProbe"]["httpGet"]["path"] == "/healthz"
