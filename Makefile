@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 KUBECONFIG_LOCAL := .cluster/kubeconfig
 PYTEST_ARGS ?=
 
-.PHONY: all venv deps binaries cluster-up cluster-down kind-up kind-down images crd docs lint test demo demo-auto bench clean
+.PHONY: all venv deps binaries cluster-up cluster-down kind-up kind-down images crd docs lint test demo demo-auto bench bench-real clean
 
 all: test
 
@@ -74,6 +74,10 @@ demo-auto: venv deps binaries
 bench: venv deps binaries
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/sample_app_bench.py
+
+## Stage changes on real pods (kind): the operator against kubectl apply of the same objects.
+bench-real: venv deps images
+	$(BIN)/python bench/real_pods_bench.py --kubeconfig .kind/kubeconfig-$${Z2M_KIND_CLUSTER:-z2m}
 
 clean: cluster-down kind-down
 	rm -rf $(VENV) .cluster .kind .pytest-kind

@@ -29,7 +29,7 @@ bin=$("$z2m_root/hack/build-binaries.sh")
 kind=$bin/kind
 k8s_version=$("$bin/kubeadm" version -o short)
 # Bump when the recipe below or the files under hack/kind/ change the node image.
-recipe=1
+recipe=2
 key=$( (echo "$recipe"; cat "$z2m_root"/hack/tools/{k8s,kind,local-path}/go.{mod,sum} \
   "$z2m_root"/hack/kind/*) | sha256sum | cut -c1-12)
 node_image=localhost/z2m/kind-node:$k8s_version-$key
@@ -78,9 +78,9 @@ local_path_storage() {
 import re, sys
 source, provisioner, helper = sys.argv[1:]
 text = open(source).read()
-manifest = re.search(r"const defaultStorageManifest = `(.*?)`\n", text, re.S).group(1)
-manifest = manifest.replace("` + storageProvisionerImage + `", provisioner)
-print(manifest.replace("` + storageHelperImage + `", helper))
+text = text.replace("` + storageProvisionerImage + `", provisioner)
+text = text.replace("` + storageHelperImage + `", helper)
+print(re.search(r"const defaultStorageManifest = `(.*?)`", text, re.S).group(1))
 PY
   cp "$bin/local-path-provisioner" "$ctx/"
   printf 'FROM scratch\nCOPY local-path-provisioner /usr/local/bin/local-path-provisioner\nENV PATH=/usr/local/bin\n' \
