@@ -19,6 +19,9 @@ MAX_REPLICA_LAG_SECONDS = 2.0
 REPLICA_CHECK_INTERVAL_SECONDS = 1.0
 
 CACHE_TTL_SECONDS = 60.0
+# On SIGTERM the web server keeps serving this long, out of the load balancer and
+# closing keep-alive connections, before it stops: the time for every client to move.
+DRAIN_SECONDS = 5.0
 # +/-10 % so keys written together don't all expire in the same instant.
 CACHE_TTL_JITTER = 0.1
 

@@ -89,6 +89,8 @@ class State:
     sessions: SessionCodec | None = None
     schema_ready: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    draining: bool = False
+    """Told to stop: still serving, but out of the load balancer and shedding keep-alive."""
 
 
 async def _prepare_database(state: State) -> None:
@@ -416,6 +418,8 @@ async def readyz(request: Request) -> Response:
     configured dependency that is down a 503.
     """
     state = _state(request)
+    if state.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     checks: dict[str, str] = {}
     required_down = False
     if state.db is not None:
@@ -498,6 +502,35 @@ class MetricsMiddleware:
             metrics.HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
 
 
+class DrainMiddleware:
+    """While draining, close each connection after its response.
+
+    A client's pooled keep-alive connection stays pinned to this pod after the pod
+    leaves the Service's endpoints; answering with ``Connection: close`` makes the
+    client's next request open a new connection, which the Service sends to a pod
+    that is staying, instead of racing the server's close of an idle connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        """Wrap ``app``."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request; mark the response ``Connection: close`` while draining."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: State = scope["app"].state.z2m
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and state.draining:
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
     return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -525,7 +558,7 @@ def create_app(config: Config) -> Starlette:
         ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware)],
+        middleware=[Middleware(MetricsMiddleware), Middleware(DrainMiddleware)],
         exception_handlers={HTTPError: _http_error},
         lifespan=_lifespan,
     )

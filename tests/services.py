@@ -588,5 +588,8 @@ def sample_app(tmp: Path, ready: str = "/readyz", **variables: str) -> Iterator[
         yield app
     finally:
         with contextlib.suppress(Exception):
-            app.kill(signal.SIGTERM)
+            # SIGTERM starts the web server's drain; a second signal ends it at once.
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            app.kill(signal.SIGINT)
         app.kill(signal.SIGKILL)

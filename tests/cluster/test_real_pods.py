@@ -189,12 +189,29 @@ def _hpa_scales_up(api_client: ApiClient, kubeconfig: str, namespace: str) -> in
     return ready
 
 
+def _memory_mib(api_client: ApiClient, namespace: str) -> tuple[float, float]:
+    """The node's memory in use and the app namespace's pods' share, from metrics-server."""
+    metrics = kubernetes.client.CustomObjectsApi(api_client)
+
+    def mib(quantity: str) -> float:
+        return float(kubernetes.utils.parse_quantity(quantity)) / 2**20
+
+    nodes = metrics.list_cluster_custom_object("metrics.k8s.io", "v1beta1", "nodes")["items"]
+    pods = metrics.list_namespaced_custom_object("metrics.k8s.io", "v1beta1", namespace, "pods")
+    node = sum(mib(n["usage"]["memory"]) for n in nodes)
+    ours = sum(mib(c["usage"]["memory"]) for p in pods["items"] for c in p["containers"])
+    return node, ours
+
+
 def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
     kind_api: ApiClient, kind_kubeconfig: str, app_namespace: str
 ) -> None:
     ns, kc = app_namespace, kind_kubeconfig
     core = kubernetes.client.CoreV1Api(kind_api)
-    h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0]))
+    # Half the default CPU request: stage 5, its HPA's extra pods and kind's own control
+    # plane must fit one node of two cores (the HPA's target is relative to the request).
+    small = {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
+    h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0], app={"resources": small}))
     h.wait_ready(kind_api, ns, NAME, WALK[0], timeout=600)
     core.create_namespaced_pod(ns, _load_pod("load", 8, journal=True))
     eventually(lambda: _acked(kc, ns) > 0, timeout=300)
@@ -221,6 +238,7 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
             )
         if (before, stage) == (4, 5):
             seen["hpa"] = _hpa_scales_up(kind_api, kc, ns)
+            seen["memory"] = _memory_mib(kind_api, ns)
 
     journal = _journal(kc, ns)
     acked = sorted({int(e["post"]) for e in journal if "post" in e})
@@ -236,6 +254,8 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
     report(f"  stage 4 Redis hit ratio {hits / (hits + misses):.2f} ({hits:.0f} hits)")
     report(f"  stage 3 edge cache, one file twice: {seen['edge']}")
     report(f"  stage 5 HPA on real CPU: {seen['hpa']} app pods ready (minimum 4)")
+    node, ours = seen["memory"]
+    report(f"  stage 5 memory: node {node:.0f} MiB in use, the app's pods {ours:.0f} MiB")
 
     ids = ",".join(map(str, acked))
     stored = _psql(kc, ns, f"SELECT count(*) FROM posts WHERE id IN ({ids})")

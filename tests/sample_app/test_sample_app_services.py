@@ -509,3 +509,19 @@ def test_load_generator_reports_throughput_latency_and_no_errors(
     assert set(result.statuses) <= {"200", "201"}
     posts = database.query("SELECT count(*) FROM posts")[0][0]
     assert posts > 3  # the 3 set-up posts plus the load's writes
+
+
+def test_sigterm_drains_keep_alive_clients_off_the_pod_then_stops(
+    start_app: Callable[..., SampleApp],
+) -> None:
+    """Told to stop, the web server keeps answering, leaves the load balancer (readyz 503)
+    and closes each connection after its response, then exits by itself."""
+    app = start_app()
+    with httpx.Client(base_url=app.url, timeout=10) as client:
+        before = client.get("/healthz")
+        assert before.status_code == 200 and before.headers.get("connection") != "close"
+        app.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: client.get("/readyz").status_code == 503, 10, "draining")
+        during = client.get("/healthz")
+        assert during.status_code == 200 and during.headers["connection"] == "close"
+    assert app.process.wait(timeout=30) == 0, app.output()
