@@ -229,7 +229,7 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
         env.append(
             {"name": "REDIS_URL", "value": f"redis://:$(Z2M_REDIS_PASSWORD)@{primary}:6379/0"}
         )
-    if p.queue and not (p.draining_queue and role == "web"):
+    if p.queue:
         env.append(_secret_env(p, "Z2M_QUEUE_PASSWORD", "queue-password"))
         broker = f"amqp://z2m:$(Z2M_QUEUE_PASSWORD)@{child(p.name, 'queue')}:{AMQP_PORT}/%2F"
         env.append({"name": "BROKER_URL", "value": broker})

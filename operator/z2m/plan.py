@@ -7,7 +7,7 @@ installed, and the caller passes that in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from z2m import api, catalog
@@ -41,8 +41,6 @@ class Plan:
     worker_autoscaling: catalog.Autoscaling | None
     failover: Failover
     monitoring: bool
-    draining_queue: bool = False
-    """The queue and workers stay only to drain: the app no longer publishes to it."""
 
     @property
     def sentinel(self) -> bool:
@@ -143,15 +141,4 @@ def resolve(
         worker_autoscaling=entry.worker_autoscaling if queue and workers else None,
         failover=failover,
         monitoring=entry.monitoring,
-    )
-
-
-def keep_queue(plan: Plan, workers: int) -> Plan:
-    """The plan, but with the queue and `workers` workers kept so the queue can drain.
-
-    The app stops publishing (it is built from the original plan's wiring by
-    the caller), while workers keep consuming until the queue is empty.
-    """
-    return replace(
-        plan, queue=True, workers=max(workers, 1), worker_autoscaling=None, draining_queue=True
     )

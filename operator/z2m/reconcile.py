@@ -1,11 +1,12 @@
 """One reconcile pass: read a ScalingStage and its children, converge, report.
 
-The pass reads the world, asks the pure layers (plan, builders, status) what
-it should look like, then writes the difference with server-side apply and
-prunes what the stage no longer wants. Destructive steps wait for their
-preconditions: consumers are rewired before a provider goes, and the queue
-goes only once it is empty. Everything here is synchronous and runs in a worker
-thread; `handlers` decides when a pass runs.
+The pass reads the world, asks the pure layers (plan, builders, transition,
+status) what it should look like and in which phases to get there, then runs
+each step whose gates hold: server-side apply, or a delete of what the stage no
+longer wants. The gates are asked of the world here: consumers are rewired
+before a provider goes or shrinks, and the queue goes only once it is empty.
+Everything here is synchronous and runs in a worker thread; `handlers` decides
+when a pass runs.
 """
 
 from __future__ import annotations
@@ -21,17 +22,41 @@ from typing import Any
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from z2m import api, builders, kube, metrics, plan, status
+from z2m import api, builders, kube, metrics, plan, status, transition
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-CONSUMERS = ("app", "worker")
+CONSUMERS = transition.CONSUMERS
 
 
 def utcnow() -> str:
     """Now, as an RFC 3339 timestamp."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Gates:
+    """The preconditions of one pass's steps, each asked of the world at most once."""
+
+    reconciler: Reconciler
+    the_plan: plan.Plan
+    desired: list[Obj]
+    _answers: dict[str, str | None] = field(default_factory=dict)
+
+    def unmet(self, gate: transition.Gate) -> str | None:
+        """None if `gate` holds, else a sentence saying what it waits for."""
+        if gate not in self._answers:
+            self._answers[gate] = self._ask(gate)
+        return self._answers[gate]
+
+    def _ask(self, gate: transition.Gate) -> str | None:
+        if gate == "queue-empty":
+            return self.reconciler.queue_drained(self.the_plan)
+        lagging = self.reconciler.rewiring(self.the_plan.namespace, self.desired)
+        if not lagging:
+            return None
+        return f"rewiring {', '.join(lagging)}: pods of the old template still run"
 
 
 @dataclass(frozen=True)
@@ -120,40 +145,34 @@ class Reconciler:
         current = self.kube.children(namespace, name)
         by_key = {builders.key(o): o for o in current}
 
-        waiting: str | None = None
-        if not the_plan.queue and any(_component(o) == "queue" for o in current):
-            waiting, the_plan = self._hold_queue(the_plan, current)
         desired = builders.build(the_plan, owner)
-        wanted = {builders.key(o) for o in desired}
-        removing = [o for o in current if builders.key(o) not in wanted]
-        shrinking = bool(removing) or any(_scales_down(o, by_key) for o in desired)
-
-        writes = 0
-        if shrinking:
-            # Consumers first: the app stops using what is about to go before it goes.
-            for obj in desired:
-                if obj["kind"] == "Deployment" and _component(obj) in CONSUMERS:
-                    writes += self._apply(obj, by_key)
-            lagging = [n for n in self._rolling_consumers(namespace, desired) if n is not None]
-            if lagging:
-                waiting = waiting or (
-                    f"rewiring {', '.join(lagging)} before removing or shrinking "
-                    f"{', '.join(sorted({_describe(o) for o in removing})) or 'read replicas'}"
-                )
-                return self._finish(body, previous, generation, the_plan, waiting, writes)
-        for obj in desired:
-            writes += self._apply(obj, by_key)
-        for obj in removing:
-            self.kube.delete(obj)
-            metrics.WRITES.labels("delete", obj["kind"]).inc()
-            writes += 1
-        if removing:
+        gates = _Gates(self, the_plan, desired)
+        writes, removed = 0, []
+        waits: dict[str, list[str]] = {}
+        for phase in transition.phases(current, desired):
+            for step in phase.steps:
+                unmet = [why for gate in sorted(step.gates) if (why := gates.unmet(gate))]
+                if unmet:
+                    # A step waits for the first gate that does not hold.
+                    waits.setdefault(unmet[0], []).append(step.describe())
+                    continue
+                if step.action == "apply":
+                    writes += self._apply(step.obj, by_key)
+                else:
+                    self.kube.delete(step.obj)
+                    metrics.WRITES.labels("delete", step.obj["kind"]).inc()
+                    removed.append(step.obj)
+                    writes += 1
+        if removed:
             self.kube.event(
                 body,
                 "Normal",
                 "Pruned",
-                "removed " + ", ".join(sorted(_describe(o) for o in removing)),
+                "removed " + ", ".join(sorted(_describe(o) for o in removed)),
             )
+        waiting = (
+            "; ".join(f"{why} (then: {', '.join(steps)})" for why, steps in waits.items()) or None
+        )
         return self._finish(body, previous, generation, the_plan, waiting, writes)
 
     # --- steps ---------------------------------------------------------------------------
@@ -171,18 +190,19 @@ class Reconciler:
         metrics.WRITES.labels("apply", obj["kind"]).inc()
         return 1
 
-    def _rolling_consumers(self, namespace: str, desired: list[Obj]) -> list[str | None]:
-        lagging: list[str | None] = []
+    def rewiring(self, namespace: str, desired: list[Obj]) -> list[str]:
+        """Consumer Deployments that still run pods of an old template."""
+        lagging = []
         for obj in desired:
-            if obj["kind"] != "Deployment" or _component(obj) not in CONSUMERS:
+            if obj["kind"] != "Deployment" or transition.component(obj) not in CONSUMERS:
                 continue
-            live = self.kube.get("apps/v1", "Deployment", namespace, obj["metadata"]["name"])
-            state = status.component_status(live) if live else None
-            lagging.append(None if state is None or state.available else state.name)
+            name = obj["metadata"]["name"]
+            if not transition.rolled_out(self.kube.get("apps/v1", "Deployment", namespace, name)):
+                lagging.append(name)
         return lagging
 
-    def _hold_queue(self, the_plan: plan.Plan, current: list[Obj]) -> tuple[str | None, plan.Plan]:
-        """Keep RabbitMQ and its workers until the queue is shown to be empty."""
+    def queue_drained(self, the_plan: plan.Plan) -> str | None:
+        """None once the jobs queue has read empty for the quiet period, else why not."""
         spec = the_plan.spec.queue
         url = spec.management_url or (
             f"http://{builders.child(the_plan.name, 'queue')}.{the_plan.namespace}.svc:"
@@ -202,34 +222,20 @@ class Reconciler:
             since = self._empty_since.setdefault(key, time.monotonic())
             if time.monotonic() - since >= self.queue_quiet_seconds:
                 self._empty_since.pop(key, None)
-                return None, the_plan
-        else:
-            self._empty_since.pop(key, None)
-        workers = max(
-            (
-                int((o.get("spec") or {}).get("replicas") or 1)
-                for o in current
-                if o["kind"] == "Deployment" and _component(o) == "worker"
-            ),
-            default=1,
-        )
-        held = plan.keep_queue(the_plan, workers)
-        if depth == 0:
+                return None
             return (
                 f"queue {spec.queue_name!r} reads empty; confirming for "
-                f"{self.queue_quiet_seconds:g} s before RabbitMQ and its workers go",
-                held,
+                f"{self.queue_quiet_seconds:g} s before RabbitMQ and its workers go"
             )
+        self._empty_since.pop(key, None)
         if depth is None:
             return (
                 f"cannot read the depth of queue {spec.queue_name!r} ({trouble}); RabbitMQ "
-                "and its workers stay until the queue can be shown empty",
-                held,
+                "and its workers stay until the queue can be shown empty"
             )
         return (
             f"queue {spec.queue_name!r} still holds {depth} job(s); RabbitMQ and its workers "
-            "stay until it drains",
-            held,
+            "stay until it drains"
         )
 
     def _report_problem(
@@ -300,17 +306,5 @@ class Reconciler:
         return new
 
 
-def _component(obj: Obj) -> str:
-    labels: dict[str, str] = obj["metadata"].get("labels") or {}
-    return labels.get(builders.COMPONENT, "")
-
-
 def _describe(obj: Obj) -> str:
     return f"{obj['kind']} {obj['metadata']['name']}"
-
-
-def _scales_down(obj: Obj, by_key: dict[tuple[str, str, str], Obj]) -> bool:
-    live = by_key.get(builders.key(obj))
-    if live is None or obj["kind"] != "StatefulSet":
-        return False
-    return int(obj["spec"]["replicas"]) < int((live.get("spec") or {}).get("replicas") or 0)

@@ -1,0 +1,140 @@
+"""A stage change as an explicit plan: phases of steps, each step with its preconditions.
+
+Pure: from the children that exist and the objects the new stage wants, `phases`
+returns what to do, in order. The reconciler evaluates the gates (they need I/O)
+and runs each step whose gates hold; a step that waits is reported, with why.
+
+1. **provide**: what others use, new or changed (ConfigMaps, Services, the stateful
+   servers that keep or gain pods, the edge cache, Sentinel). No gate: nothing uses
+   a new provider yet, and a changed one keeps its data.
+2. **rewire**: the consumers (app and worker Deployments) take the new stage's
+   wiring, then their autoscalers and disruption budgets. No gate: the app treats
+   a provider that is still starting as down and degrades.
+3. **retire**: what the stage drops is deleted, and stateful servers that shrink are
+   scaled down, each only once its gates hold:
+   - `rewired`: no consumer pod of an old template is left, so nothing still uses
+     what goes;
+   - `queue-empty`: RabbitMQ and its workers go only once the jobs queue is shown
+     empty, and the workers keep consuming until then.
+
+Claims (PVCs) and the credentials Secret are never steps: they outlive every
+demotion (see `builders.PRUNABLE`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from z2m import builders
+
+Obj = dict[str, Any]
+Gate = Literal["rewired", "queue-empty"]
+PhaseName = Literal["provide", "rewire", "retire"]
+
+CONSUMERS = frozenset({"app", "worker"})
+"""Components whose pods hold the stage's wiring (env) and so must move before a provider."""
+QUEUE_SIDE = frozenset({"queue", "worker"})
+"""Components that go only once the queue is empty: RabbitMQ and the workers draining it."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """Apply or delete one object, once every gate holds."""
+
+    action: Literal["apply", "delete"]
+    obj: Obj
+    gates: frozenset[Gate] = field(default_factory=frozenset)
+
+    def describe(self) -> str:
+        """`apply StatefulSet shop-db`, for logs, Events and `z2m plan`."""
+        return f"{self.action} {self.obj['kind']} {self.obj['metadata']['name']}"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A named group of steps, run in order after the phases before it."""
+
+    name: PhaseName
+    steps: tuple[Step, ...]
+
+
+def component(obj: Obj) -> str:
+    """The `app.kubernetes.io/component` label of a child."""
+    labels: dict[str, str] = obj["metadata"].get("labels") or {}
+    return labels.get(builders.COMPONENT, "")
+
+
+def _replicas(obj: Obj | None) -> int:
+    return int(((obj or {}).get("spec") or {}).get("replicas") or 0)
+
+
+def shrinks(obj: Obj, live: Obj | None) -> bool:
+    """Whether applying `obj` removes pods of a stateful server (and their reads)."""
+    return obj["kind"] == "StatefulSet" and live is not None and _replicas(obj) < _replicas(live)
+
+
+def _is_consumer_side(obj: Obj) -> bool:
+    """Consumer Deployments and what refers to them (their HPAs and PDBs)."""
+    if component(obj) not in CONSUMERS:
+        return False
+    return obj["kind"] in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+
+
+def _retire_gates(obj: Obj) -> frozenset[Gate]:
+    if component(obj) in QUEUE_SIDE:
+        return frozenset({"rewired", "queue-empty"})
+    return frozenset({"rewired"})
+
+
+def phases(current: list[Obj], desired: list[Obj]) -> tuple[Phase, ...]:
+    """The steps that take the children from `current` to `desired`, phase by phase.
+
+    `desired` is in the builders' apply order; each phase keeps it. Steps that
+    would change nothing are still listed: server-side apply makes them no-ops.
+    """
+    live = {builders.key(o): o for o in current}
+    wanted = {builders.key(o) for o in desired}
+    provide: list[Step] = []
+    rewire: list[Step] = []
+    retire: list[Step] = []
+    for obj in desired:
+        before = live.get(builders.key(obj))
+        if shrinks(obj, before):
+            retire.append(Step("apply", obj, _retire_gates(obj)))
+        elif _is_consumer_side(obj):
+            rewire.append(Step("apply", obj))
+        else:
+            provide.append(Step("apply", obj))
+    for obj in current:
+        if builders.key(obj) not in wanted:
+            retire.append(Step("delete", obj, _retire_gates(obj)))
+    return (
+        Phase("provide", tuple(provide)),
+        Phase("rewire", tuple(rewire)),
+        Phase("retire", tuple(retire)),
+    )
+
+
+def rolled_out(live: Obj | None) -> bool:
+    """Whether a Deployment runs only pods of its current template, enough of them ready.
+
+    Available alone is not enough: during a rollout the old pods, still wired to what
+    is about to go, count as available too. So the controller must have seen the
+    current generation, every pod must be updated, and none of the old ones left.
+    An old web pod may still finish its drain (seconds) after this: the app treats
+    a provider that went as down, and the queue's quiet period outlasts the drain.
+    """
+    if live is None:
+        return True
+    spec, st = live.get("spec") or {}, live.get("status") or {}
+    want = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+    generation = int((live.get("metadata") or {}).get("generation") or 0)
+    return (
+        int(st.get("observedGeneration") or 0) >= generation
+        and int(st.get("updatedReplicas") or 0) >= want
+        and int(st.get("replicas") or 0) == int(st.get("updatedReplicas") or 0)
+        and int(st.get("availableReplicas") or 0) >= want
+        # Where the apiserver counts them (1.33+), pods still shutting down count as old.
+        and not int(st.get("terminatingReplicas") or 0)
+    )

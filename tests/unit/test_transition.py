@@ -1,0 +1,91 @@
+"""A stage change is a plan of phases whose destructive steps wait on gates; no cluster."""
+
+from typing import Any
+
+import pytest
+
+from z2m import api, builders, plan, transition
+
+OWNER = builders.Owner(name="shop", uid="uid-1")
+
+
+def build(stage: int) -> list[dict[str, Any]]:
+    p = plan.resolve(api.ScalingStageSpec(stage=stage), name="shop", namespace="ns")
+    return builders.build(p, OWNER)
+
+
+def steps(before: int, after: int) -> dict[str, list[tuple[str, str, str, frozenset[str]]]]:
+    return {
+        phase.name: [
+            (s.action, s.obj["kind"], s.obj["metadata"]["name"], frozenset(s.gates))
+            for s in phase.steps
+        ]
+        for phase in transition.phases(build(before), build(after))
+    }
+
+
+def test_a_promotion_waits_on_nothing_and_provides_before_it_rewires() -> None:
+    plan_ = steps(3, 4)
+    assert plan_["retire"] == []
+    provided = {(kind, name) for _, kind, name, _ in plan_["provide"]}
+    assert {("StatefulSet", "shop-redis"), ("StatefulSet", "shop-queue")} <= provided
+    rewired = [(kind, name) for _, kind, name, _ in plan_["rewire"]]
+    assert ("Deployment", "shop-app") in rewired and ("Deployment", "shop-worker") in rewired
+    assert all(not gates for phase in plan_.values() for *_, gates in phase)
+
+
+def test_a_demotion_deletes_only_after_rewiring_and_the_queue_side_after_the_queue_drains() -> None:
+    plan_ = steps(4, 3)
+    retire = {(action, kind, name): gates for action, kind, name, gates in plan_["retire"]}
+    assert retire[("delete", "StatefulSet", "shop-redis")] == {"rewired"}
+    assert retire[("delete", "StatefulSet", "shop-queue")] == {"rewired", "queue-empty"}
+    assert retire[("delete", "Deployment", "shop-worker")] == {"rewired", "queue-empty"}
+    # The app is rewired (no Redis, no broker) in the phase before.
+    assert ("apply", "Deployment", "shop-app", frozenset()) in plan_["rewire"]
+    assert not any(name == "shop-redis" for _, _, name, _ in plan_["provide"])
+
+
+def test_read_replicas_shrink_only_after_the_app_stops_reading_from_the_ones_that_go() -> None:
+    plan_ = steps(5, 4)
+    shrink = [s for s in plan_["retire"] if s[2] == "shop-db-replica"]
+    assert shrink == [("apply", "StatefulSet", "shop-db-replica", frozenset({"rewired"}))]
+    assert ("StatefulSet", "shop-db-replica") not in {(k, n) for _, k, n, _ in plan_["provide"]}
+
+
+def test_claims_and_credentials_are_never_steps() -> None:
+    for before, after in [(5, 1), (4, 2), (3, 1)]:
+        for phase in transition.phases(build(before), build(after)):
+            for step in phase.steps:
+                assert step.obj["kind"] not in ("PersistentVolumeClaim", "Secret")
+
+
+def deployment(generation: int, observed: int, **status: int) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": observed, **status},
+    }
+
+
+@pytest.mark.parametrize(
+    ("live", "done"),
+    [
+        (deployment(3, 3, replicas=2, updatedReplicas=2, availableReplicas=2), True),
+        # Available, but one pod is still of the old template (still wired to what goes).
+        (deployment(3, 3, replicas=3, updatedReplicas=2, availableReplicas=3), False),
+        # The controller has not seen the new template yet: its counts are of the old one.
+        (deployment(4, 3, replicas=2, updatedReplicas=2, availableReplicas=2), False),
+        (deployment(3, 3, replicas=2, updatedReplicas=2, availableReplicas=1), False),
+        (
+            deployment(
+                3, 3, replicas=2, updatedReplicas=2, availableReplicas=2, terminatingReplicas=1
+            ),
+            False,
+        ),
+        (None, True),
+    ],
+)
+def test_rolled_out_means_no_pod_of_an_old_template_is_left(
+    live: dict[str, Any] | None, done: bool
+) -> None:
+    assert transition.rolled_out(live) is done
