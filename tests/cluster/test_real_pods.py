@@ -29,7 +29,8 @@ from tests.cluster import helpers as h
 from tests.conftest import ROOT, _built_kubectl, eventually, kubectl, report
 from z2m import kube
 
-pytestmark = [pytest.mark.cluster, pytest.mark.kind]
+# The first kind test also pays for the session's cluster, image builds and loads.
+pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "shop"
 WALK = [1, 2, 3, 4, 5, 4, 3, 2, 1]
 APP_IMAGE = "z2m/sample-app:0.1.0"

@@ -21,7 +21,8 @@ from tests.cluster import helpers as h
 from tests.conftest import ROOT, kubectl
 from z2m import kube
 
-pytestmark = [pytest.mark.cluster, pytest.mark.kind]
+# The first kind test also pays for the session's cluster, image builds and loads.
+pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "plain"
 
 
