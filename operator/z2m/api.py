@@ -286,17 +286,18 @@ _SPEC_RULES = _rules(
     (
         "self.stage > 1 || !has(self.overrides) || !has(self.overrides.appReplicas) "
         "|| self.overrides.appReplicas == 1",
-        "stage 1 keeps the database inside the app pod, so it runs exactly one app replica; "
-        "use stage 2 or higher for more",
+        "stage 1 is one machine shared by the app and its database, so it runs exactly one "
+        "app replica; use stage 2 or higher for more",
     ),
     (
         "self.stage > 1 || !has(self.overrides) || !has(self.overrides.readReplicas) "
         "|| self.overrides.readReplicas == 0",
-        "stage 1 has no separate database to replicate; read replicas start at stage 2",
+        "stage 1 is one machine with no separate database to replicate; read replicas start "
+        "at stage 2",
     ),
     (
         "self.stage > 1 || !has(self.overrides) || !has(self.overrides.autoscaling)",
-        "stage 1 cannot autoscale: its pod holds the database",
+        "stage 1 cannot autoscale: it is one machine, shared with the database",
     ),
     (
         "!has(self.overrides) || !has(self.overrides.autoscaling) "

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from z2m import api, builders, catalog, crd, plan
+from z2m import api, builders, catalog, crd, plan, transition
 
 Obj = dict[str, Any]
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
@@ -51,19 +51,31 @@ def _changed_fields(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def plan_lines(before: list[Obj], after: list[Obj]) -> list[str]:
-    """Lines saying what a stage change adds (+), changes (~) and removes (-)."""
+    """The stage change, phase by phase: what is added (+), changed (~), removed (-).
+
+    A step that waits on gates (see `transition`) says which.
+    """
     old = {builders.key(o): o for o in before}
-    new = {builders.key(o): o for o in after}
     lines = []
-    for k in sorted(set(old) | set(new), key=lambda k: (k[1], k[2])):
-        label = f"{k[1]} {k[2]}"
-        if k not in old:
-            lines.append(f"+ {label}")
-        elif k not in new:
-            kept = " (its PVCs are kept)" if k[1] == "StatefulSet" else ""
-            lines.append(f"- {label}{kept}")
-        elif fields := _changed_fields(old[k], new[k]):
-            lines.append(f"~ {label}: {', '.join(fields[:6])}{' ...' if len(fields) > 6 else ''}")
+    for phase in transition.phases(before, after):
+        shown = []
+        for step in phase.steps:
+            k = builders.key(step.obj)
+            label = f"{k[1]} {k[2]}"
+            if step.action == "delete":
+                kept = " (its PVCs are kept)" if k[1] == "StatefulSet" else ""
+                line = f"- {label}{kept}"
+            elif k not in old:
+                line = f"+ {label}"
+            elif fields := _changed_fields(old[k], step.obj):
+                more = " ..." if len(fields) > 6 else ""
+                line = f"~ {label}: {', '.join(fields[:6])}{more}"
+            else:
+                continue
+            gates = f"  [once: {', '.join(sorted(step.gates))}]" if step.gates else ""
+            shown.append(f"  {line}{gates}")
+        if shown:
+            lines += [f"{phase.name}:", *shown]
     return lines
 
 

@@ -90,11 +90,11 @@ def resolve(
     o = spec.overrides
     colocated = entry.colocated_database
     if colocated and (o.app_replicas or 1) > 1:
-        raise PlanError("stage 1 keeps the database inside the app pod: one app replica only")
+        raise PlanError("stage 1 is one machine shared with the database: one app replica only")
     if colocated and (o.read_replicas or 0) > 0:
-        raise PlanError("stage 1 has no separate database to replicate")
+        raise PlanError("stage 1 is one machine with no separate database to replicate")
     if colocated and o.autoscaling is not None:
-        raise PlanError("stage 1 cannot autoscale: its pod holds the database")
+        raise PlanError("stage 1 cannot autoscale: it is one machine, shared with the database")
     if o.autoscaling is not None and o.app_replicas is not None:
         raise PlanError("set either overrides.appReplicas or overrides.autoscaling, not both")
 

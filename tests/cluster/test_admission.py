@@ -45,7 +45,7 @@ def apply(kubeconfig: str, namespace: str, spec: dict[str, object]) -> tuple[int
         ({"stage": 2, "overrides": {"appReplicas": 100000}}, "less than or equal to 1000"),
         (
             {"stage": 1, "overrides": {"appReplicas": 3}},
-            "stage 1 keeps the database inside the app pod",
+            "stage 1 is one machine shared by the app and its database",
         ),
         ({"stage": 1, "overrides": {"readReplicas": 1}}, "read replicas start at stage 2"),
         (

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from z2m import api, builders, plan, transition
+from z2m import api, builders, cli, plan, transition
 
 OWNER = builders.Owner(name="shop", uid="uid-1")
 
@@ -89,3 +89,10 @@ def test_rolled_out_means_no_pod_of_an_old_template_is_left(
     live: dict[str, Any] | None, done: bool
 ) -> None:
     assert transition.rolled_out(live) is done
+
+
+def test_z2m_plan_prints_the_phases_and_what_each_removal_waits_for() -> None:
+    lines = cli.plan_lines(build(4), build(3))
+    assert lines.index("rewire:") < lines.index("retire:")
+    assert "  - StatefulSet shop-queue (its PVCs are kept)  [once: queue-empty, rewired]" in lines
+    assert cli.plan_lines(build(3), build(3)) == []
