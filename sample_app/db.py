@@ -70,14 +70,25 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
 )
 
-# Zero when the replica has replayed all it received; otherwise the age of the
-# last replayed transaction.  Comparing LSNs first matters: on an idle primary
-# the replay timestamp grows old although the replica is fully caught up.
+# How far behind a replica is, in seconds, or NULL when that cannot be known.
+# - Not streaming (no WAL receiver connected): unknown. Such a replica has "replayed
+#   all it received" but receives nothing, so comparing its own LSNs would read 0.
+# - Replayed at least up to the primary's position read just before: 0.
+# - Without that position (primary unreachable): replayed all it received: 0.
+# - Otherwise the age of the last replayed transaction; the primary has moved on
+#   since, so that is how stale its data may be. An idle primary reads 0 above.
 LAG_SQL = """
 SELECT CASE
     WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN NOT EXISTS (
+        SELECT 1 FROM pg_stat_wal_receiver
+        WHERE pid IS NOT NULL AND COALESCE(status, 'streaming') = 'streaming'
+    ) THEN NULL
+    WHEN %(primary)s::pg_lsn IS NOT NULL
+        THEN CASE WHEN pg_last_wal_replay_lsn() >= %(primary)s::pg_lsn THEN 0
+                  ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END
     WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-    ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
+    ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
 END::float8
 """
 
@@ -208,15 +219,30 @@ class Database:
         async with self.primary.connection() as conn:
             return await _run(conn, "primary", sql, params)
 
-    async def check_replica(self, index: int) -> policy.ReplicaHealth:
-        """Measure one replica's lag on a fresh connection (not the pool's)."""
+    async def primary_lsn(self) -> str | None:
+        """The primary's current WAL position, or None if it cannot be read now."""
+        try:
+            async with self.primary.connection(timeout=1.0) as conn:
+                cur = conn.cursor(row_factory=tuple_row)
+                await cur.execute("SELECT pg_current_wal_lsn()::text")
+                row = await cur.fetchone()
+                return str(row[0]) if row else None
+        except (psycopg.Error, PoolTimeout, OSError):
+            return None
+
+    async def check_replica(self, index: int, primary: str | None = None) -> policy.ReplicaHealth:
+        """Measure one replica's lag on a fresh connection (not the pool's).
+
+        ``primary`` is the primary's WAL position read just before: a replica that has
+        replayed up to it is current. A replica that streams nothing has no known lag.
+        """
         try:
             async with await psycopg.AsyncConnection.connect(
                 self.replica_urls[index], connect_timeout=1, autocommit=True
             ) as conn:
-                cur = await conn.execute(LAG_SQL)
+                cur = await conn.execute(LAG_SQL, {"primary": primary})
                 row = await cur.fetchone()
-                lag = float(row[0]) if row else None
+                lag = float(row[0]) if row and row[0] is not None else None
             return policy.ReplicaHealth(reachable=True, lag_seconds=lag)
         except (psycopg.Error, OSError):
             return policy.ReplicaHealth(reachable=False)
@@ -224,9 +250,10 @@ class Database:
     async def watch_replicas(self) -> None:
         """Refresh replica health forever (run as a background task)."""
         while True:
+            primary = await self.primary_lsn()
             results = await asyncio.gather(
                 *(
-                    asyncio.wait_for(self.check_replica(i), timeout=2.0)
+                    asyncio.wait_for(self.check_replica(i, primary), timeout=2.0)
                     for i in range(len(self.replicas))
                 ),
                 return_exceptions=True,

@@ -172,6 +172,53 @@ def test_lagging_replica_is_skipped_and_reads_still_see_new_data(
         pg_replica.execute("SELECT pg_wal_replay_resume()")
 
 
+def test_a_replica_cut_off_from_its_primary_is_not_taken_for_current(
+    database: ScratchDatabase, pg_replica: Postgres, start_app: StartApp
+) -> None:
+    """Disconnected, a replica has replayed all it received: its own LSNs say "no lag".
+    The app must not believe that, and must read new data from the primary."""
+    app = start_app(
+        DATABASE_URL=database.url, DATABASE_REPLICA_URLS=pg_replica.dsn_for(database.name)
+    )
+    writer, writer_id = sign_up(app, "writer")
+    pg_replica.wait_replayed()
+    reader = app.client()
+    wait_for(lambda: reader.get("/readyz").json()["checks"]["replica0"] == "ok", 10, "replica ok")
+    ((conninfo,),) = pg_replica.execute("SHOW primary_conninfo")
+    pg_replica.execute("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'")
+    pg_replica.execute("SELECT pg_reload_conf()")
+    try:
+        wait_for(
+            lambda: (
+                not pg_replica.execute(
+                    "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+                )
+            ),
+            30,
+            "replica cut off",
+        )
+        post(writer, "after the cut")
+        wait_for(
+            lambda: reader.get("/readyz").json()["checks"]["replica0"] == "lagging",
+            15,
+            "cut-off replica reported lagging",
+        )
+        posts = reader.get(f"/api/users/{writer_id}/posts").json()
+        assert [p["body"] for p in posts] == ["after the cut"]
+    finally:
+        escaped = conninfo.replace("'", "''")
+        pg_replica.execute(f"ALTER SYSTEM SET primary_conninfo = '{escaped}'")
+        pg_replica.execute("SELECT pg_reload_conf()")
+        wait_for(
+            lambda: (
+                pg_replica.execute("SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
+            ),
+            30,
+            "replica streaming again",
+        )
+    wait_for(lambda: reader.get("/readyz").json()["checks"]["replica0"] == "ok", 15, "replica back")
+
+
 def test_stopped_replica_does_not_fail_reads_and_is_used_again_once_back(
     database: ScratchDatabase, pg_replica: Postgres, start_app: StartApp
 ) -> None:
