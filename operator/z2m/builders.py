@@ -525,6 +525,8 @@ def _read_replicas(p: plan.Plan, owner: Owner) -> list[Obj]:
         "env": [
             {"name": "PRIMARY_HOST", "value": child(p.name, "db")},
             {"name": "PRIMARY_PORT", "value": str(PG_PORT)},
+            # Names the replica's replication slot on the primary.
+            {"name": "REPLICA_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "PGDATA", "value": PGDATA},
             _secret_env(p, "REPLICATION_PASSWORD", "replication-password"),
         ],

@@ -133,6 +133,7 @@ def test_the_replica_script_clones_the_primary_and_streams_from_it(
         PRIMARY_PORT=str(primary_port),
         REPLICATION_PASSWORD=password,
         PGDATA=str(root / "data"),
+        REPLICA_NAME="shop-db-replica-0",
     )
     argv = services._as_user(
         user,
@@ -170,6 +171,15 @@ def test_the_replica_script_clones_the_primary_and_streams_from_it(
         with psycopg.connect(replica) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("INSERT INTO orders VALUES (3)")
 
+    # While it is away, its slot keeps on the primary the WAL it has not had yet.
+    def slot() -> list[tuple[object, ...]]:
+        with psycopg.connect(primary) as conn:
+            return conn.execute(
+                "SELECT active, wal_status FROM pg_replication_slots"
+                " WHERE slot_name = 'shop_db_replica_0'"
+            ).fetchall()
+
+    services.wait_for(lambda: slot() == [(False, "reserved")], 30, "slot kept, inactive")
     # A restart (a pod rescheduled onto its kept PVC) reuses the data: no second clone.
     with psycopg.connect(primary, autocommit=True) as conn:
         conn.execute("INSERT INTO orders VALUES (4)")
@@ -183,6 +193,23 @@ def test_the_replica_script_clones_the_primary_and_streams_from_it(
             "row 4 replayed after restart",
         )
     assert "pg_basebackup" not in (root / "second.log").read_text()
+
+    # A copy whose slot the primary no longer keeps (dropped, or lost past
+    # max_slot_wal_keep_size after a long demotion) cannot catch up: it is rebuilt.
+    with psycopg.connect(primary, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot('shop_db_replica_0')")
+        conn.execute("INSERT INTO orders VALUES (5)")
+    with _run(argv, env, root / "third.log"):
+        services.wait_for(streaming, 60, "rebuilt replica streaming")
+        services.wait_for(
+            lambda: (
+                psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (4,)
+            ),
+            30,
+            "row 5 on the rebuilt copy",
+        )
+        assert slot() == [(True, "reserved")]
+    assert "cannot catch up; rebuilding" in (root / "third.log").read_text()
 
 
 def test_replication_needs_the_generated_password(

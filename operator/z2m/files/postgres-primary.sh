@@ -42,4 +42,6 @@ SQL
   pg_ctl -D "$PGDATA" -w -m fast stop >/dev/null
   rm -rf "$work"
 fi
-exec postgres -D "$PGDATA" "$@"
+# Each read replica streams through a slot of its own; a replica gone for long
+# (demoted away) must not make the primary keep WAL until its disk is full.
+exec postgres -D "$PGDATA" -c max_slot_wal_keep_size="${MAX_SLOT_WAL_KEEP_SIZE:-256MB}" "$@"
