@@ -55,18 +55,20 @@ class Kube:
     One instance is shared by every reconcile thread. The dynamic client's
     discovery cache is not thread-safe, so lookups go through one lock, and
     kinds the server does not serve are remembered for a while instead of
-    re-reading discovery on every miss.
+    re-reading discovery on every miss. With `namespaces`, lists stay inside them.
     """
 
     client: DynamicClient
+    namespaces: tuple[str, ...] = ()
+    """The namespaces the operator serves (`z2m run --namespace`); empty: the cluster."""
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
-    def connect(cls, api_client: ApiClient) -> Kube:
+    def connect(cls, api_client: ApiClient, namespaces: tuple[str, ...] = ()) -> Kube:
         """Wrap an API client; discovery is lazy and cached by the dynamic client."""
-        return cls(DynamicClient(api_client))  # type: ignore[no-untyped-call]
+        return cls(DynamicClient(api_client), namespaces)  # type: ignore[no-untyped-call]
 
     def _resource(self, api_version: str, kind: str) -> Any:
         with self._lock:
@@ -86,9 +88,12 @@ class Kube:
         return self.get(f"{api.GROUP}/{api.VERSION}", api.KIND, namespace, name)
 
     def list_scaling_stages(self) -> list[Obj]:
-        """Every ScalingStage in the cluster (for the periodic re-check)."""
-        items = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND).get().to_dict()["items"]
-        return list(items)
+        """Every ScalingStage the operator serves: in its namespaces, else in the cluster."""
+        resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        items: list[Obj] = []
+        for namespace in self.namespaces or (None,):
+            items += resource.get(namespace=namespace).to_dict()["items"]
+        return items
 
     def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER) -> Obj:
         """Server-side apply under one field manager, taking ownership of conflicts."""

@@ -1,0 +1,214 @@
+"""z2m touches only what is its own: watches, prunes and namespaces.
+
+Against the real apiserver: foreign objects never reach the operator's child
+watches (the label selector goes to the server), and an operator started with
+`--namespace` lists, watches and reconciles nothing outside it, even beside
+another such operator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes
+import pytest
+from kubernetes.client import ApiClient
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import services
+from tests.cluster import helpers as h
+from tests.conftest import eventually
+from z2m import builders, kube
+
+pytestmark = pytest.mark.cluster
+NAME = "shop"
+FOREIGN = 200  # of each kind: ConfigMaps, Services, Deployments
+
+
+def child_events(resource: str, ours: bool) -> float:
+    value = REGISTRY.get_sample_value(
+        "z2m_child_events_total", {"resource": resource, "ours": str(ours).lower()}
+    )
+    return value or 0.0
+
+
+def foreign_labels(i: int) -> dict[str, str]:
+    # Half look like ours to a client-side `part-of` check; none is managed by z2m.
+    return {builders.MANAGED_BY: "helm", builders.PART_OF: NAME if i % 2 else "blog"}
+
+
+def create_foreign_objects(api_client: ApiClient, namespace: str) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    for i in range(FOREIGN):
+        meta = {"name": f"foreign-{i}", "labels": foreign_labels(i)}
+        core.create_namespaced_config_map(namespace, {"metadata": meta, "data": {"i": str(i)}})
+        core.create_namespaced_service(
+            namespace, {"metadata": meta, "spec": {"ports": [{"port": 80}]}}
+        )
+        pod = {"metadata": {"labels": {"foreign": str(i)}}}
+        pod["spec"] = {"containers": [{"name": "c", "image": "example.invalid/c"}]}
+        apps.create_namespaced_deployment(
+            namespace,
+            {
+                "metadata": meta,
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"foreign": str(i)}},
+                    "template": pod,
+                },
+            },
+        )
+
+
+def test_foreign_objects_send_the_operator_no_events(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    touched = {"configmaps": "ConfigMap", "services": "Service", "deployments": "Deployment"}
+    foreign_before = {r: child_events(r, ours=False) for r in touched}
+    create_foreign_objects(api_client, namespace)
+
+    # One watch stream per kind delivers events in order: once an event for an object
+    # of ours, made after every foreign object, has arrived, theirs would have too.
+    ours_before = {r: child_events(r, ours=True) for r in touched}
+    mine = {o["kind"]: o for o in k.children(namespace, NAME)}
+    for kind in touched.values():
+        obj = mine[kind]
+        k.client.resources.get(api_version=obj["apiVersion"], kind=kind).patch(
+            name=obj["metadata"]["name"],
+            namespace=namespace,
+            body={"metadata": {"annotations": {"z2m.dev/touched": "yes"}}},
+            content_type="application/merge-patch+json",
+        )
+    for resource in touched:
+        eventually(lambda r=resource: child_events(r, ours=True) > ours_before[r], timeout=30)
+
+    received = {r: child_events(r, ours=False) - foreign_before[r] for r in touched}
+    assert received == dict.fromkeys(touched, 0.0), f"events for {FOREIGN} foreign each"
+
+
+# --- namespaced operators ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def other_namespace(api_client: ApiClient) -> Iterator[str]:
+    core = kubernetes.client.CoreV1Api(api_client)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"z2m.dev/test": "true"}}})
+    yield name
+    with contextlib.suppress(kubernetes.client.ApiException):
+        core.delete_namespace(name)
+
+
+def test_listing_scaling_stages_stays_in_the_operators_namespaces(
+    api_client: ApiClient, namespace: str, other_namespace: str
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage("mine", 1))
+    h.create(api_client, other_namespace, h.scaling_stage("theirs", 1))
+    scoped = kube.Kube.connect(api_client, namespaces=(namespace,))
+    names = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]) for o in scoped.list_scaling_stages()
+    }
+    assert names == {(namespace, "mine")}
+
+
+class Operator:
+    """`z2m run --namespace NS` as a subprocess, with its metrics on a free port."""
+
+    def __init__(self, kubeconfig: str, namespace: str, logs: Path) -> None:
+        self.namespace = namespace
+        self.metrics_port = services.free_port()
+        env = {
+            **os.environ,
+            "Z2M_RESYNC_SECONDS": "1",
+            "Z2M_RETRY_SECONDS": "1",
+            "Z2M_WATCH_TIMEOUT": "30",
+        }
+        env.pop("Z2M_NAMESPACES", None)
+        self.log = logs.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "z2m.cli",
+                "run",
+                "--kubeconfig",
+                kubeconfig,
+                "--namespace",
+                namespace,
+                "--bind",
+                "127.0.0.1",
+                f"--health-port={services.free_port()}",
+                f"--metrics-port={self.metrics_port}",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def samples(self, metric: str) -> list[tuple[dict[str, str], float]]:
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        return [
+            (dict(s.labels), s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == metric
+        ]
+
+    def passes(self) -> float:
+        return sum(v for _, v in self.samples("z2m_reconciles_total"))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def two_operators(
+    kubeconfig: str, namespace: str, other_namespace: str, tmp_path: Path
+) -> Iterator[tuple[Operator, Operator]]:
+    first = Operator(kubeconfig, namespace, tmp_path / "first.log")
+    second = Operator(kubeconfig, other_namespace, tmp_path / "second.log")
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_two_namespaced_operators_leave_each_others_objects_alone(
+    api_client: ApiClient, k: kube.Kube, two_operators: tuple[Operator, Operator]
+) -> None:
+    first, second = two_operators
+    h.create(api_client, first.namespace, h.scaling_stage(NAME, 1))
+    h.create(api_client, second.namespace, h.scaling_stage(NAME, 2))
+    h.wait_ready(api_client, first.namespace, NAME, 1)
+    h.wait_ready(api_client, second.namespace, NAME, 2)
+
+    # Each operator re-checks every ScalingStage it lists every second: after three
+    # more passes each, one that listed beyond its namespace would have reconciled it.
+    for op in (first, second):
+        start = op.passes()
+        eventually(lambda o=op, s=start: o.passes() >= s + 3, timeout=60)
+
+    for op in (first, second):
+        reconciled = {labels["namespace"] for labels, _ in op.samples("z2m_stage")}
+        assert reconciled == {op.namespace}
+    assert h.children(k, first.namespace, NAME) == h.expected(1, NAME, first.namespace)
+    assert h.children(k, second.namespace, NAME) == h.expected(2, NAME, second.namespace)
