@@ -125,7 +125,10 @@ class Reconciler:
             waiting, the_plan = self._hold_queue(the_plan, current)
         desired = builders.build(the_plan, owner)
         wanted = {builders.key(o) for o in desired}
-        removing = [o for o in current if builders.key(o) not in wanted]
+        # Labels find candidates; only what this ScalingStage controls may be deleted.
+        removing = [
+            o for o in current if builders.key(o) not in wanted and controlled_by(o, meta["uid"])
+        ]
         shrinking = bool(removing) or any(_scales_down(o, by_key) for o in desired)
 
         writes = 0
@@ -298,6 +301,12 @@ class Reconciler:
         # apiserver refuses (409) and the next pass rebuilds from the newer status.
         self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
         return new
+
+
+def controlled_by(obj: Obj, uid: str) -> bool:
+    """Whether the object's controller owner reference names the ScalingStage with `uid`."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
 
 
 def _component(obj: Obj) -> str:

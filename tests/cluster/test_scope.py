@@ -1,9 +1,9 @@
 """z2m touches only what is its own: watches, prunes and namespaces.
 
 Against the real apiserver: foreign objects never reach the operator's child
-watches (the label selector goes to the server), and an operator started with
-`--namespace` lists, watches and reconciles nothing outside it, even beside
-another such operator.
+watches (the label selector goes to the server), pruning spares look-alikes
+that another owner controls, and an operator started with `--namespace` lists,
+watches and reconciles nothing outside it, even beside another such operator.
 """
 
 from __future__ import annotations
@@ -96,6 +96,38 @@ def test_foreign_objects_send_the_operator_no_events(
 
     received = {r: child_events(r, ours=False) - foreign_before[r] for r in touched}
     assert received == dict.fromkeys(touched, 0.0), f"events for {FOREIGN} foreign each"
+
+
+def test_pruning_spares_look_alikes_another_owner_controls(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    core = kubernetes.client.CoreV1Api(api_client)
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    other = core.create_namespaced_config_map(namespace, {"metadata": {"name": "other-owner"}})
+    ours = builders.labels(NAME, "edge")
+    controller = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "other-owner",
+        "uid": other.metadata.uid,
+        "controller": True,
+    }
+    look_alikes = {
+        "look-alike-no-owner": {"labels": ours},
+        "look-alike-other-owner": {"labels": ours, "ownerReferences": [controller]},
+    }
+    for name, meta in look_alikes.items():
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name, **meta}})
+
+    h.set_stage(api_client, namespace, NAME, 2)
+    h.wait_ready(api_client, namespace, NAME, 2)
+    pruned = h.expected(3, NAME, namespace) - h.expected(2, NAME, namespace)
+    assert pruned
+    left = h.children(k, namespace, NAME)
+    # The stage-3 objects went; the look-alikes, labelled like them, did not.
+    assert not pruned & left
+    assert {("ConfigMap", name) for name in look_alikes} <= left
 
 
 # --- namespaced operators ---------------------------------------------------------------------
