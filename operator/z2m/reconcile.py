@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -56,6 +57,10 @@ class Reconciler:
     interval (5 s by default), so one empty reading is not proof.
     """
     _empty_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _applied: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str]]] = field(
+        default_factory=dict
+    )
+    """Per ScalingStage, per child: (the body we last applied, the resourceVersion it left)."""
 
     def reconcile(self, namespace: str, name: str) -> Result:
         """Run one pass and record its metrics."""
@@ -83,6 +88,7 @@ class Reconciler:
     def _pass(self, namespace: str, name: str) -> Result:
         body = self.kube.scaling_stage(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self._applied.pop((namespace, name), None)
             with contextlib.suppress(KeyError):  # never reported, or already removed
                 metrics.STAGE.remove(namespace, name)
             return Result(0, None)
@@ -163,12 +169,19 @@ class Reconciler:
 
     def _apply(self, obj: Obj, by_key: dict[tuple[str, str, str], Obj]) -> int:
         before = by_key.get(builders.key(obj))
+        meta = obj["metadata"]
+        applied = self._applied.setdefault((meta["namespace"], _owner_name(obj)), {})
+        body = json.dumps(obj, sort_keys=True)
+        old_version = (before or {}).get("metadata", {}).get("resourceVersion")
+        if old_version and applied.get(builders.key(obj)) == (body, old_version):
+            # Nothing changed it since we applied this very body: the apply would be a no-op.
+            return 0
         hands_over = obj["kind"] == "Deployment" and "replicas" not in obj["spec"]
         if hands_over and before is not None and self.kube.hand_over_replicas(obj):
             metrics.WRITES.labels("handover", obj["kind"]).inc()
         after = self.kube.apply(obj)
-        old_version = (before or {}).get("metadata", {}).get("resourceVersion")
         new_version = after["metadata"].get("resourceVersion")
+        applied[builders.key(obj)] = (body, new_version)
         if old_version == new_version:
             return 0
         metrics.WRITES.labels("apply", obj["kind"]).inc()
@@ -307,6 +320,11 @@ def controlled_by(obj: Obj, uid: str) -> bool:
     """Whether the object's controller owner reference names the ScalingStage with `uid`."""
     refs = obj["metadata"].get("ownerReferences") or []
     return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
+
+
+def _owner_name(obj: Obj) -> str:
+    labels: dict[str, str] = obj["metadata"].get("labels") or {}
+    return labels.get(builders.PART_OF, "")
 
 
 def _component(obj: Obj) -> str:
