@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import time
@@ -60,7 +61,8 @@ class Reconciler:
     _applied: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str]]] = field(
         default_factory=dict
     )
-    """Per ScalingStage, per child: (the body we last applied, the resourceVersion it left)."""
+    """Per ScalingStage, per child: (hash of the body we last applied, the resourceVersion
+    that apply left)."""
 
     def reconcile(self, namespace: str, name: str) -> Result:
         """Run one pass and record its metrics."""
@@ -171,7 +173,7 @@ class Reconciler:
         before = by_key.get(builders.key(obj))
         meta = obj["metadata"]
         applied = self._applied.setdefault((meta["namespace"], _owner_name(obj)), {})
-        body = json.dumps(obj, sort_keys=True)
+        body = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
         old_version = (before or {}).get("metadata", {}).get("resourceVersion")
         if old_version and applied.get(builders.key(obj)) == (body, old_version):
             # Nothing changed it since we applied this very body: the apply would be a no-op.
