@@ -156,7 +156,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=path, client_configuration=config
     )
-    token = (config.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None
+    # The client keeps a kubeconfig token under "BearerToken" (v37), once "authorization".
+    keys = config.api_key or {}
+    bearer = keys.get("BearerToken") or keys.get("authorization") or ""
+    token = bearer.removeprefix("Bearer ") or None
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,

@@ -3,7 +3,8 @@
 Against the real apiserver: foreign objects never reach the operator's child
 watches (the label selector goes to the server), pruning spares look-alikes
 that another owner controls, and an operator started with `--namespace` lists,
-watches and reconciles nothing outside it, even beside another such operator.
+watches and reconciles nothing outside it, even beside another such operator,
+and runs with nothing but the namespaced chart's permissions.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 import httpx
 import kubernetes
 import pytest
+import yaml
 from kubernetes.client import ApiClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import services
 from tests.cluster import helpers as h
-from tests.conftest import eventually
+from tests.conftest import ROOT, eventually, kubectl
 from z2m import builders, kube
 
 pytestmark = pytest.mark.cluster
@@ -244,3 +246,78 @@ def test_two_namespaced_operators_leave_each_others_objects_alone(
         assert reconciled == {op.namespace}
     assert h.children(k, first.namespace, NAME) == h.expected(1, NAME, first.namespace)
     assert h.children(k, second.namespace, NAME) == h.expected(2, NAME, second.namespace)
+
+
+# --- the namespaced chart's permissions are enough -----------------------------------------
+
+
+def helm_binary() -> str:
+    if given := os.environ.get("Z2M_HELM"):
+        return given
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-binaries.sh")], check=True, capture_output=True, text=True
+    )
+    return str(Path(out.stdout.strip()) / "helm")
+
+
+@pytest.fixture
+def namespaced_kubeconfig(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[str]:
+    """A kubeconfig with the token of the namespaced chart's ServiceAccount, and only its RBAC."""
+    release = f"z2m-{namespace}"
+    rendered = subprocess.run(
+        [
+            helm_binary(),
+            "template",
+            release,
+            str(ROOT / "charts" / "z2m"),
+            "--namespace",
+            namespace,
+            "--set",
+            "scope=namespaced",
+            "--set",
+            f"watchNamespaces={{{namespace}}}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HELM_CACHE_HOME": str(tmp_path), "HELM_CONFIG_HOME": str(tmp_path)},
+    ).stdout
+    rbac = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d and d["kind"] not in ("Deployment", "Service", "ServiceMonitor")
+    ]
+    kubectl("apply", "-f", "-", kubeconfig=kubeconfig, stdin=yaml.safe_dump_all(rbac))
+    token = kubectl("create", "token", release, "-n", namespace, kubeconfig=kubeconfig).stdout
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    config["users"] = [{"name": "operator", "user": {"token": token.strip()}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "operator"
+    path = tmp_path / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    yield str(path)
+    for kind in ("clusterrolebinding", "clusterrole"):
+        kubectl("delete", kind, release, "--ignore-not-found", kubeconfig=kubeconfig)
+
+
+def test_the_namespaced_charts_permissions_are_enough_to_run_the_operator(
+    api_client: ApiClient,
+    k: kube.Kube,
+    namespace: str,
+    namespaced_kubeconfig: str,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "operator.log"
+    op = Operator(namespaced_kubeconfig, namespace, log)
+    try:
+        h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+        h.wait_ready(api_client, namespace, NAME, 3)
+        h.set_stage(api_client, namespace, NAME, 2)  # a demotion: applies and deletes
+        h.wait_ready(api_client, namespace, NAME, 2)
+        start = op.passes()
+        eventually(lambda: op.passes() >= start + 3, timeout=60)  # periodic re-checks too
+    finally:
+        op.stop()
+    assert h.children(k, namespace, NAME) == h.expected(2, NAME, namespace)
+    text = log.read_text()
+    assert "Forbidden" not in text and "403" not in text, text[-3000:]
