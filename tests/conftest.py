@@ -179,6 +179,7 @@ def operator(kubeconfig: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setenv("KUBECONFIG", kubeconfig)
     monkeypatch.setenv("Z2M_KUBECONFIG", kubeconfig)
+    monkeypatch.setenv("Z2M_NAMESPACES", namespace)  # what `z2m run --namespace` sets
     monkeypatch.setenv("Z2M_RESYNC_SECONDS", "2")
     monkeypatch.setenv("Z2M_RETRY_SECONDS", "1")
     monkeypatch.setenv("Z2M_WATCH_TIMEOUT", "30")

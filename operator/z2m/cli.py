@@ -57,7 +57,7 @@ def plan_lines(before: list[Obj], after: list[Obj]) -> list[str]:
     """
     old = {builders.key(o): o for o in before}
     lines = []
-    for phase in transition.phases(before, after):
+    for phase in transition.phases(before, after, OFFLINE_UID):
         shown = []
         for step in phase.steps:
             k = builders.key(step.obj)
@@ -168,11 +168,15 @@ def run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
         os.environ["Z2M_KUBECONFIG"] = args.kubeconfig
+    # One list of namespaces for Kopf's watches and for every list of our own.
+    given = args.namespace or os.environ.get("Z2M_NAMESPACES", "").split(",")
+    namespaces = sorted({n for n in given if n})
+    os.environ["Z2M_NAMESPACES"] = ",".join(namespaces)
     start_http_server(args.metrics_port, addr=args.bind)
     kopf.configure(verbose=args.verbose)
     kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
+        clusterwide=not namespaces,
+        namespaces=namespaces,
         standalone=True,
         liveness_endpoint=f"http://{args.bind}:{args.health_port}/healthz",
     )
@@ -187,7 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p_run = sub.add_parser("run", help="run the operator")
     p_run.add_argument("--kubeconfig")
-    p_run.add_argument("--namespace", action="append", help="watch only these (repeatable)")
+    p_run.add_argument(
+        "--namespace",
+        action="append",
+        help="serve only this namespace, an exact name (repeatable; default $Z2M_NAMESPACES, "
+        "else the whole cluster)",
+    )
     p_run.add_argument("--bind", default="0.0.0.0")  # noqa: S104 - a pod's probes need it
     p_run.add_argument("--health-port", type=int, default=8080)
     p_run.add_argument("--metrics-port", type=int, default=9090)

@@ -6,6 +6,10 @@ per-object scheduler that coalesces bursts and never runs two passes of the
 same object at once. Handlers are `on.event` and a startup task, not timers or
 daemons, so z2m puts no finalizer on anything: a stopped operator never blocks
 a deletion.
+
+Scope is decided here too: the child watches send our label selector to the
+apiserver, so foreign objects never reach the operator, and with `--namespace`
+(Z2M_NAMESPACES) every list the operator makes stays inside those namespaces.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from z2m import api, builders, kube, promote, reconcile
+from z2m import api, builders, kube, metrics, promote, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    for group_version, plural in CHILD_RESOURCES:
+        # Server-side filtering: the watch itself carries the selector, so the apiserver
+        # never streams the cluster's other ConfigMaps, Services and Deployments to us.
+        settings.watching.label_selectors[group_version, plural] = CHILD_SELECTOR
     client = kube.load_config(os.environ.get("Z2M_KUBECONFIG") or None)
     reconciler = reconcile.Reconciler(
-        kube=kube.Kube.connect(client),
+        kube=kube.Kube.connect(client, namespaces=watched_namespaces()),
         retry_seconds=float(os.environ.get("Z2M_RETRY_SECONDS", "5")),
         queue_quiet_seconds=float(os.environ.get("Z2M_QUEUE_QUIET_SECONDS", "15")),
     )
@@ -108,6 +116,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.tasks.append(asyncio.create_task(_resync(reconciler.kube)))
     # Metrics-driven promotion (modes recommend and auto); cancelled by `stop` below.
     RUNTIME.tasks.append(asyncio.create_task(promote.run_forever(reconciler.kube, asyncio.Event())))
+
+
+def watched_namespaces() -> tuple[str, ...]:
+    """The namespaces of `z2m run --namespace` (Z2M_NAMESPACES); empty means cluster-wide."""
+    return tuple(n for n in os.environ.get("Z2M_NAMESPACES", "").split(",") if n)
 
 
 @kopf.on.cleanup()
@@ -143,7 +156,10 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=path, client_configuration=config
     )
-    token = (config.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None
+    # The client keeps a kubeconfig token under "BearerToken" (v37), once "authorization".
+    keys = config.api_key or {}
+    bearer = keys.get("BearerToken") or keys.get("authorization") or ""
+    token = bearer.removeprefix("Bearer ") or None
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,
@@ -164,28 +180,33 @@ async def scaling_stage_changed(
     RUNTIME.scheduler.trigger(namespace, name)
 
 
-async def _child_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    owner = labels.get(builders.PART_OF)
-    if RUNTIME.scheduler is not None and owner and namespace:
-        RUNTIME.scheduler.trigger(namespace, owner)
-
-
-_CHILD_LABELS: dict[str, Any] = {  # a value or kopf.PRESENT
-    builders.MANAGED_BY: "z2m",
-    builders.PART_OF: kopf.PRESENT,
-}
-for _group_version, _plural in (
+# managed-by=z2m and any part-of: sent to the apiserver with every child watch.
+CHILD_SELECTOR = f"{builders.MANAGED_BY}=z2m,{builders.PART_OF}"
+CHILD_RESOURCES = (
     ("apps/v1", "deployments"),
     ("apps/v1", "statefulsets"),
     ("v1", "services"),
     ("v1", "configmaps"),
     ("policy/v1", "poddisruptionbudgets"),
     ("autoscaling/v2", "horizontalpodautoscalers"),
-):
+)
+
+
+async def _child_changed(
+    labels: Mapping[str, str], namespace: str | None, resource: kopf.Resource, **_: Any
+) -> None:
+    # No client-side filter on these handlers: every event the watch delivers is
+    # counted, so the counter shows what the apiserver actually sends us.
+    owner = labels.get(builders.PART_OF)
+    ours = labels.get(builders.MANAGED_BY) == "z2m" and bool(owner)
+    metrics.CHILD_EVENTS.labels(resource.plural, "true" if ours else "false").inc()
+    if RUNTIME.scheduler is not None and ours and owner and namespace:
+        RUNTIME.scheduler.trigger(namespace, owner)
+
+
+for _group_version, _plural in CHILD_RESOURCES:
     _group, _, _version = _group_version.rpartition("/")
-    kopf.on.event(_group, _version, _plural, labels=_CHILD_LABELS, id=f"child-{_plural}")(
-        _child_changed
-    )
+    kopf.on.event(_group, _version, _plural, id=f"child-{_plural}")(_child_changed)
 
 
 @kopf.on.probe(id="scheduler")

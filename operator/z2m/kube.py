@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from z2m import api, builders
+from z2m import api, builders, metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,20 @@ class Kube:
     One instance is shared by every reconcile thread. The dynamic client's
     discovery cache is not thread-safe, so lookups go through one lock, and
     kinds the server does not serve are remembered for a while instead of
-    re-reading discovery on every miss.
+    re-reading discovery on every miss. With `namespaces`, lists stay inside them.
     """
 
     client: DynamicClient
+    namespaces: tuple[str, ...] = ()
+    """The namespaces the operator serves (`z2m run --namespace`); empty: the cluster."""
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
-    def connect(cls, api_client: ApiClient) -> Kube:
+    def connect(cls, api_client: ApiClient, namespaces: tuple[str, ...] = ()) -> Kube:
         """Wrap an API client; discovery is lazy and cached by the dynamic client."""
-        return cls(DynamicClient(api_client))  # type: ignore[no-untyped-call]
+        return cls(DynamicClient(api_client), namespaces)  # type: ignore[no-untyped-call]
 
     def _resource(self, api_version: str, kind: str) -> Any:
         with self._lock:
@@ -74,6 +76,7 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         """One object as a dict, or None when it does not exist."""
+        metrics.API_REQUESTS.labels("get", kind).inc()
         try:
             obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
         except NotFoundError:
@@ -86,13 +89,18 @@ class Kube:
         return self.get(f"{api.GROUP}/{api.VERSION}", api.KIND, namespace, name)
 
     def list_scaling_stages(self) -> list[Obj]:
-        """Every ScalingStage in the cluster (for the periodic re-check)."""
-        items = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND).get().to_dict()["items"]
-        return list(items)
+        """Every ScalingStage the operator serves: in its namespaces, else in the cluster."""
+        resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        items: list[Obj] = []
+        for namespace in self.namespaces or (None,):
+            metrics.API_REQUESTS.labels("list", api.KIND).inc()
+            items += resource.get(namespace=namespace).to_dict()["items"]
+        return items
 
     def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER) -> Obj:
         """Server-side apply under one field manager, taking ownership of conflicts."""
         meta = obj["metadata"]
+        metrics.API_REQUESTS.labels("apply", obj["kind"]).inc()
         result = self._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
             body=obj,
             name=meta["name"],
@@ -109,6 +117,7 @@ class Kube:
         for api_version, kind in sorted(builders.PRUNABLE):
             if not self.has_kind(api_version, kind):
                 continue
+            metrics.API_REQUESTS.labels("list", kind).inc()
             listing = self._resource(api_version, kind).get(
                 namespace=namespace, label_selector=builders.child_selector(owner_name)
             )
@@ -121,6 +130,7 @@ class Kube:
     def delete(self, obj: Obj) -> None:
         """Delete a child; its pods follow through the garbage collector."""
         meta = obj["metadata"]
+        metrics.API_REQUESTS.labels("delete", obj["kind"]).inc()
         with contextlib.suppress(NotFoundError):  # already gone is what we wanted
             self._resource(obj["apiVersion"], obj["kind"]).delete(
                 name=meta["name"],
@@ -153,6 +163,7 @@ class Kube:
         """
         name = builders.secret_name(owner_name)
         core = kubernetes.client.CoreV1Api(self.client.client)
+        metrics.API_REQUESTS.labels("get", "Secret").inc()
         try:
             existing: Obj = core.read_namespaced_secret(name, namespace).to_dict()
         except ApiException as exc:
@@ -165,6 +176,7 @@ class Kube:
                 return existing
             # Add only what is missing (an older operator version); never overwrite a value.
             patch = {"data": {k: _b64(secrets.token_hex(24)) for k in missing}}
+            metrics.API_REQUESTS.labels("patch", "Secret").inc()
             patched: Obj = core.patch_namespaced_secret(name, namespace, patch).to_dict()
             return patched
         body = {
@@ -180,6 +192,7 @@ class Kube:
             # Hex keeps every password safe inside a URL without quoting.
             "data": {k: _b64(secrets.token_hex(24)) for k in builders.SECRET_KEYS},
         }
+        metrics.API_REQUESTS.labels("create", "Secret").inc()
         try:
             created: Obj = core.create_namespaced_secret(
                 namespace, kubernetes.client.V1Secret.model_validate(body)
@@ -191,6 +204,7 @@ class Kube:
         # It exists already (another pass, or we may not read it): never overwrite it.
         if not readable:
             return None
+        metrics.API_REQUESTS.labels("get", "Secret").inc()
         again: Obj = core.read_namespaced_secret(name, namespace).to_dict()
         return again
 
@@ -227,6 +241,7 @@ class Kube:
     ) -> None:
         """Merge-patch the status subresource; with a resourceVersion, only if unchanged since."""
         resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        metrics.API_REQUESTS.labels("patch", f"{api.KIND}/status").inc()
         body: Obj = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -259,6 +274,7 @@ class Kube:
             "count": 1,
         }
         core = kubernetes.client.CoreV1Api(self.client.client)
+        metrics.API_REQUESTS.labels("create", "Event").inc()
         core.create_namespaced_event(
             meta["namespace"], kubernetes.client.CoreV1Event.model_validate(body)
         )

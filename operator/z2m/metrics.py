@@ -20,6 +20,16 @@ RECONCILE_SECONDS = Histogram(
 WRITES = Counter(
     "z2m_writes_total", "Objects changed on the apiserver, by verb and kind.", ["verb", "kind"]
 )
+API_REQUESTS = Counter(
+    "z2m_api_requests_total",
+    "Requests sent to the apiserver through z2m.kube, by verb and kind (no-ops included).",
+    ["verb", "kind"],
+)
+CHILD_EVENTS = Counter(
+    "z2m_child_events_total",
+    "Watch events received for child kinds, by resource and whether the object is ours.",
+    ["resource", "ours"],
+)
 STAGE = Gauge("z2m_stage", "The stage each ScalingStage is at.", ["namespace", "name"])
 RECOMMENDED_STAGE = Gauge(
     "z2m_recommended_stage",

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -81,6 +83,11 @@ class Reconciler:
     interval (5 s by default), so one empty reading is not proof.
     """
     _empty_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _applied: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str]]] = field(
+        default_factory=dict
+    )
+    """Per ScalingStage, per child: (hash of the body we last applied, the resourceVersion
+    that apply left)."""
 
     def reconcile(self, namespace: str, name: str) -> Result:
         """Run one pass and record its metrics."""
@@ -108,6 +115,7 @@ class Reconciler:
     def _pass(self, namespace: str, name: str) -> Result:
         body = self.kube.scaling_stage(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self._applied.pop((namespace, name), None)
             with contextlib.suppress(KeyError):  # never reported, or already removed
                 metrics.STAGE.remove(namespace, name)
             return Result(0, None)
@@ -149,7 +157,7 @@ class Reconciler:
         gates = _Gates(self, the_plan, desired)
         writes, removed = 0, []
         waits: dict[str, list[str]] = {}
-        for phase in transition.phases(current, desired):
+        for phase in transition.phases(current, desired, meta["uid"]):
             for step in phase.steps:
                 unmet = [why for gate in sorted(step.gates) if (why := gates.unmet(gate))]
                 if unmet:
@@ -179,12 +187,19 @@ class Reconciler:
 
     def _apply(self, obj: Obj, by_key: dict[tuple[str, str, str], Obj]) -> int:
         before = by_key.get(builders.key(obj))
+        meta = obj["metadata"]
+        applied = self._applied.setdefault((meta["namespace"], _owner_name(obj)), {})
+        body = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        old_version = (before or {}).get("metadata", {}).get("resourceVersion")
+        if old_version and applied.get(builders.key(obj)) == (body, old_version):
+            # Nothing changed it since we applied this very body: the apply would be a no-op.
+            return 0
         hands_over = obj["kind"] == "Deployment" and "replicas" not in obj["spec"]
         if hands_over and before is not None and self.kube.hand_over_replicas(obj):
             metrics.WRITES.labels("handover", obj["kind"]).inc()
         after = self.kube.apply(obj)
-        old_version = (before or {}).get("metadata", {}).get("resourceVersion")
         new_version = after["metadata"].get("resourceVersion")
+        applied[builders.key(obj)] = (body, new_version)
         if old_version == new_version:
             return 0
         metrics.WRITES.labels("apply", obj["kind"]).inc()
@@ -304,6 +319,11 @@ class Reconciler:
         # apiserver refuses (409) and the next pass rebuilds from the newer status.
         self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
         return new
+
+
+def _owner_name(obj: Obj) -> str:
+    labels: dict[str, str] = obj["metadata"].get("labels") or {}
+    return labels.get(builders.PART_OF, "")
 
 
 def _describe(obj: Obj) -> str:

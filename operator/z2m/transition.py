@@ -87,11 +87,19 @@ def _retire_gates(obj: Obj) -> frozenset[Gate]:
     return frozenset({"rewired"})
 
 
-def phases(current: list[Obj], desired: list[Obj]) -> tuple[Phase, ...]:
+def controlled_by(obj: Obj, uid: str) -> bool:
+    """Whether the object's controller owner reference names the ScalingStage with `uid`."""
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
+
+
+def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phase, ...]:
     """The steps that take the children from `current` to `desired`, phase by phase.
 
     `desired` is in the builders' apply order; each phase keeps it. Steps that
     would change nothing are still listed: server-side apply makes them no-ops.
+    Labels find the candidates to delete, but only what the ScalingStage with
+    `owner_uid` controls is ever deleted: a look-alike with our labels stays.
     """
     live = {builders.key(o): o for o in current}
     wanted = {builders.key(o) for o in desired}
@@ -107,7 +115,7 @@ def phases(current: list[Obj], desired: list[Obj]) -> tuple[Phase, ...]:
         else:
             provide.append(Step("apply", obj))
     for obj in current:
-        if builders.key(obj) not in wanted:
+        if builders.key(obj) not in wanted and controlled_by(obj, owner_uid):
             retire.append(Step("delete", obj, _retire_gates(obj)))
     return (
         Phase("provide", tuple(provide)),

@@ -2,7 +2,8 @@
 
 Rendering and schema checks need only `helm`; the rest runs against the real
 apiserver: a server-side dry run of the rendered objects, then a real install
-whose ServiceAccount's permissions are asked of the apiserver by impersonation.
+whose ServiceAccount's permissions are asked of the apiserver by impersonation,
+in both scopes: cluster-wide, and namespaced (a Role per watched namespace).
 The ScalingStage CRD is cluster-scoped and shared with the other tests: Helm
 skips it when it exists and never deletes it, and neither do these tests.
 """
@@ -203,6 +204,50 @@ def test_empty_namespace_lists_watch_everything_and_bind_nothing(helm: Helm) -> 
     assert not [a for a in args if a.startswith("--namespace")]
 
 
+WRITES = {"create", "update", "patch", "delete", "deletecollection", "*"}
+
+
+def test_namespaced_scope_gives_a_role_per_watched_namespace_and_no_cluster_wide_write(
+    helm: Helm,
+) -> None:
+    objects = docs(
+        helm.template(
+            "r",
+            "--namespace",
+            "ops",
+            "--set",
+            "scope=namespaced",
+            "--set",
+            "watchNamespaces={shop,blog}",
+        ).stdout
+    )
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for o in objects:
+        by_kind.setdefault(o["kind"], []).append(o)
+    assert sorted((o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind["Role"]) == [
+        ("blog", "r-z2m"),
+        ("shop", "r-z2m"),
+    ]
+    assert sorted(
+        (b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in by_kind["RoleBinding"]
+    ) == [("blog", "Role"), ("shop", "Role")]
+    [cluster_role] = by_kind["ClusterRole"]
+    assert not [r for r in cluster_role["rules"] if WRITES & set(r["verbs"])], cluster_role
+    # The Role holds the cluster-wide rules on namespaced objects, and may read its Secrets.
+    full = docs(helm.template("r", "--namespace", "ops").stdout)
+    [cluster_wide] = [
+        o for o in full if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "r-z2m"
+    ]
+    role = by_kind["Role"][0]["rules"]
+    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "patch"]}
+    assert secrets in role
+    assert [r for r in role if r != secrets] == [
+        r
+        for r in cluster_wide["rules"]
+        if r["resources"] not in (["secrets"], ["namespaces"], ["customresourcedefinitions"])
+    ]
+
+
 def test_service_monitor_needs_the_value_and_the_api(helm: Helm) -> None:
     api = ("--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
     on = ("--set", "serviceMonitor.enabled=true")
@@ -221,6 +266,8 @@ def test_service_monitor_needs_the_value_and_the_api(helm: Helm) -> None:
         ("serviceMonitor.enabld=true", "enabld"),
         ("metricsPort=8080", "healthPort and metricsPort must differ"),
         ("extraEnv[0].name=X,extraEnv[0].value=1", "/extraEnv/0/value"),
+        ("scope=everywhere", "/scope"),
+        ("scope=namespaced", "scope: namespaced needs watchNamespaces"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(helm: Helm, setting: str, message: str) -> None:
@@ -401,6 +448,11 @@ def test_install_meets_the_restricted_pod_security_standard(
 def test_service_account_has_least_privilege(
     release: Release, kubeconfig: str, verb: str, resource: str, where: str, allowed: bool
 ) -> None:
+    assert can_i(release, kubeconfig, verb, resource, where) == allowed
+
+
+def can_i(release: Release, kubeconfig: str, verb: str, resource: str, where: str) -> bool:
+    """Ask the apiserver, impersonating the release's ServiceAccount."""
     scope = {
         "app": ["--namespace", release.app_namespace],
         "other": ["--namespace", "default"],
@@ -417,7 +469,72 @@ def test_service_account_has_least_privilege(
         "auth", "can-i", *args, *scope, f"--as={subject}", kubeconfig=kubeconfig, check=False
     )
     answer = result.stdout.strip()
-    assert answer == ("yes" if allowed else "no"), (answer, result.stderr)
+    assert answer in ("yes", "no"), (answer, result.stderr)
+    return answer == "yes"
+
+
+@pytest.fixture(scope="module")
+def namespaced_release(helm: Helm, kubeconfig: str) -> Iterator[Release]:
+    """The chart installed with scope: namespaced, watching one application namespace."""
+    name = unique("z2m-ns")
+    namespace = unique("t-chart-nssys")
+    app_namespace = unique("t-chart-nsapp")
+    create_namespace(kubeconfig, app_namespace)
+    try:
+        helm(
+            "install",
+            name,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            "--set",
+            "scope=namespaced",
+            "--set",
+            f"watchNamespaces={{{app_namespace}}}",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+        yield Release(name, namespace, app_namespace, service_account=name)
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
+        delete_namespace(kubeconfig, namespace)
+        delete_namespace(kubeconfig, app_namespace)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "where", "allowed"),
+    [
+        ("create", "deployments.apps", "app", True),
+        ("delete", "statefulsets.apps", "app", True),
+        ("watch", "scalingstages.z2m.dev", "app", True),
+        ("patch", "scalingstages.z2m.dev/status", "app", True),
+        ("get", "secrets", "app", True),
+        ("create", "secrets", "app", True),
+        ("list", "namespaces", "cluster", True),
+        ("create", "deployments.apps", "kube-system", False),
+        ("create", "deployments.apps", "other", False),
+        ("patch", "configmaps", "kube-system", False),
+        ("create", "secrets", "other", False),
+        ("watch", "scalingstages.z2m.dev", "all", False),
+        ("list", "deployments.apps", "all", False),
+        ("delete", "secrets", "app", False),
+        ("list", "secrets", "app", False),
+        ("delete", "persistentvolumeclaims", "app", False),
+        ("create", "roles.rbac.authorization.k8s.io", "app", False),
+        ("*", "*", "app", False),
+    ],
+)
+def test_namespaced_install_can_write_only_in_its_namespaces(
+    namespaced_release: Release,
+    kubeconfig: str,
+    verb: str,
+    resource: str,
+    where: str,
+    allowed: bool,
+) -> None:
+    assert can_i(namespaced_release, kubeconfig, verb, resource, where) == allowed
 
 
 def test_uninstall_removes_everything_but_the_crd(helm: Helm, kubeconfig: str) -> None:

@@ -13,7 +13,7 @@ from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
 from tests.conftest import eventually
-from z2m import kube
+from z2m import kube, metrics
 
 pytestmark = pytest.mark.cluster
 NAME = "shop"
@@ -85,7 +85,29 @@ def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
         assert {"data-shop-redis-0", "data-shop-queue-0"} <= set(seen_claims)
 
 
-def test_a_reconcile_with_nothing_to_do_writes_nothing(
+WRITE_VERBS = {"apply", "create", "patch", "delete"}
+
+
+def requests(verbs: set[str]) -> float:
+    """Requests the operator in this process sent to the apiserver with these verbs."""
+    return sum(
+        s.value
+        for family in metrics.API_REQUESTS.collect()
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["verb"] in verbs
+    )
+
+
+def passes(outcome: str | None = None) -> float:
+    return sum(
+        s.value
+        for family in metrics.RECONCILES.collect()
+        for s in family.samples
+        if s.name.endswith("_total") and outcome in (None, s.labels["outcome"])
+    )
+
+
+def test_a_resync_of_a_converged_object_makes_no_writes(
     api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
 ) -> None:
     h.create(
@@ -94,12 +116,17 @@ def test_a_reconcile_with_nothing_to_do_writes_nothing(
         h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}),
     )
     h.wait_ready(api_client, namespace, NAME, 4)
-    time.sleep(3)  # let status settle after Ready
-    before = h.versions(k, namespace, NAME)
-    status_before = h.get(api_client, namespace, NAME)["metadata"]["resourceVersion"]
-    time.sleep(8)  # several periodic re-checks (every 2 s in tests) run in this window
-    assert h.versions(k, namespace, NAME) == before
-    assert h.get(api_client, namespace, NAME)["metadata"]["resourceVersion"] == status_before
+    # Converged: two passes in a row that changed nothing (the re-check runs every 2 s here).
+    settled = passes("unchanged")
+    eventually(lambda: passes("unchanged") >= settled + 2)
+    writes, before = requests(WRITE_VERBS), passes()
+    versions = h.versions(k, namespace, NAME)
+    version = h.get(api_client, namespace, NAME)["metadata"]["resourceVersion"]
+
+    eventually(lambda: passes() >= before + 3)  # three more periodic re-checks
+    assert requests(WRITE_VERBS) == writes
+    assert h.versions(k, namespace, NAME) == versions
+    assert h.get(api_client, namespace, NAME)["metadata"]["resourceVersion"] == version
 
 
 def test_a_child_deleted_by_hand_comes_back(

@@ -20,7 +20,7 @@ def steps(before: int, after: int) -> dict[str, list[tuple[str, str, str, frozen
             (s.action, s.obj["kind"], s.obj["metadata"]["name"], frozenset(s.gates))
             for s in phase.steps
         ]
-        for phase in transition.phases(build(before), build(after))
+        for phase in transition.phases(build(before), build(after), OWNER.uid)
     }
 
 
@@ -54,7 +54,7 @@ def test_read_replicas_shrink_only_after_the_app_stops_reading_from_the_ones_tha
 
 def test_claims_and_credentials_are_never_steps() -> None:
     for before, after in [(5, 1), (4, 2), (3, 1)]:
-        for phase in transition.phases(build(before), build(after)):
+        for phase in transition.phases(build(before), build(after), OWNER.uid):
             for step in phase.steps:
                 assert step.obj["kind"] not in ("PersistentVolumeClaim", "Secret")
 

@@ -82,3 +82,53 @@ The operator image: repository plus digest, else plus tag (default appVersion).
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The operator's rules on namespaced objects, shared by the cluster-wide
+ClusterRole and the namespaced mode's Roles. Call with
+(dict "secretVerbs" "[create]"): cluster-wide it may only create Secrets.
+*/}}
+{{- define "z2m.namespacedRules" -}}
+- apiGroups: [z2m.dev]
+  resources: [scalingstages]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [z2m.dev]
+  resources: [scalingstages/status]
+  verbs: [get, patch, update]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: {{ .secretVerbs }}
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [postgresql.cnpg.io]
+  resources: [clusters]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
+
+{{/*
+Whether the install is namespaced (scope: namespaced); fails without watchNamespaces.
+*/}}
+{{- define "z2m.namespaced" -}}
+{{- if eq .Values.scope "namespaced" }}
+{{- if not .Values.watchNamespaces }}
+{{- fail "scope: namespaced needs watchNamespaces: the namespaces that get a Role" }}
+{{- end }}
+{{- "true" }}
+{{- end }}
+{{- end }}
