@@ -50,14 +50,14 @@ def _changed_fields(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [path]
 
 
-def plan_lines(before: list[Obj], after: list[Obj]) -> list[str]:
+def plan_lines(before: list[Obj], after: list[Obj], owner_uid: str = OFFLINE_UID) -> list[str]:
     """The stage change, phase by phase: what is added (+), changed (~), removed (-).
 
     A step that waits on gates (see `transition`) says which.
     """
     old = {builders.key(o): o for o in before}
     lines = []
-    for phase in transition.phases(before, after, OFFLINE_UID):
+    for phase in transition.phases(before, after, owner_uid):
         shown = []
         for step in phase.steps:
             k = builders.key(step.obj)

@@ -92,7 +92,7 @@ def test_rolled_out_means_no_pod_of_an_old_template_is_left(
 
 
 def test_z2m_plan_prints_the_phases_and_what_each_removal_waits_for() -> None:
-    lines = cli.plan_lines(build(4), build(3))
+    lines = cli.plan_lines(build(4), build(3), OWNER.uid)
     assert lines.index("rewire:") < lines.index("retire:")
     assert "  - StatefulSet shop-queue (its PVCs are kept)  [once: queue-empty, rewired]" in lines
     assert cli.plan_lines(build(3), build(3)) == []
