@@ -3,8 +3,9 @@
 The pass reads the world, asks the pure layers (plan, builders, status) what
 it should look like, then writes the difference with server-side apply and
 prunes what the stage no longer wants. Destructive steps wait for their
-preconditions: consumers are rewired before a provider goes, and the queue
-goes only once it is empty. Everything here is synchronous and runs in a worker
+preconditions: consumers are rewired before a provider goes, the queue
+goes only once it is empty, and Redis shrinks to ordinal 0 only once ordinal 0
+is the master. Everything here is synchronous and runs in a worker
 thread; `handlers` decides when a pass runs.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from z2m import api, builders, kube, metrics, plan, status
+from z2m import api, builders, kube, metrics, plan, redis_handover, status
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class Reconciler:
         waiting: str | None = None
         if not the_plan.queue and any(_component(o) == "queue" for o in current):
             waiting, the_plan = self._hold_queue(the_plan, current)
+        redis_waiting, the_plan = self._hold_redis(body, the_plan, current)
+        waiting = waiting or redis_waiting
         desired = builders.build(the_plan, owner)
         wanted = {builders.key(o) for o in desired}
         removing = [o for o in current if builders.key(o) not in wanted]
@@ -231,6 +234,62 @@ class Reconciler:
             "stay until it drains",
             held,
         )
+
+    def _hold_redis(
+        self, body: Obj, the_plan: plan.Plan, current: list[Obj]
+    ) -> tuple[str | None, plan.Plan]:
+        """Keep Redis's pods and Sentinel until ordinal 0 is the master, failing over to it.
+
+        Redis shrinks to ordinal 0 (or goes) when the stage leaves Sentinel behind; if
+        Sentinel made another pod the master, ordinal 0's data is stale until it is the
+        master again. Waiting is reported, never raised.
+        """
+        live = next(
+            (
+                o
+                for o in current
+                if o["kind"] == "StatefulSet"
+                and o["metadata"]["name"] == builders.child(the_plan.name, "redis")
+            ),
+            None,
+        )
+        live_replicas = int(((live or {}).get("spec") or {}).get("replicas") or 0)
+        wanted = 1 + the_plan.redis_replicas if the_plan.redis else 0
+        if not redis_handover.needed(live_replicas, wanted):
+            return None, the_plan
+        sentinel = the_plan.spec.cache.sentinel_address or (
+            f"{builders.child(the_plan.name, 'redis-sentinel')}.{the_plan.namespace}.svc:"
+            f"{builders.SENTINEL_PORT}"
+        )
+        master: redis_handover.Master | None = None
+        trouble = ""
+        try:
+            secret = self.kube.ensure_credentials(the_plan.namespace, the_plan.name)
+            if secret is None:
+                raise PermissionError("the operator may not read the credentials Secret here")
+            password = kube.secret_value(secret, "redis-password")
+            master = kube.redis_master(sentinel, builders.REDIS_MASTER_NAME, password)
+        except Exception as exc:  # any failure means "not shown to be ordinal 0"
+            trouble = f"{type(exc).__name__}: {exc}"
+        statefulset = builders.child(the_plan.name, "redis")
+        verdict = redis_handover.decide(master, statefulset, trouble)
+        if verdict.step == "shrink":
+            return None, the_plan
+        if verdict.step == "failover":
+            try:
+                started = kube.redis_failover(sentinel, builders.REDIS_MASTER_NAME)
+            except Exception as exc:
+                return (
+                    f"{verdict.message}, but Sentinel refused ({type(exc).__name__}: {exc})",
+                    redis_handover.hold(the_plan, live_replicas),
+                )
+            if started:
+                self.kube.event(body, "Normal", "RedisFailover", verdict.message)
+            return (
+                f"{verdict.message}; waiting until ordinal 0 reports itself the master",
+                redis_handover.hold(the_plan, live_replicas),
+            )
+        return verdict.message, redis_handover.hold(the_plan, live_replicas)
 
     def _report_problem(
         self, body: Obj, previous: Obj, generation: int, reason: str, message: str
