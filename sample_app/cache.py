@@ -6,6 +6,11 @@ single load (single-flight), so a hot key expiring sends one query, not one
 per waiting request.  Redis calls have a 100 ms timeout and sit behind a
 circuit breaker: after a failure we stop asking Redis for a growing back-off
 period and go straight to the database.
+
+The client is built from one URL (one Redis) or from a Sentinel list: then
+every new connection asks a Sentinel where the master is now, and a
+connection to a master that went away or was demoted is dropped, so after a
+failover writes reach the new master as soon as the breaker lets them.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -31,28 +37,59 @@ Loader = Callable[[], Awaitable[Any]]
 
 REDIS_TIMEOUT_SECONDS = 0.1
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# No retries: a retry doubles the time a request waits on a dead Redis, and the
+# breaker already handles recovery.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+    "retry": Retry(NoBackoff(), 0),
+}
 
 
 class Cache:
     """Redis cache-aside with single-flight loads and a circuit breaker."""
 
-    def __init__(self, url: str, ttl: float = policy.CACHE_TTL_SECONDS) -> None:
-        """Create the client; it connects lazily on first use."""
-        # No retries: a retry doubles the time a request waits on a dead Redis,
-        # and the breaker already handles recovery.
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        ttl: float = policy.CACHE_TTL_SECONDS,
+        *,
+        owned: tuple[aioredis.Redis, ...] = (),
+    ) -> None:
+        """Wrap a client; ``owned`` are further clients closed with it (the Sentinels)."""
+        self.client = client
         self.ttl = ttl
         self.breaker = policy.CircuitBreaker()
         self._loads: dict[str, asyncio.Task[Any]] = {}
+        self._owned = owned
+
+    @classmethod
+    def from_url(cls, url: str, ttl: float = policy.CACHE_TTL_SECONDS) -> Cache:
+        """One Redis at ``url``; connects lazily on first use."""
+        return cls(aioredis.Redis.from_url(url, **_CLIENT_OPTIONS), ttl)
+
+    @classmethod
+    def from_sentinels(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        master_name: str,
+        password: str | None = None,
+        ttl: float = policy.CACHE_TTL_SECONDS,
+    ) -> Cache:
+        """The master that ``sentinels`` name ``master_name``, followed across failovers."""
+        # Sentinels are asked with the same short timeout: a dead one costs 100 ms, and
+        # the next one in the list is asked.
+        watcher = Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinels), sentinel_kwargs=dict(_CLIENT_OPTIONS)
+        )
+        client = watcher.master_for(master_name, password=password, **_CLIENT_OPTIONS)
+        return cls(client, ttl, owned=tuple(watcher.sentinels))
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
         await self.client.aclose()
+        for other in self._owned:
+            await other.aclose()
 
     async def get_or_load(self, key: str, loader: Loader) -> tuple[Any, Result]:
         """Return the cached value for ``key`` or load, store and return it."""

@@ -40,6 +40,13 @@ class Config:
     database_url: str | None = None
     replica_urls: tuple[str, ...] = ()
     redis_url: str | None = None
+    """REDIS_URL: one Redis (stage 4)."""
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    """REDIS_SENTINELS: Sentinels that name the current Redis master (stage 5)."""
+    redis_master_name: str | None = None
+    """REDIS_MASTER_NAME: the master's name in Sentinel; needed with REDIS_SENTINELS."""
+    redis_password: str | None = None
+    """REDIS_PASSWORD: the master's password with REDIS_SENTINELS (a URL carries its own)."""
     broker_url: str | None = None
     queue_name: str = "z2m.jobs"
     """QUEUE_NAME: the jobs queue, as the operator names it (spec.queue.queueName)."""
@@ -55,6 +62,8 @@ class Config:
             features.append(f"replicas={len(self.replica_urls)}")
         if self.redis_url:
             features.append("cache")
+        if self.redis_sentinels:
+            features.append(f"cache(sentinels={len(self.redis_sentinels)})")
         if self.broker_url:
             features.append("queue")
         if self.secret_key:
@@ -120,6 +129,27 @@ def parse_replica_urls(value: str | None) -> tuple[str, ...]:
     return urls
 
 
+def parse_sentinels(value: str | None) -> tuple[tuple[str, int], ...]:
+    """Parse ``REDIS_SENTINELS``: comma-separated ``host:port`` addresses."""
+    if value is None:
+        return ()
+    found: list[tuple[str, int]] = []
+    for index, item in enumerate(i.strip() for i in value.split(",")):
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or "/" in host or not port.isdigit():
+            raise ConfigError(
+                "REDIS_SENTINELS", f"entry {index + 1}: must be host:port, got {item!r}"
+            )
+        if not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                "REDIS_SENTINELS", f"entry {index + 1}: port must be from 1 to 65535, got {port}"
+            )
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
 def parse_env(env: Mapping[str, str]) -> Config:
     """Build a :class:`Config` from an environment mapping or raise :class:`ConfigError`."""
     database_url = _get(env, "DATABASE_URL")
@@ -133,6 +163,13 @@ def parse_env(env: Mapping[str, str]) -> Config:
     redis_url = _get(env, "REDIS_URL")
     if redis_url is not None:
         _check_url("REDIS_URL", redis_url, _REDIS_SCHEMES)
+    sentinels = parse_sentinels(_get(env, "REDIS_SENTINELS"))
+    master_name = _get(env, "REDIS_MASTER_NAME")
+    if sentinels and redis_url is not None:
+        # Two answers to "where is the cache" would be a deployment mistake.
+        raise ConfigError("REDIS_SENTINELS", "is set together with REDIS_URL; set one of them")
+    if sentinels and master_name is None:
+        raise ConfigError("REDIS_MASTER_NAME", "is needed when REDIS_SENTINELS is set")
     broker_url = _get(env, "BROKER_URL")
     if broker_url is not None:
         _check_url("BROKER_URL", broker_url, _AMQP_SCHEMES)
@@ -145,6 +182,9 @@ def parse_env(env: Mapping[str, str]) -> Config:
         database_url=database_url,
         replica_urls=replica_urls,
         redis_url=redis_url,
+        redis_sentinels=sentinels,
+        redis_master_name=master_name if sentinels else None,
+        redis_password=_get(env, "REDIS_PASSWORD") if sentinels else None,
         broker_url=broker_url,
         queue_name=_get(env, "QUEUE_NAME") or Config.queue_name,
         secret_key=secret_key,

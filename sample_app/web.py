@@ -144,8 +144,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         state.tasks.append(asyncio.create_task(_prepare_database(state)))
         if replicas:
             state.tasks.append(asyncio.create_task(state.db.watch_replicas()))
-    if config.redis_url is not None and config.role == "web":
-        state.cache = Cache(config.redis_url)
+    if config.role == "web" and config.redis_url is not None:
+        state.cache = Cache.from_url(config.redis_url)
+    elif config.role == "web" and config.redis_sentinels and config.redis_master_name:
+        state.cache = Cache.from_sentinels(
+            config.redis_sentinels, config.redis_master_name, config.redis_password
+        )
     if config.broker_url is not None:
         state.broker = Broker(config.broker_url, config.queue_name)
         if config.role == "web":

@@ -378,6 +378,99 @@ def redis_server(tmp: Path) -> Iterator[Redis]:
         server.stop()
 
 
+@dataclass
+class SentinelGroup:
+    """A Redis master, one replica and three Sentinels watching them as ``z2m``."""
+
+    root: Path
+    password: str
+    redis_ports: list[int]
+    sentinel_ports: list[int]
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def sentinels(self) -> str:
+        """The REDIS_SENTINELS value for the app."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def client(self, port: int) -> Any:
+        """A redis-py client of one Redis of the group."""
+        import redis
+
+        return redis.Redis(port=port, password=self.password, socket_timeout=2)
+
+    def master_port(self) -> int:
+        """The master's port, as the first Sentinel names it."""
+        import redis
+
+        with redis.Redis(port=self.sentinel_ports[0], socket_timeout=2) as sentinel:
+            return int(sentinel.sentinel_get_master_addr_by_name("z2m")[1])
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the process on ``port``."""
+        process = self.processes.pop(port)
+        process.kill()
+        process.wait(timeout=10)
+
+    def _start(self, port: int, argv: list[str]) -> None:
+        log = (self.root / f"{port}.log").open("ab")
+        self.processes[port] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: _port_open(port), 20, f"port {port}")
+
+    def start(self) -> None:
+        """Start the master, the replica once the master answers, then the Sentinels."""
+        master, replica = self.redis_ports
+        auth = ["--requirepass", self.password, "--masterauth", self.password]
+        for port in self.redis_ports:
+            data = self.root / f"redis-{port}"
+            data.mkdir()
+            follow = ["--replicaof", "127.0.0.1", str(master)] if port == replica else []
+            self._start(
+                port,
+                [
+                    "redis-server",
+                    *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)),
+                    *("--save", "", "--appendonly", "no", *auth, *follow),
+                ],
+            )
+        wait_for(
+            lambda: self.client(replica).info("replication")["master_link_status"] == "up",
+            20,
+            "replica link",
+        )
+        for port in self.sentinel_ports:
+            conf = self.root / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                f"sentinel monitor z2m 127.0.0.1 {master} 2\n"
+                f"sentinel auth-pass z2m {self.password}\n"
+                "sentinel down-after-milliseconds z2m 1000\n"
+                "sentinel failover-timeout z2m 10000\n"
+            )
+            self._start(port, ["redis-sentinel", str(conf)])
+
+    def stop(self) -> None:
+        """Kill every process of the group."""
+        for port in list(self.processes):
+            self.kill(port)
+
+
+@contextlib.contextmanager
+def sentinel_group(tmp: Path, password: str = "sentinel-test") -> Iterator[SentinelGroup]:
+    """Run a master, a replica and three Sentinels (quorum 2) on free ports."""
+    root = tmp / f"sentinels-{free_port()}"
+    root.mkdir(parents=True)
+    group = SentinelGroup(
+        root, password, [free_port() for _ in range(2)], [free_port() for _ in range(3)]
+    )
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
 # --------------------------------------------------------------------------- RabbitMQ
 
 
@@ -502,6 +595,9 @@ APP_VARIABLES = (
     "DATABASE_URL",
     "DATABASE_REPLICA_URLS",
     "REDIS_URL",
+    "REDIS_SENTINELS",
+    "REDIS_MASTER_NAME",
+    "REDIS_PASSWORD",
     "BROKER_URL",
     "ROLE",
     "PORT",

@@ -178,6 +178,14 @@ class CacheSpec(Model):
         default=None,
         description="Requests and limits of Redis; the catalog's small defaults when unset.",
     )
+    sentinel_address: str | None = Field(
+        default=None,
+        pattern=r"^[^\s:/]+:[0-9]{1,5}$",
+        max_length=256,
+        description="Redis Sentinel (host:port) the operator asks which Redis pod is the "
+        "master before Redis shrinks to ordinal 0 (leaving stage 5); defaults to the "
+        "sentinel Service inside the cluster.",
+    )
 
 
 class Thresholds(Model):

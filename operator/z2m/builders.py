@@ -27,6 +27,9 @@ ZONE = "topology.kubernetes.io/zone"
 PG_PORT = 5432
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
+REDIS_MASTER_NAME = "z2m"
+"""The name Sentinel monitors the Redis master under (sentinel.sh says the same)."""
+SENTINEL_DIR = "/var/lib/sentinel"
 AMQP_PORT = 5672
 AMQP_MANAGEMENT_PORT = 15672
 EDGE_PORT = 8080
@@ -208,6 +211,12 @@ def replica_hosts(p: plan.Plan) -> list[str]:
     return [f"{headless}-{i}.{headless}" for i in range(p.read_replicas)]
 
 
+def redis_host(p: plan.Plan, ordinal: int) -> str:
+    """The stable DNS name of one Redis pod, as Sentinel knows it (from any namespace)."""
+    service = child(p.name, "redis")
+    return f"{service}-{ordinal}.{service}.{p.namespace}.svc"
+
+
 def app_env(p: plan.Plan, role: str) -> list[Obj]:
     """Environment of web and worker pods: the stage's wiring, then the user's env."""
     env: list[Obj] = [
@@ -223,11 +232,20 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
     env.append({"name": "DATABASE_URL", "value": pg(database_host(p))})
     if hosts := replica_hosts(p):
         env.append({"name": "DATABASE_REPLICA_URLS", "value": ",".join(pg(h) for h in hosts)})
-    if p.redis:
+    if p.sentinel:
+        # Sentinel names the master, which moves on failover: never a fixed pod here.
+        sentinels = f"{child(p.name, 'redis-sentinel')}:{SENTINEL_PORT}"
+        env.append({"name": "REDIS_SENTINELS", "value": sentinels})
+        env.append({"name": "REDIS_MASTER_NAME", "value": REDIS_MASTER_NAME})
+        env.append(_secret_env(p, "REDIS_PASSWORD", "redis-password"))
+    elif p.redis:
         env.append(_secret_env(p, "Z2M_REDIS_PASSWORD", "redis-password"))
         primary = f"{child(p.name, 'redis')}-0.{child(p.name, 'redis')}"
         env.append(
-            {"name": "REDIS_URL", "value": f"redis://:$(Z2M_REDIS_PASSWORD)@{primary}:6379/0"}
+            {
+                "name": "REDIS_URL",
+                "value": f"redis://:$(Z2M_REDIS_PASSWORD)@{primary}:{REDIS_PORT}/0",
+            }
         )
     if p.queue:
         env.append(_secret_env(p, "Z2M_QUEUE_PASSWORD", "queue-password"))
@@ -627,14 +645,19 @@ def _edge(p: plan.Plan, owner: Owner) -> list[Obj]:
 def _redis(p: plan.Plan, owner: Owner) -> list[Obj]:
     if not p.redis:
         return []
-    primary = f"{child(p.name, 'redis')}-0.{child(p.name, 'redis')}"
+    primary = redis_host(p, 0)
+    sentinels = f"{child(p.name, 'redis-sentinel')}.{p.namespace}.svc"
     env: list[Obj] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PRIMARY_HOST", "value": primary},
         _secret_env(p, "REDIS_PASSWORD", "redis-password"),
     ]
     if p.sentinel:
-        env.append({"name": "SENTINEL_HOST", "value": child(p.name, "redis-sentinel")})
+        env.append({"name": "SENTINEL_HOST", "value": sentinels})
+        # Sentinel then knows each pod by its stable name, which survives a new pod IP.
+        env.append(
+            {"name": "ANNOUNCE_DOMAIN", "value": f"{child(p.name, 'redis')}.{p.namespace}.svc"}
+        )
     container: Obj = {
         "name": "redis",
         "image": p.spec.cache.image,
@@ -674,15 +697,23 @@ def _redis(p: plan.Plan, owner: Owner) -> list[Obj]:
             "env": [
                 {"name": "PRIMARY_HOST", "value": primary},
                 _secret_env(p, "REDIS_PASSWORD", "redis-password"),
+                {"name": "SENTINEL_DIR", "value": SENTINEL_DIR},
+                # Who a new Sentinel asks for the current primary before trusting ordinal 0.
+                {"name": "SENTINEL_PEERS", "value": f"{sentinels}:{SENTINEL_PORT}"},
+                {
+                    "name": "REDIS_PODS",
+                    "value": " ".join(f"{redis_host(p, i)}:{REDIS_PORT}" for i in range(replicas)),
+                },
             ],
             "ports": [{"name": "sentinel", "containerPort": SENTINEL_PORT}],
             "readinessProbe": {"tcpSocket": {"port": SENTINEL_PORT}},
             "resources": _footprint("cache-sentinel"),
-            "volumeMounts": [_scripts_mount()],
+            # An emptyDir outlives container restarts: a restarted Sentinel keeps its state.
+            "volumeMounts": [_scripts_mount(), {"name": "state", "mountPath": SENTINEL_DIR}],
         }
         pod: Obj = {
             "containers": [sentinel],
-            "volumes": [_scripts_volume(p)],
+            "volumes": [_scripts_volume(p), {"name": "state", "emptyDir": {}}],
             "topologySpreadConstraints": _spread(p, "cache-sentinel"),
         }
         objs += [

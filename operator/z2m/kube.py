@@ -1,4 +1,4 @@
-"""Kubernetes and RabbitMQ I/O for the reconciler, and nothing else.
+"""Kubernetes, RabbitMQ and Redis Sentinel I/O for the reconciler, and nothing else.
 
 Every call here is synchronous (the official `kubernetes` client); the
 reconciler runs them in worker threads so that one slow apiserver call never
@@ -20,12 +20,13 @@ from typing import Any
 
 import httpx
 import kubernetes
+import redis
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from z2m import api, builders, metrics
+from z2m import api, builders, metrics, redis_handover
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +322,45 @@ def queue_depth(
     if "messages" not in body:
         raise ValueError(f"RabbitMQ has no message count for queue {queue!r} yet")
     return int(body["messages"])
+
+
+def redis_master(
+    sentinel: str, master_name: str, password: str, timeout: float = 3.0
+) -> redis_handover.Master:
+    """The Redis master that the Sentinel at `sentinel` (host:port) names, as it sees itself.
+
+    Reached directly, like the queue's management API. Its name is the one it
+    announces to Sentinel (`replica-announce-ip`), else the address Sentinel gave.
+    Anything that goes wrong raises, so that the caller keeps Redis as it is.
+    """
+    host, _, port = sentinel.rpartition(":")
+    with redis.Redis(
+        host=host, port=int(port), socket_timeout=timeout, decode_responses=True
+    ) as watcher:
+        found = watcher.sentinel_get_master_addr_by_name(master_name)
+    if not found:
+        raise LookupError(f"Sentinel {sentinel} knows no master {master_name!r}")
+    address, master_port = str(found[0]), int(found[1])
+    with redis.Redis(
+        host=address,
+        port=master_port,
+        password=password,
+        socket_timeout=timeout,
+        decode_responses=True,
+    ) as master:
+        announced = master.config_get("replica-announce-ip").get("replica-announce-ip") or ""
+        info = master.info("replication")
+    return redis_handover.Master.from_info(str(announced) or address, info)
+
+
+def redis_failover(sentinel: str, master_name: str, timeout: float = 3.0) -> bool:
+    """Ask Sentinel to fail `master_name` over; False when a failover is already running."""
+    host, _, port = sentinel.rpartition(":")
+    with redis.Redis(host=host, port=int(port), socket_timeout=timeout) as watcher:
+        try:
+            watcher.sentinel_failover(master_name)
+        except redis.ResponseError as exc:
+            if "INPROG" not in str(exc):
+                raise
+            return False
+    return True

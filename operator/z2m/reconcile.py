@@ -24,7 +24,7 @@ from typing import Any
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from z2m import api, builders, kube, metrics, plan, status, transition
+from z2m import api, builders, kube, metrics, plan, redis_handover, status, transition
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class _Gates:
     """The preconditions of one pass's steps, each asked of the world at most once."""
 
     reconciler: Reconciler
+    body: Obj
     the_plan: plan.Plan
     desired: list[Obj]
     _answers: dict[str, str | None] = field(default_factory=dict)
@@ -55,6 +56,8 @@ class _Gates:
     def _ask(self, gate: transition.Gate) -> str | None:
         if gate == "queue-empty":
             return self.reconciler.queue_drained(self.the_plan)
+        if gate == "redis-master-kept":
+            return self.reconciler.redis_master_kept(self.body, self.the_plan)
         lagging = self.reconciler.rewiring(self.the_plan.namespace, self.desired)
         if not lagging:
             return None
@@ -154,10 +157,14 @@ class Reconciler:
         by_key = {builders.key(o): o for o in current}
 
         desired = builders.build(the_plan, owner)
-        gates = _Gates(self, the_plan, desired)
+        gates = _Gates(self, body, the_plan, desired)
         writes, removed = 0, []
         waits: dict[str, list[str]] = {}
         for phase in transition.phases(current, desired, meta["uid"]):
+            if waits:
+                # A phase starts only once every step of the phases before it has run.
+                waits.setdefault(f"the {phase.name} phase waits for the one before", [])
+                break
             for step in phase.steps:
                 unmet = [why for gate in sorted(step.gates) if (why := gates.unmet(gate))]
                 if unmet:
@@ -179,7 +186,11 @@ class Reconciler:
                 "removed " + ", ".join(sorted(_describe(o) for o in removed)),
             )
         waiting = (
-            "; ".join(f"{why} (then: {', '.join(steps)})" for why, steps in waits.items()) or None
+            "; ".join(
+                f"{why} (then: {', '.join(steps)})" if steps else why
+                for why, steps in waits.items()
+            )
+            or None
         )
         return self._finish(body, previous, generation, the_plan, waiting, writes)
 
@@ -252,6 +263,41 @@ class Reconciler:
             f"queue {spec.queue_name!r} still holds {depth} job(s); RabbitMQ and its workers "
             "stay until it drains"
         )
+
+    def redis_master_kept(self, body: Obj, the_plan: plan.Plan) -> str | None:
+        """None once ordinal 0 is the Redis master, else why not (asking Sentinel to fail over).
+
+        Redis shrinks to ordinal 0 (or goes, its claim kept) when the stage leaves
+        Sentinel behind; if Sentinel made another pod the master, ordinal 0's data is
+        stale until it is the master again. Waiting is reported, never raised.
+        """
+        sentinel = the_plan.spec.cache.sentinel_address or (
+            f"{builders.child(the_plan.name, 'redis-sentinel')}.{the_plan.namespace}.svc:"
+            f"{builders.SENTINEL_PORT}"
+        )
+        master: redis_handover.Master | None = None
+        trouble = ""
+        try:
+            secret = self.kube.ensure_credentials(the_plan.namespace, the_plan.name)
+            if secret is None:
+                raise PermissionError("the operator may not read the credentials Secret here")
+            password = kube.secret_value(secret, "redis-password")
+            master = kube.redis_master(sentinel, builders.REDIS_MASTER_NAME, password)
+        except Exception as exc:  # any failure means "not shown to be ordinal 0"
+            trouble = f"{type(exc).__name__}: {exc}"
+        statefulset = builders.child(the_plan.name, "redis")
+        verdict = redis_handover.decide(master, statefulset, trouble)
+        if verdict.step == "shrink":
+            return None
+        if verdict.step == "failover":
+            try:
+                started = kube.redis_failover(sentinel, builders.REDIS_MASTER_NAME)
+            except Exception as exc:
+                return f"{verdict.message}, but Sentinel refused ({type(exc).__name__}: {exc})"
+            if started:
+                self.kube.event(body, "Normal", "RedisFailover", verdict.message)
+            return f"{verdict.message}; waiting until ordinal 0 reports itself the master"
+        return verdict.message
 
     def _report_problem(
         self, body: Obj, previous: Obj, generation: int, reason: str, message: str

@@ -8,10 +8,14 @@ and runs each step whose gates hold; a step that waits is reported, with why.
    servers that keep or gain pods, the edge cache, Sentinel). No gate: nothing uses
    a new provider yet, and a changed one keeps its data.
 2. **rewire**: the consumers (app and worker Deployments) take the new stage's
-   wiring, then their autoscalers and disruption budgets. No gate: the app treats
-   a provider that is still starting as down and degrades.
+   wiring, then their autoscalers and disruption budgets. The app treats a
+   provider that is still starting as down and degrades, so the one gate is:
+   - `redis-master-kept`: when Redis shrinks from its Sentinel-watched pods,
+     ordinal 0 (the pod that stays) must be the master first; the app keeps
+     following Sentinel until then (see `redis_handover`).
 3. **retire**: what the stage drops is deleted, and stateful servers that shrink are
-   scaled down, each only once its gates hold:
+   scaled down, each only once its gates hold (and every step of the phases
+   before has run):
    - `rewired`: no consumer pod of an old template is left, so nothing still uses
      what goes;
    - `queue-empty`: RabbitMQ and its workers go only once the jobs queue is shown
@@ -26,10 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from z2m import builders
+from z2m import builders, redis_handover
 
 Obj = dict[str, Any]
-Gate = Literal["rewired", "queue-empty"]
+Gate = Literal["rewired", "queue-empty", "redis-master-kept"]
 PhaseName = Literal["provide", "rewire", "retire"]
 
 CONSUMERS = frozenset({"app", "worker"})
@@ -103,6 +107,13 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
     """
     live = {builders.key(o): o for o in current}
     wanted = {builders.key(o) for o in desired}
+    redis = [o for o in desired if o["kind"] == "StatefulSet" and component(o) == "cache"]
+    live_redis = [o for o in current if o["kind"] == "StatefulSet" and component(o) == "cache"]
+    handover = redis_handover.needed(
+        max((_replicas(o) for o in live_redis), default=0),
+        max((_replicas(o) for o in redis), default=0),
+    )
+    consumer_gates: frozenset[Gate] = frozenset({"redis-master-kept"}) if handover else frozenset()
     provide: list[Step] = []
     rewire: list[Step] = []
     retire: list[Step] = []
@@ -111,7 +122,7 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         if shrinks(obj, before):
             retire.append(Step("apply", obj, _retire_gates(obj)))
         elif _is_consumer_side(obj):
-            rewire.append(Step("apply", obj))
+            rewire.append(Step("apply", obj, consumer_gates))
         else:
             provide.append(Step("apply", obj))
     for obj in current:

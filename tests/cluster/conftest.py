@@ -1,16 +1,20 @@
-"""Fixtures for operator tests that need a real RabbitMQ next to the apiserver.
+"""Fixtures for operator tests that need a real RabbitMQ or Redis Sentinel next to the apiserver.
 
 The operator asks RabbitMQ's management API how many jobs a queue holds before
 it removes the queue. In a test the broker's pods are fake (KWOK), so the
 ScalingStage's `spec.queue.managementUrl` points at a real RabbitMQ on
 loopback instead, configured with the same rabbitmq.conf the queue pod mounts.
+Likewise the operator asks Sentinel which Redis pod is the master before Redis
+shrinks: `spec.cache.sentinelAddress` points at a real Sentinel on loopback,
+watching a real Redis that announces itself under a pod's name.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +26,7 @@ from tests import services
 from z2m import api, builders
 
 QUEUE_PASSWORD = "queue-test-password"
+REDIS_PASSWORD = "redis-password-test"  # what make_credentials stores
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +77,37 @@ def make_credentials(api_client: ApiClient, namespace: str, owner: str) -> None:
         namespace,
         {"metadata": {"name": builders.secret_name(owner)}, "data": data},
     )
+
+
+@pytest.fixture
+def sentinel_watching(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """`sentinel_watching("shop-redis-0.shop-redis")`: the host:port of a real Sentinel.
+
+    It watches a real Redis master (with the credentials Secret's password) that
+    announces itself under the given pod name, as a stage-5 Redis pod does.
+    """
+    with contextlib.ExitStack() as stack:
+
+        def start(announce: str) -> str:
+            redis_port, sentinel_port = services.free_port(), services.free_port()
+            root = tmp_path / f"sentinel-{sentinel_port}"
+            root.mkdir()
+            argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--dir", str(root), "--requirepass", REDIS_PASSWORD]
+            argv += ["--replica-announce-ip", announce]
+            conf = root / "sentinel.conf"
+            conf.write_text(
+                f"port {sentinel_port}\nbind 127.0.0.1\ndir {root}\n"
+                f"sentinel monitor z2m 127.0.0.1 {redis_port} 1\n"
+                f"sentinel auth-pass z2m {REDIS_PASSWORD}\n"
+            )
+            for args, port in ((argv, redis_port), (["redis-sentinel", str(conf)], sentinel_port)):
+                process = subprocess.Popen(
+                    args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                stack.callback(process.wait, 10)
+                stack.callback(process.kill)
+                services.wait_for(lambda p=port: services._port_open(p), 20, f"port {port}")
+            return f"127.0.0.1:{sentinel_port}"
+
+        yield start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -61,16 +62,19 @@ def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
     operator: Any,
     walk: list[int],
     empty_queue: str,
+    sentinel_watching: Callable[[str], str],
 ) -> None:
-    h.create(
-        api_client, namespace, h.scaling_stage(NAME, walk[0], queue={"managementUrl": empty_queue})
-    )
+    # Leaving stage 5, Redis shrinks only once Sentinel names ordinal 0 the master.
+    spec = {
+        "queue": {"managementUrl": empty_queue},
+        "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
+    }
+    h.create(api_client, namespace, h.scaling_stage(NAME, walk[0], **spec))
     h.wait_ready(api_client, namespace, NAME, walk[0])
     seen_claims: dict[str, str] = {}
     for stage in walk[1:]:
         h.set_stage(api_client, namespace, NAME, stage)
         h.wait_ready(api_client, namespace, NAME, stage, timeout=120)
-        spec = {"queue": {"managementUrl": empty_queue}}
         eventually(
             lambda s=stage, sp=spec: (
                 h.children(k, namespace, NAME) == h.expected(s, NAME, namespace, **sp)
@@ -349,6 +353,47 @@ def test_an_unreachable_queue_is_never_assumed_empty(
 
     eventually(waiting, timeout=60)
     assert ("StatefulSet", f"{NAME}-queue") in h.children(k, namespace, NAME)
+
+
+@pytest.mark.parametrize(
+    ("announce", "words"),
+    [
+        (f"{NAME}-redis-1.{NAME}-redis", "the master is ordinal 1"),
+        (None, "cannot tell which Redis pod is the master"),
+    ],
+    ids=["ordinal-1-is-master", "sentinel-unreachable"],
+)
+def test_leaving_stage_5_keeps_both_redis_pods_until_ordinal_0_is_the_master(
+    api_client: ApiClient,
+    k: kube.Kube,
+    namespace: str,
+    operator: Any,
+    empty_queue: str,
+    sentinel_watching: Callable[[str], str],
+    announce: str | None,
+    words: str,
+) -> None:
+    address = sentinel_watching(announce) if announce else "127.0.0.1:9"
+    spec = {"queue": {"managementUrl": empty_queue}, "cache": {"sentinelAddress": address}}
+    h.create(api_client, namespace, h.scaling_stage(NAME, 5, **spec))
+    h.wait_ready(api_client, namespace, NAME, 5)
+    h.set_stage(api_client, namespace, NAME, 4)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = h.condition(h.get(api_client, namespace, NAME), "Progressing")
+        return cond if cond and words in cond["message"] else None
+
+    eventually(waiting, timeout=60)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    assert apps.read_namespaced_stateful_set(f"{NAME}-redis", namespace).spec.replicas == 2
+    assert ("Deployment", f"{NAME}-redis-sentinel") in h.children(k, namespace, NAME)
+    app_env = {
+        e.name
+        for e in apps.read_namespaced_deployment(f"{NAME}-app", namespace)
+        .spec.template.spec.containers[0]
+        .env
+    }
+    assert "REDIS_SENTINELS" in app_env  # the app keeps following Sentinel meanwhile
 
 
 def test_a_read_replica_stops_getting_reads_before_it_is_removed(

@@ -334,6 +334,76 @@ def test_redis_pods_replicate_and_sentinel_fails_the_primary_over(tmp_path: Path
         assert promoted.get("cart:1") == b"3 items"
 
 
+def _sentinel(tmp: Path, name: str, p0: int, port: int, password: str, **extra: str) -> list[str]:
+    state = tmp / name
+    state.mkdir(exist_ok=True)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PRIMARY_HOST": "127.0.0.1",
+        "REDIS_PASSWORD": password,
+        "REDIS_PORT": str(p0),
+        "SENTINEL_PORT": str(port),
+        "SENTINEL_DIR": str(state),
+        "QUORUM": "1",
+        "DOWN_AFTER_MS": "1000",
+        **extra,
+    }
+    script = _script(tmp, "sentinel.sh")
+    return ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh", str(script)]
+
+
+def _names(sentinel_port: int, redis_port: int) -> bool:
+    with redis.Redis(port=sentinel_port, socket_timeout=2) as sentinel:
+        found = sentinel.sentinel_get_master_addr_by_name("z2m")
+    return found is not None and int(found[1]) == redis_port
+
+
+def test_a_restarted_sentinel_keeps_the_promoted_primary_and_a_new_one_asks_who_it_is(
+    tmp_path: Path,
+) -> None:
+    password = "r3dis"
+    p0, p1 = services.free_port(), services.free_port()
+    s1, s2, s3 = services.free_port(), services.free_port(), services.free_port()
+    base = {"PATH": "/usr/bin:/bin"}
+    with contextlib.ExitStack() as stack:
+        primary = stack.enter_context(
+            _run(_redis(tmp_path, "redis-0", p0, p0, password, None), base, tmp_path / "r0.log")
+        )
+        services.wait_for(lambda: redis.Redis(port=p0, password=password).ping(), 20, "redis-0")
+        stack.enter_context(
+            _run(_redis(tmp_path, "redis-1", p0, p1, password, None), base, tmp_path / "r1.log")
+        )
+        with _run(_sentinel(tmp_path, "s1", p0, s1, password), base, tmp_path / "s1.log"):
+            services.wait_for(
+                lambda: redis.Redis(port=s1).sentinel_master("z2m")["num-slaves"] == 1,
+                30,
+                "sentinel sees the replica",
+            )
+            os.killpg(primary.pid, 9)
+            services.wait_for(lambda: _names(s1, p1), 60, "failover to redis-1")
+        # The container restarts with the same SENTINEL_DIR (the pod's emptyDir).
+        stack.enter_context(
+            _run(_sentinel(tmp_path, "s1", p0, s1, password), base, tmp_path / "s1.log")
+        )
+        services.wait_for(lambda: redis.Redis(port=s1).ping(), 20, "restarted sentinel")
+        assert _names(s1, p1), "a restarted Sentinel went back to ordinal 0"
+
+        # A new Sentinel (an empty SENTINEL_DIR) asks the others first...
+        peers = {"SENTINEL_PEERS": f"127.0.0.1:9 127.0.0.1:{s1}"}
+        stack.enter_context(
+            _run(_sentinel(tmp_path, "s2", p0, s2, password, **peers), base, tmp_path / "s2.log")
+        )
+        services.wait_for(lambda: redis.Redis(port=s2).ping(), 20, "new sentinel")
+        assert _names(s2, p1)
+        # ...and with no Sentinel to ask, the Redis pods: whichever says it is the master.
+        pods = {"REDIS_PODS": f"127.0.0.1:{p0} 127.0.0.1:{p1}"}
+        stack.enter_context(
+            _run(_sentinel(tmp_path, "s3", p0, s3, password, **pods), base, tmp_path / "s3.log")
+        )
+        services.wait_for(lambda: redis.Redis(port=s3).ping(), 20, "lone sentinel")
+        assert _names(s3, p1)
+
+
 # --- nginx edge cache -------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import aio_pika
 import httpx
@@ -20,7 +21,16 @@ import pytest
 from sample_app import db as app_db
 from sample_app.jobs import QUEUE, FanoutJob
 from sample_app.load import run_load
-from tests.services import Postgres, RabbitMQ, Redis, SampleApp, ScratchDatabase, wait_for
+from tests.conftest import eventually, report
+from tests.services import (
+    Postgres,
+    RabbitMQ,
+    Redis,
+    SampleApp,
+    ScratchDatabase,
+    sentinel_group,
+    wait_for,
+)
 
 pytestmark = pytest.mark.services
 
@@ -329,6 +339,49 @@ def test_redis_down_still_serves_requests_and_the_cache_returns_when_redis_does(
         redis_service.start()
     path = f"/api/users/{writer_id}/posts"
     wait_for(lambda: reader.get(path).headers["x-cache"] == "hit", 40, "cache back in use")
+
+
+def test_after_a_sentinel_failover_cache_writes_reach_the_new_master(
+    database: ScratchDatabase, start_app: StartApp, tmp_path: Path
+) -> None:
+    with sentinel_group(tmp_path) as group:
+        app = start_app(
+            DATABASE_URL=database.url,
+            REDIS_SENTINELS=group.sentinels,
+            REDIS_MASTER_NAME="z2m",
+            REDIS_PASSWORD=group.password,
+        )
+        writer, writer_id = sign_up(app, "writer")
+        reader = app.client()
+        path, key = f"/api/users/{writer_id}/posts", f"user_posts:{writer_id}"
+        post(writer, "before")
+        assert reader.get(path).headers["x-cache"] == "miss"
+        assert reader.get(path).headers["x-cache"] == "hit"
+        old, new = group.redis_ports
+        assert group.master_port() == old and group.client(old).exists(key)
+
+        group.kill(old)
+        killed = time.monotonic()
+
+        attempts = iter(range(10**6))
+
+        def written_on_the_new_master() -> bool:
+            # A post drops the cached list; the next read misses and stores it again, so
+            # the new post's body on the promoted Redis proves a write that reached it.
+            body = f"after {next(attempts)}"
+            post(writer, body)
+            reader.get(path)
+            promoted = group.client(new)
+            cached = promoted.get(key)
+            return promoted.info("replication")["role"] == "master" and body in str(cached)
+
+        eventually(written_on_the_new_master, timeout=30)
+        seconds = time.monotonic() - killed
+        report(
+            f"sentinel failover: cache writes reach the new master {seconds:.1f} s after SIGKILL"
+        )
+        assert reader.get(path).headers["x-cache"] == "hit"
+        assert app.metric("app_cache_requests_total", result="hit") >= 2
 
 
 # --------------------------------------------------------------------------- jobs

@@ -91,6 +91,46 @@ def test_malformed_variable_is_rejected_naming_that_variable(
     assert str(caught.value).startswith(f"{variable}: ")
 
 
+def test_stage_five_sentinel_list_is_parsed_with_the_master_name_and_password() -> None:
+    config = parse_env(
+        {
+            "REDIS_SENTINELS": "shop-redis-sentinel:26379, 10.0.0.7:26380 ,",
+            "REDIS_MASTER_NAME": "z2m",
+            "REDIS_PASSWORD": "pw",
+        }
+    )
+    assert config.redis_sentinels == (("shop-redis-sentinel", 26379), ("10.0.0.7", 26380))
+    assert (config.redis_url, config.redis_master_name, config.redis_password) == (
+        None,
+        "z2m",
+        "pw",
+    )
+    assert "cache(sentinels=2)" in config.stage_features
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "words"),
+    [
+        ({"REDIS_SENTINELS": "sentinel", "REDIS_MASTER_NAME": "z2m"}, "REDIS_SENTINELS", "entry 1"),
+        ({"REDIS_SENTINELS": "a:1,b:x", "REDIS_MASTER_NAME": "z2m"}, "REDIS_SENTINELS", "entry 2"),
+        ({"REDIS_SENTINELS": "a:70000", "REDIS_MASTER_NAME": "z2m"}, "REDIS_SENTINELS", "65535"),
+        ({"REDIS_SENTINELS": "redis://a:1", "REDIS_MASTER_NAME": "z2m"}, "REDIS_SENTINELS", "host"),
+        ({"REDIS_SENTINELS": "a:26379"}, "REDIS_MASTER_NAME", "needed"),
+        (
+            {"REDIS_SENTINELS": "a:26379", "REDIS_MASTER_NAME": "z2m", "REDIS_URL": "redis://c"},
+            "REDIS_SENTINELS",
+            "REDIS_URL",
+        ),
+    ],
+)
+def test_a_bad_sentinel_setting_is_rejected_saying_what_is_wrong(
+    env: dict[str, str], variable: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_env(env)
+    assert caught.value.variable == variable and words in str(caught.value)
+
+
 def test_config_error_never_echoes_a_password_from_a_url() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_env({"DATABASE_URL": "mysql://app:hunter2@db/app"})

@@ -115,6 +115,39 @@ def test_stage_5_never_sets_app_replicas_and_adds_hpas_sentinel_monitoring() -> 
     assert ("ConfigMap", "shop-monitoring") in kinds(objs)
 
 
+def test_stage_5_tells_the_app_the_sentinels_instead_of_a_fixed_redis_pod() -> None:
+    objs = build(5)
+    for name in ("shop-app", "shop-worker"):
+        spec = find(objs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        variables = {e["name"]: e for e in spec["env"]}
+        assert variables["REDIS_SENTINELS"]["value"] == "shop-redis-sentinel:26379"
+        assert variables["REDIS_MASTER_NAME"]["value"] == "z2m"
+        assert "secretKeyRef" in variables["REDIS_PASSWORD"]["valueFrom"]
+        assert "REDIS_URL" not in variables
+
+
+def test_stage_4_keeps_one_redis_url() -> None:
+    app = find(build(4), "Deployment", "shop-app")["spec"]["template"]["spec"]["containers"][0]
+    variables = env(app)
+    assert "@shop-redis-0.shop-redis:6379/0" in variables["REDIS_URL"]
+    assert "REDIS_SENTINELS" not in variables
+
+
+def test_sentinel_keeps_its_state_in_a_volume_that_outlives_container_restarts() -> None:
+    pod = find(build(5), "Deployment", "shop-redis-sentinel")["spec"]["template"]["spec"]
+    sentinel = pod["containers"][0]
+    state = next(v for v in sentinel["volumeMounts"] if v["name"] == "state")
+    assert env(sentinel)["SENTINEL_DIR"] == state["mountPath"] != "/tmp"
+    assert {"name": "state", "emptyDir": {}} in pod["volumes"]
+    pods = env(sentinel)["REDIS_PODS"].split()
+    assert pods == ["shop-redis-0.shop-redis.ns.svc:6379", "shop-redis-1.shop-redis.ns.svc:6379"]
+
+
+def test_stage_5_redis_pods_announce_their_stable_names_to_sentinel() -> None:
+    redis = find(build(5), "StatefulSet", "shop-redis")["spec"]["template"]["spec"]
+    assert env(redis["containers"][0])["ANNOUNCE_DOMAIN"] == "shop-redis.ns.svc"
+
+
 def test_credentials_come_only_from_the_secret() -> None:
     secret_vars = 0
     for obj in build(5):
