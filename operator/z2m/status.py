@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from z2m import api, builders, catalog, plan
+from pydantic.alias_generators import to_camel
+
+from z2m import api, builders, catalog, plan, transition
 
 Obj = dict[str, Any]
 FOREIGN = frozenset({"MetricsAvailable", "Recommendation"})
@@ -34,24 +36,27 @@ class Observation:
 
 
 def component_status(obj: Obj) -> api.ComponentStatus | None:
-    """Readiness of a workload child; None for kinds without pods."""
+    """Readiness of a workload child; None for kinds without pods.
+
+    Available means rolled out (`transition.rolled_out`): ready pods of an older
+    template do not count, since they still run the old wiring. Pods merely
+    shutting down after a scale-down do not make a component unavailable. Objects
+    as the dynamic client returns them (camelCase) or as the typed one does
+    (snake_case) are both understood.
+    """
     kind = obj["kind"]
     if kind not in ("Deployment", "StatefulSet"):
         return None
-    spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    st = {to_camel(k): v for k, v in (obj.get("status") or {}).items()}
     desired = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
-    ready = int(st.get("readyReplicas") or st.get("ready_replicas") or 0)
-    generation = obj["metadata"].get("generation")
-    observed = st.get("observedGeneration") or st.get("observed_generation")
-    updated = int(st.get("updatedReplicas") or st.get("updated_replicas") or 0)
-    current = generation is None or observed == generation
     return api.ComponentStatus(
         name=obj["metadata"]["name"],
         component=obj["metadata"].get("labels", {}).get(builders.COMPONENT, ""),
         kind=kind,
         desired=desired,
-        ready=ready,
-        available=current and ready >= desired and updated >= desired,
+        ready=int(st.get("readyReplicas") or 0),
+        available=transition.rolled_out({**obj, "status": st}, terminating=False),
     )
 
 
