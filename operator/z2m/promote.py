@@ -3,7 +3,9 @@
 Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop lists ScalingStages and
 evaluates each one whose `spec.promotion.mode` is `recommend` or `auto` and
 whose `intervalSeconds` has passed. An evaluation reads the signals
-(`z2m.signals`), asks the pure `z2m.decide`, and writes:
+(`z2m.signals`) and how many app pods run now (the HPA's count, not the
+catalog's, is what demotion must divide the CPU by), asks the pure
+`z2m.decide`, and writes:
 
 - `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
   windows' memory, so a restarted operator resumes its windows),
@@ -49,7 +51,7 @@ import httpx
 import pydantic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from z2m import api, decide, kube, metrics, signals, status
+from z2m import api, builders, decide, kube, metrics, signals, status
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +425,12 @@ class Loop:
         else:
             reading = await signals.read(self.http, promotion, namespace, name, self._queries)
             failure = reading.problem.message if reading.problem is not None else None
-            verdict = decide.decide(spec.stage, promotion, reading.values, memory, now, failure)
+            running = (
+                await self._call(self.app_replicas, namespace, name) if spec.stage > 1 else None
+            )
+            verdict = decide.decide(
+                spec.stage, promotion, reading.values, memory, now, failure, app_replicas=running
+            )
             if reading.problem is not None:
                 metrics.EVALUATION_ERRORS.labels(reading.problem.reason).inc()
         metrics.DECISIONS.labels(verdict.action).inc()
@@ -531,6 +538,20 @@ class Loop:
                     "could not record Event %s on %s/%s", reason, namespace, name, exc_info=True
                 )
         return reading is None or reading.problem is None
+
+    def app_replicas(self, namespace: str, name: str) -> int | None:
+        """How many app pods run now (an HPA may run more than the catalog says).
+
+        The app Deployment's status.replicas: every pod not shutting down, whichever
+        template it runs. None when there is no app Deployment (yet).
+        """
+        app = self.kube.get("apps/v1", "Deployment", namespace, builders.child(name, "app"))
+        if app is None:
+            return None
+        observed = (app.get("status") or {}).get("replicas")
+        if observed is None:
+            observed = (app.get("spec") or {}).get("replicas")
+        return int(observed) if observed is not None else None
 
     def _newest(self, uid: str, current: Obj) -> Obj:
         """Our status parts as stored, or as we last wrote them if the stored copy is older."""
