@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 HANDOVER_MANAGER = "z2m-replicas-handover"
+RECONCILER_MANAGER = "z2m-reconciler"
+"""Field manager of the status the reconciler rebuilds every pass."""
+PROMOTER_MANAGER = "z2m-promoter"
+"""Field manager of the status the promotion loop writes (decisions, its conditions)."""
 
 
 def load_config(kubeconfig: str | None = None) -> ApiClient:
@@ -222,20 +226,32 @@ class Kube:
         self.apply(claim, manager=HANDOVER_MANAGER)
         return True
 
-    def patch_status(
-        self, namespace: str, name: str, status: Obj, resource_version: str | None = None
-    ) -> None:
-        """Merge-patch the status subresource; with a resourceVersion, only if unchanged since."""
+    def apply_status(self, namespace: str, name: str, status: Obj, manager: str) -> Obj:
+        """Server-side apply `status` on the status subresource as field manager `manager`.
+
+        Each status writer has its own manager (RECONCILER_MANAGER, PROMOTER_MANAGER)
+        and sends only the fields it owns, every time: fields it sent before and no
+        longer sends are removed, and fields another manager owns are left alone.
+        `conditions` is a map list keyed by `type`, so each condition belongs to the
+        writer that sets it. Conflicts are forced only to take fields over from the
+        merge patches of older z2m versions; the two writers' fields are disjoint.
+        """
         resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
-        body: Obj = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        resource.status.patch(
+        body: Obj = {
+            "apiVersion": f"{api.GROUP}/{api.VERSION}",
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        result = resource.status.server_side_apply(
+            body=body,
             name=name,
             namespace=namespace,
-            body=body,
-            content_type="application/merge-patch+json",
+            field_manager=manager,
+            force_conflicts=True,
         )
+        applied: Obj = result.to_dict()
+        return applied
 
     def event(self, scaling_stage: Obj, kind: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on the ScalingStage."""

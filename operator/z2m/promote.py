@@ -17,6 +17,10 @@ catalog's, is what demotion must divide the CPU by), asks the pure
 - an Event whenever a decision changes something or recommends a change, and
   whenever metrics become unavailable or available again.
 
+Status is written by server-side apply as the field manager `z2m-promoter`,
+with only the fields above; the reconciler applies the rest as
+`z2m-reconciler`, so neither writer can put back the other's stale fields.
+
 Modes: `auto` patches `spec.stage` itself and the reconciler does the rest.
 `recommend` changes nothing until a person approves by annotating the
 ScalingStage with `z2m.dev/approve-stage: "<N>"` where N is
@@ -510,11 +514,16 @@ class Loop:
             },
             memory=stored_memory(new_memory, verdict.target_stage if applied else spec.stage),
         )
+        # Only the loop's own fields (status.PROMOTER_FIELDS and its conditions): applied
+        # as PROMOTER_MANAGER, they cannot touch the reconciler's Ready or Progressing,
+        # and a field left out (a window's start that has ended) is removed. An empty
+        # map is left out too: apply can turn it into null, which the schema refuses.
+        last = decision.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if not last.get("signals"):
+            last.pop("signals", None)
         new_status: Obj = {
-            "conditions": [c for c in previous_conditions if c.get("type") not in status.FOREIGN]
-            + ours_now,
-            # Nulls stay in: in a merge patch they delete a window's start that has ended.
-            "lastDecision": decision.model_dump(by_alias=True, mode="json"),
+            "conditions": ours_now,
+            "lastDecision": last,
             "recommendedStage": verdict.target_stage,
             "history": history[-HISTORY_LIMIT:],
         }
@@ -527,7 +536,9 @@ class Loop:
         last_time = parse_time((current.get("lastDecision") or {}).get("time")) or 0.0
         stale = now - last_time >= self.refresh_seconds
         if applied or stale or material(new_status) != material(current):
-            await self._call(self.kube.patch_status, namespace, name, new_status)
+            await self._call(
+                self.kube.apply_status, namespace, name, new_status, kube.PROMOTER_MANAGER
+            )
         self._written[uid] = new_status
         for kind, reason, message in events:
             log.info("%s/%s: %s %s", namespace, name, reason, message)

@@ -126,7 +126,7 @@ class Reconciler:
                 self.kube.children(namespace, name),
                 waiting="paused: spec.paused is true, so nothing is changed",
             )
-            self._write_status(body, previous, seen)
+            self.write_status(body, previous, seen)
             return Result(0, None)
         try:
             the_plan = plan.resolve(
@@ -242,7 +242,7 @@ class Reconciler:
         self, body: Obj, previous: Obj, generation: int, reason: str, message: str
     ) -> Result:
         seen = status.Observation(generation, None, problem=(reason, message))
-        if self._write_status(body, previous, seen):
+        if self.write_status(body, previous, seen):
             self.kube.event(body, "Warning", reason, message)
         return Result(0, None)
 
@@ -272,7 +272,7 @@ class Reconciler:
             )
         children = self.kube.children(meta["namespace"], meta["name"])
         seen = status.Observation(generation, the_plan, children, waiting=waiting, notices=notices)
-        new = self._write_status(body, previous, seen)
+        new = self.write_status(body, previous, seen)
         metrics.STAGE.labels(meta["namespace"], meta["name"]).set(the_plan.stage.number)
         old_stage = previous.get("stage")
         if old_stage != the_plan.stage.number:
@@ -294,15 +294,18 @@ class Reconciler:
         settled = (new or previous).get("ready") == "True" and waiting is None
         return Result(writes, None if settled else self.retry_seconds)
 
-    def _write_status(self, body: Obj, previous: Obj, seen: status.Observation) -> Obj | None:
+    def write_status(self, body: Obj, previous: Obj, seen: status.Observation) -> Obj | None:
+        """Apply the status this pass observed, if it differs; returns it, or None.
+
+        Server-side apply as `kube.RECONCILER_MANAGER`, with only the reconciler's
+        fields: whatever the promotion loop wrote since `body` was read stays as it
+        wrote it, so no resourceVersion is needed and no write has to be retried.
+        """
         new = status.build(previous, seen, self.clock())
-        patch = status.patch(previous, new)
-        if patch is None:
+        if not status.changed(previous, new):
             return None
         meta = body["metadata"]
-        # Based on what this pass read: if the promotion loop wrote status since, the
-        # apiserver refuses (409) and the next pass rebuilds from the newer status.
-        self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+        self.kube.apply_status(meta["namespace"], meta["name"], new, kube.RECONCILER_MANAGER)
         return new
 
 

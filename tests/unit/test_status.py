@@ -64,3 +64,33 @@ def test_snake_case_objects_from_the_typed_client_are_understood() -> None:
     }
     assert not available(deployment(1, snake))
     assert available(deployment(2, {**snake, "updated_replicas": 2}))
+
+
+# --- the reconciler's part of status ---------------------------------------------------------
+
+PROMOTER_PART = {
+    "lastDecision": {"time": "2026-01-01T00:00:00Z", "action": "hold"},
+    "recommendedStage": 3,
+    "history": [{"fromStage": 2, "toStage": 3}],
+}
+RECOMMENDATION = {
+    "type": "Recommendation",
+    "status": "False",
+    "reason": "StageFits",
+    "message": "",
+    "lastTransitionTime": "2026-01-01T00:00:00Z",
+}
+
+
+def test_the_reconcilers_status_never_carries_the_promotion_loops_fields() -> None:
+    previous = {**PROMOTER_PART, "conditions": [RECOMMENDATION]}
+    new = status.build(previous, status.Observation(1, None), "2026-01-02T00:00:00Z")
+    assert not set(PROMOTER_PART) & set(new)
+    assert "Recommendation" not in {c["type"] for c in new["conditions"]}
+
+
+def test_a_change_only_in_the_promotion_loops_part_is_no_change_for_the_reconciler() -> None:
+    mine = status.build({}, status.Observation(1, None), "2026-01-02T00:00:00Z")
+    theirs = {**mine, **PROMOTER_PART, "conditions": [*mine["conditions"], RECOMMENDATION]}
+    assert not status.changed(theirs, mine)
+    assert status.changed({**theirs, "observedGeneration": 0}, mine)
