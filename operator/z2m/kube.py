@@ -226,6 +226,31 @@ class Kube:
         self.apply(claim, manager=HANDOVER_MANAGER)
         return True
 
+    def claims(self, namespace: str, selector: str) -> list[Obj]:
+        """The PersistentVolumeClaims in a namespace that match a label selector."""
+        listing = self._resource("v1", "PersistentVolumeClaim").get(
+            namespace=namespace, label_selector=selector
+        )
+        return list(listing.to_dict()["items"])
+
+    def expand_claim(self, namespace: str, name: str, size: str) -> None:
+        """Ask for a bigger volume: the claim's request grows, its StorageClass does the rest."""
+        self._resource("v1", "PersistentVolumeClaim").patch(
+            name=name,
+            namespace=namespace,
+            body={"spec": {"resources": {"requests": {"storage": size}}}},
+            content_type="application/merge-patch+json",
+        )
+
+    def storage_class(self, name: str) -> Obj | None:
+        """A StorageClass (cluster-scoped), or None when it does not exist."""
+        try:
+            obj = self._resource("storage.k8s.io/v1", "StorageClass").get(name=name)
+        except NotFoundError:
+            return None
+        result: Obj = obj.to_dict()
+        return result
+
     def apply_status(self, namespace: str, name: str, status: Obj, manager: str) -> Obj:
         """Server-side apply `status` on the status subresource as field manager `manager`.
 
