@@ -299,22 +299,26 @@ class Loop:
     async def run(self, stop: asyncio.Event) -> None:
         """List and dispatch every tick until `stop` is set (or the task is cancelled)."""
         listing_failures = 0
-        while not stop.is_set():
-            listed_at = time.monotonic()
-            try:
-                items = await self._call(self.kube.list_scaling_stages)
-            except Exception:
-                listing_failures += 1
-                log.exception("listing ScalingStages for promotion failed")
-                items = []
-            else:
-                listing_failures = 0
-            self.dispatch(items, listed_at)
-            delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-        for task in list(self._running.values()):
-            task.cancel()
+        try:
+            while not stop.is_set():
+                listed_at = time.monotonic()
+                try:
+                    items = await self._call(self.kube.list_scaling_stages)
+                except Exception:
+                    listing_failures += 1
+                    log.exception("listing ScalingStages for promotion failed")
+                    items = []
+                else:
+                    listing_failures = 0
+                self.dispatch(items, listed_at)
+                delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            # Also when this task is cancelled (operator shutdown): an evaluation left
+            # running would call into the executor after it is shut down, and fail.
+            for task in list(self._running.values()):
+                task.cancel()
 
     def dispatch(self, items: list[Obj], listed_at: float) -> None:
         """Start an evaluation for every due object not already being evaluated."""
