@@ -159,7 +159,10 @@ def test_falling_load_demotes_one_stage_per_longer_window_and_stops_at_min_stage
     created = time.time()
     h.create(api_client, namespace, promoting(3, prometheus.url))
     eventually(lambda: spec_stage(api_client, namespace) == 1, timeout=90)
-    steps = history(api_client, namespace)
+    # The loop changes spec.stage first and records the change in status just after.
+    steps = eventually(
+        lambda: len(history(api_client, namespace)) == 2 and history(api_client, namespace)
+    )
     assert [(s["fromStage"], s["toStage"]) for s in steps] == [(3, 2), (2, 1)]
     assert seconds(steps[0]) - created >= DEMOTE
     assert seconds(steps[1]) - seconds(steps[0]) >= DEMOTE
