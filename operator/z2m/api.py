@@ -125,11 +125,25 @@ class Overrides(Model):
     )
 
 
+DEFAULT_STORAGE_SIZE = "1Gi"
+
+
 class Storage(Model):
     """Size and class of the volumes of a stateful component."""
 
-    size: str = Field(default="1Gi", pattern=QUANTITY_PATTERN, max_length=32)
-    storage_class_name: str | None = Field(default=None, max_length=253)
+    size: str = Field(
+        default=DEFAULT_STORAGE_SIZE,
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+        description="The size of each volume. It may grow (the claims are expanded where "
+        "their StorageClass allows it) but never shrink.",
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The StorageClass of the volumes; unset takes the cluster's default. "
+        "Fixed once the ScalingStage exists: claims keep the class they were made with.",
+    )
 
 
 class DatabaseSpec(Model):
@@ -324,6 +338,51 @@ _SPEC_RULES = _rules(
         "spec.stage must lie between promotion.minStage and promotion.maxStage",
     ),
 )
+
+
+def _storage_rules(component: str) -> list[tuple[str, str]]:
+    """Transition rules: a component's volumes never shrink and keep their class.
+
+    StatefulSet claim templates cannot change, and a volume never gets smaller,
+    so an edit the operator could never carry out is refused at admission instead
+    of failing every reconcile. Written at the spec level, where `oldSelf` always
+    exists, with the defaults spelled out: `database`, its `storage` and `size` may
+    each be missing on either side.
+    """
+    storage = f"{component}.storage"
+
+    def size(root: str) -> str:
+        return (
+            f"(has({root}.{component}) && has({root}.{storage}) "
+            f"&& has({root}.{storage}.size) ? {root}.{storage}.size : '{DEFAULT_STORAGE_SIZE}')"
+        )
+
+    def klass(root: str) -> str:
+        return (
+            f"(has({root}.{component}) && has({root}.{storage}) "
+            f"&& has({root}.{storage}.storageClassName) ? {root}.{storage}.storageClassName : '')"
+        )
+
+    return [
+        (
+            f"quantity({size('self')}).compareTo(quantity({size('oldSelf')})) >= 0",
+            f"spec.{storage}.size cannot shrink: a volume that holds data never gets "
+            "smaller; keep the size or grow it",
+        ),
+        (
+            f"{klass('self')} == {klass('oldSelf')}",
+            f"spec.{storage}.storageClassName cannot change (nor be set or unset) once the "
+            "ScalingStage exists: its claims keep the class they were made with; to move the "
+            "data to another class, copy it into a new ScalingStage",
+        ),
+    ]
+
+
+_SPEC_RULES["x-kubernetes-validations"] += [
+    {"rule": r, "message": m}
+    for component in ("database", "cache", "queue")
+    for r, m in _storage_rules(component)
+]
 
 
 class ScalingStageSpec(Model):

@@ -19,8 +19,9 @@ The rules, in the order they are applied:
    per the seed's "What to add at each stage" table (see `BOTTLENECKS`).
 3. **Oversized.** The stage is oversized when the stage below would still be
    comfortable: RPS (required) below `rpsDemoteFraction` x the lower stage's
-   upper RPS band, app CPU (required) projected onto the lower stage's app
-   replicas below `HEADROOM` x its threshold, and every other signal that has
+   upper RPS band, app CPU (required) projected from the app replicas observed
+   running (an HPA may run more than the catalog says) onto the lower stage's
+   app replicas below `HEADROOM` x its threshold, and every other signal that has
    a value below `HEADROOM` x its threshold (database queries are projected
    without the cache when the lower stage has none). A breach is never
    oversized.
@@ -176,9 +177,19 @@ def breaches(stage: int, thresholds: api.Thresholds, values: Values) -> list[Bre
     return sorted(found, key=lambda b: -b.ratio)
 
 
-def too_high_for_lower(stage: int, thresholds: api.Thresholds, values: Values) -> list[str]:
-    """Why `stage - 1` would not be comfortable; empty when `stage` is oversized."""
+def too_high_for_lower(
+    stage: int, thresholds: api.Thresholds, values: Values, app_replicas: int | None = None
+) -> list[str]:
+    """Why `stage - 1` would not be comfortable; empty when `stage` is oversized.
+
+    `app_replicas` is how many app pods share the load now, as observed (an HPA
+    may run many more than the stage's catalog count); None falls back to the
+    catalog count of `stage`.
+    """
     current, lower = catalog.stage(stage), catalog.stage(stage - 1)
+    running = (
+        app_replicas if app_replicas is not None and app_replicas > 0 else current.app_replicas
+    )
     why: list[str] = []
     rps = values.get("rps")
     rps_limit = thresholds.rps_demote_fraction * lower.rps.high
@@ -190,12 +201,13 @@ def too_high_for_lower(stage: int, thresholds: api.Thresholds, values: Values) -
     if cpu is None:
         why.append("no app CPU value")
     else:
-        projected = cpu * current.app_replicas / lower.app_replicas
+        projected = cpu * running / lower.app_replicas
         limit = HEADROOM * thresholds.app_cpu_percent
         if projected >= limit:
             why.append(
-                f"app CPU on {lower.app_replicas} replica(s) would be "
-                f"{fmt('app_cpu_percent', projected)}, not below {fmt('app_cpu_percent', limit)}"
+                f"app CPU {fmt('app_cpu_percent', cpu)} on {running} replica(s) would be "
+                f"{fmt('app_cpu_percent', projected)} on {lower.app_replicas}, "
+                f"not below {fmt('app_cpu_percent', limit)}"
             )
     qps = values.get("database_queries_per_second")
     hit = values.get("cache_hit_ratio")
@@ -253,8 +265,12 @@ def decide(
     memory: Memory,
     now: float,
     failure: str | None = None,
+    app_replicas: int | None = None,
 ) -> Verdict:
-    """One evaluation: the verdict and the memory to keep. See the module docstring."""
+    """One evaluation: the verdict and the memory to keep. See the module docstring.
+
+    `app_replicas` is the app's observed replica count (see `too_high_for_lower`).
+    """
     if memory.stage is None:
         memory = dataclasses.replace(memory, stage=stage)
     elif memory.stage != stage:
@@ -282,7 +298,9 @@ def decide(
 
     thresholds = promotion.thresholds
     over = breaches(stage, thresholds, values)
-    not_oversized = too_high_for_lower(stage, thresholds, values) if stage > 1 else ["stage 1"]
+    not_oversized = (
+        too_high_for_lower(stage, thresholds, values, app_replicas) if stage > 1 else ["stage 1"]
+    )
     oversized = not over and not not_oversized
     memory = dataclasses.replace(
         memory,

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 HANDOVER_MANAGER = "z2m-replicas-handover"
+RECONCILER_MANAGER = "z2m-reconciler"
+"""Field manager of the status the reconciler rebuilds every pass."""
+PROMOTER_MANAGER = "z2m-promoter"
+"""Field manager of the status the promotion loop writes (decisions, its conditions)."""
 
 
 def load_config(kubeconfig: str | None = None) -> ApiClient:
@@ -237,21 +241,61 @@ class Kube:
         self.apply(claim, manager=HANDOVER_MANAGER)
         return True
 
-    def patch_status(
-        self, namespace: str, name: str, status: Obj, resource_version: str | None = None
-    ) -> None:
-        """Merge-patch the status subresource; with a resourceVersion, only if unchanged since."""
-        resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
-        metrics.API_REQUESTS.labels("patch", f"{api.KIND}/status").inc()
-        body: Obj = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        resource.status.patch(
+    def claims(self, namespace: str, selector: str) -> list[Obj]:
+        """The PersistentVolumeClaims in a namespace that match a label selector."""
+        metrics.API_REQUESTS.labels("list", "PersistentVolumeClaim").inc()
+        listing = self._resource("v1", "PersistentVolumeClaim").get(
+            namespace=namespace, label_selector=selector
+        )
+        return list(listing.to_dict()["items"])
+
+    def expand_claim(self, namespace: str, name: str, size: str) -> None:
+        """Ask for a bigger volume: the claim's request grows, its StorageClass does the rest."""
+        metrics.API_REQUESTS.labels("patch", "PersistentVolumeClaim").inc()
+        self._resource("v1", "PersistentVolumeClaim").patch(
             name=name,
             namespace=namespace,
-            body=body,
+            body={"spec": {"resources": {"requests": {"storage": size}}}},
             content_type="application/merge-patch+json",
         )
+
+    def storage_class(self, name: str) -> Obj | None:
+        """A StorageClass (cluster-scoped), or None when it does not exist."""
+        metrics.API_REQUESTS.labels("get", "StorageClass").inc()
+        try:
+            obj = self._resource("storage.k8s.io/v1", "StorageClass").get(name=name)
+        except NotFoundError:
+            return None
+        result: Obj = obj.to_dict()
+        return result
+
+    def apply_status(self, namespace: str, name: str, status: Obj, manager: str) -> Obj:
+        """Server-side apply `status` on the status subresource as field manager `manager`.
+
+        Each status writer has its own manager (RECONCILER_MANAGER, PROMOTER_MANAGER)
+        and sends only the fields it owns, every time: fields it sent before and no
+        longer sends are removed, and fields another manager owns are left alone.
+        `conditions` is a map list keyed by `type`, so each condition belongs to the
+        writer that sets it. Conflicts are forced only to take fields over from the
+        merge patches of older z2m versions; the two writers' fields are disjoint.
+        """
+        resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        metrics.API_REQUESTS.labels("apply", f"{api.KIND}/status").inc()
+        body: Obj = {
+            "apiVersion": f"{api.GROUP}/{api.VERSION}",
+            "kind": api.KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
+        result = resource.status.server_side_apply(
+            body=body,
+            name=name,
+            namespace=namespace,
+            field_manager=manager,
+            force_conflicts=True,
+        )
+        applied: Obj = result.to_dict()
+        return applied
 
     def event(self, scaling_stage: Obj, kind: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on the ScalingStage."""

@@ -3,7 +3,9 @@
 Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop lists ScalingStages and
 evaluates each one whose `spec.promotion.mode` is `recommend` or `auto` and
 whose `intervalSeconds` has passed. An evaluation reads the signals
-(`z2m.signals`), asks the pure `z2m.decide`, and writes:
+(`z2m.signals`) and how many app pods run now (the HPA's count, not the
+catalog's, is what demotion must divide the CPU by), asks the pure
+`z2m.decide`, and writes:
 
 - `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
   windows' memory, so a restarted operator resumes its windows),
@@ -14,6 +16,10 @@ whose `intervalSeconds` has passed. An evaluation reads the signals
   is recommended or was just made),
 - an Event whenever a decision changes something or recommends a change, and
   whenever metrics become unavailable or available again.
+
+Status is written by server-side apply as the field manager `z2m-promoter`,
+with only the fields above; the reconciler applies the rest as
+`z2m-reconciler`, so neither writer can put back the other's stale fields.
 
 Modes: `auto` patches `spec.stage` itself and the reconciler does the rest.
 `recommend` changes nothing until a person approves by annotating the
@@ -49,7 +55,7 @@ import httpx
 import pydantic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from z2m import api, decide, kube, metrics, signals, status
+from z2m import api, builders, decide, kube, metrics, signals, status
 
 log = logging.getLogger(__name__)
 
@@ -293,22 +299,26 @@ class Loop:
     async def run(self, stop: asyncio.Event) -> None:
         """List and dispatch every tick until `stop` is set (or the task is cancelled)."""
         listing_failures = 0
-        while not stop.is_set():
-            listed_at = time.monotonic()
-            try:
-                items = await self._call(self.kube.list_scaling_stages)
-            except Exception:
-                listing_failures += 1
-                log.exception("listing ScalingStages for promotion failed")
-                items = []
-            else:
-                listing_failures = 0
-            self.dispatch(items, listed_at)
-            delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-        for task in list(self._running.values()):
-            task.cancel()
+        try:
+            while not stop.is_set():
+                listed_at = time.monotonic()
+                try:
+                    items = await self._call(self.kube.list_scaling_stages)
+                except Exception:
+                    listing_failures += 1
+                    log.exception("listing ScalingStages for promotion failed")
+                    items = []
+                else:
+                    listing_failures = 0
+                self.dispatch(items, listed_at)
+                delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            # Also when this task is cancelled (operator shutdown): an evaluation left
+            # running would call into the executor after it is shut down, and fail.
+            for task in list(self._running.values()):
+                task.cancel()
 
     def dispatch(self, items: list[Obj], listed_at: float) -> None:
         """Start an evaluation for every due object not already being evaluated."""
@@ -423,7 +433,12 @@ class Loop:
         else:
             reading = await signals.read(self.http, promotion, namespace, name, self._queries)
             failure = reading.problem.message if reading.problem is not None else None
-            verdict = decide.decide(spec.stage, promotion, reading.values, memory, now, failure)
+            running = (
+                await self._call(self.app_replicas, namespace, name) if spec.stage > 1 else None
+            )
+            verdict = decide.decide(
+                spec.stage, promotion, reading.values, memory, now, failure, app_replicas=running
+            )
             if reading.problem is not None:
                 metrics.EVALUATION_ERRORS.labels(reading.problem.reason).inc()
         metrics.DECISIONS.labels(verdict.action).inc()
@@ -503,11 +518,16 @@ class Loop:
             },
             memory=stored_memory(new_memory, verdict.target_stage if applied else spec.stage),
         )
+        # Only the loop's own fields (status.PROMOTER_FIELDS and its conditions): applied
+        # as PROMOTER_MANAGER, they cannot touch the reconciler's Ready or Progressing,
+        # and a field left out (a window's start that has ended) is removed. An empty
+        # map is left out too: apply can turn it into null, which the schema refuses.
+        last = decision.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if not last.get("signals"):
+            last.pop("signals", None)
         new_status: Obj = {
-            "conditions": [c for c in previous_conditions if c.get("type") not in status.FOREIGN]
-            + ours_now,
-            # Nulls stay in: in a merge patch they delete a window's start that has ended.
-            "lastDecision": decision.model_dump(by_alias=True, mode="json"),
+            "conditions": ours_now,
+            "lastDecision": last,
             "recommendedStage": verdict.target_stage,
             "history": history[-HISTORY_LIMIT:],
         }
@@ -520,7 +540,9 @@ class Loop:
         last_time = parse_time((current.get("lastDecision") or {}).get("time")) or 0.0
         stale = now - last_time >= self.refresh_seconds
         if applied or stale or material(new_status) != material(current):
-            await self._call(self.kube.patch_status, namespace, name, new_status)
+            await self._call(
+                self.kube.apply_status, namespace, name, new_status, kube.PROMOTER_MANAGER
+            )
         self._written[uid] = new_status
         for kind, reason, message in events:
             log.info("%s/%s: %s %s", namespace, name, reason, message)
@@ -531,6 +553,20 @@ class Loop:
                     "could not record Event %s on %s/%s", reason, namespace, name, exc_info=True
                 )
         return reading is None or reading.problem is None
+
+    def app_replicas(self, namespace: str, name: str) -> int | None:
+        """How many app pods run now (an HPA may run more than the catalog says).
+
+        The app Deployment's status.replicas: every pod not shutting down, whichever
+        template it runs. None when there is no app Deployment (yet).
+        """
+        app = self.kube.get("apps/v1", "Deployment", namespace, builders.child(name, "app"))
+        if app is None:
+            return None
+        observed = (app.get("status") or {}).get("replicas")
+        if observed is None:
+            observed = (app.get("spec") or {}).get("replicas")
+        return int(observed) if observed is not None else None
 
     def _newest(self, uid: str, current: Obj) -> Obj:
         """Our status parts as stored, or as we last wrote them if the stored copy is older."""

@@ -5,6 +5,8 @@ status) what it should look like and in which phases to get there, then runs
 each step whose gates hold: server-side apply, or a delete of what the stage no
 longer wants. The gates are asked of the world here: consumers are rewired
 before a provider goes or shrinks, and the queue goes only once it is empty.
+StatefulSet claim templates cannot change, so a bigger `storage.size` is
+applied to the claims themselves, where their StorageClass allows expansion.
 Everything here is synchronous and runs in a worker thread; `handlers` decides
 when a pass runs.
 """
@@ -12,6 +14,7 @@ when a pass runs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import hashlib
 import json
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import kubernetes
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
@@ -137,7 +141,7 @@ class Reconciler:
                 self.kube.children(namespace, name),
                 waiting="paused: spec.paused is true, so nothing is changed",
             )
-            self._write_status(body, previous, seen)
+            self.write_status(body, previous, seen)
             return Result(0, None)
         try:
             the_plan = plan.resolve(
@@ -157,6 +161,8 @@ class Reconciler:
         by_key = {builders.key(o): o for o in current}
 
         desired = builders.build(the_plan, owner)
+        desired, growth = keep_claim_templates(desired, by_key)
+        notices = self._grow_claims(body, previous, growth)
         gates = _Gates(self, body, the_plan, desired)
         writes, removed = 0, []
         waits: dict[str, list[str]] = {}
@@ -192,7 +198,7 @@ class Reconciler:
             )
             or None
         )
-        return self._finish(body, previous, generation, the_plan, waiting, writes)
+        return self._finish(body, previous, generation, the_plan, waiting, writes, notices)
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -226,6 +232,75 @@ class Reconciler:
             if not transition.rolled_out(self.kube.get("apps/v1", "Deployment", namespace, name)):
                 lagging.append(name)
         return lagging
+
+    def _grow_claims(
+        self, body: Obj, previous: Obj, growth: list[Growth]
+    ) -> dict[str, tuple[bool, str, str]]:
+        """Expand the claims a bigger `storage.size` asks for, where their class allows it.
+
+        Returns the StorageExpanded condition (none when no size grew). A claim whose
+        StorageClass does not allow expansion keeps its size; the condition and a
+        Warning Event say so, and everything else carries on.
+        """
+        if not growth:
+            return {}
+        namespace = body["metadata"]["namespace"]
+        refused: list[str] = []
+        asked: list[str] = []
+        for g in growth:
+            selector = (
+                f"{builders.PART_OF}={body['metadata']['name']},{builders.COMPONENT}={g.component}"
+            )
+            for claim in self.kube.claims(namespace, selector):
+                name = claim["metadata"]["name"]
+                if not name.startswith(f"{g.template}-{g.statefulset}-"):
+                    continue
+                requests = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+                have = requests.get("storage", "0")
+                if quantity(have) >= quantity(g.size):
+                    continue
+                klass = (claim.get("spec") or {}).get("storageClassName")
+                try:
+                    found = self.kube.storage_class(klass) if klass else None
+                except ApiException as exc:
+                    if exc.status != 403:
+                        raise
+                    refused.append(
+                        f"{name} stays at {have} (z2m may not read StorageClass {klass})"
+                    )
+                    continue
+                if not (found or {}).get("allowVolumeExpansion"):
+                    refused.append(f"{name} stays at {have} (StorageClass {klass or 'none'})")
+                    continue
+                self.kube.expand_claim(namespace, name, g.size)
+                metrics.WRITES.labels("expand", "PersistentVolumeClaim").inc()
+                asked.append(f"{name} from {have} to {g.size}")
+        if asked:
+            self.kube.event(body, "Normal", "StorageExpanding", "expanding " + ", ".join(asked))
+        sizes = ", ".join(sorted({f"{g.statefulset} {g.size}" for g in growth}))
+        if refused:
+            message = (
+                f"storage.size asks for more ({sizes}), but the claims' StorageClass does not "
+                "allow volume expansion (allowVolumeExpansion: true): "
+                + "; ".join(refused)
+                + ". Allow expansion on the class and z2m expands them; "
+                "the size cannot shrink back."
+            )
+            before: Obj = next(
+                (c for c in previous.get("conditions") or [] if c.get("type") == "StorageExpanded"),
+                {},
+            )
+            if before.get("reason") != "ExpansionNotAllowed":
+                self.kube.event(body, "Warning", "ExpansionNotAllowed", message)
+            return {"StorageExpanded": (False, "ExpansionNotAllowed", message)}
+        return {
+            "StorageExpanded": (
+                True,
+                "ClaimsExpanded",
+                f"every claim asks for its storage.size ({sizes}); the StatefulSets' claim "
+                "templates keep the size they were made with, since they cannot change",
+            )
+        }
 
     def queue_drained(self, the_plan: plan.Plan) -> str | None:
         """None once the jobs queue has read empty for the quiet period, else why not."""
@@ -303,7 +378,7 @@ class Reconciler:
         self, body: Obj, previous: Obj, generation: int, reason: str, message: str
     ) -> Result:
         seen = status.Observation(generation, None, problem=(reason, message))
-        if self._write_status(body, previous, seen):
+        if self.write_status(body, previous, seen):
             self.kube.event(body, "Warning", reason, message)
         return Result(0, None)
 
@@ -315,9 +390,10 @@ class Reconciler:
         the_plan: plan.Plan,
         waiting: str | None,
         writes: int,
+        notices: dict[str, tuple[bool, str, str]],
     ) -> Result:
         meta = body["metadata"]
-        notices: dict[str, tuple[bool, str, str]] = {}
+        notices = dict(notices)
         if the_plan.failover == "unavailable":
             notices["FailoverAvailable"] = (
                 False,
@@ -333,7 +409,7 @@ class Reconciler:
             )
         children = self.kube.children(meta["namespace"], meta["name"])
         seen = status.Observation(generation, the_plan, children, waiting=waiting, notices=notices)
-        new = self._write_status(body, previous, seen)
+        new = self.write_status(body, previous, seen)
         metrics.STAGE.labels(meta["namespace"], meta["name"]).set(the_plan.stage.number)
         old_stage = previous.get("stage")
         if old_stage != the_plan.stage.number:
@@ -355,21 +431,87 @@ class Reconciler:
         settled = (new or previous).get("ready") == "True" and waiting is None
         return Result(writes, None if settled else self.retry_seconds)
 
-    def _write_status(self, body: Obj, previous: Obj, seen: status.Observation) -> Obj | None:
+    def write_status(self, body: Obj, previous: Obj, seen: status.Observation) -> Obj | None:
+        """Apply the status this pass observed, if it differs; returns it, or None.
+
+        Server-side apply as `kube.RECONCILER_MANAGER`, with only the reconciler's
+        fields: whatever the promotion loop wrote since `body` was read stays as it
+        wrote it, so no resourceVersion is needed and no write has to be retried.
+        """
         new = status.build(previous, seen, self.clock())
-        patch = status.patch(previous, new)
-        if patch is None:
+        if not status.changed(previous, new):
             return None
         meta = body["metadata"]
-        # Based on what this pass read: if the promotion loop wrote status since, the
-        # apiserver refuses (409) and the next pass rebuilds from the newer status.
-        self.kube.patch_status(meta["namespace"], meta["name"], patch, meta.get("resourceVersion"))
+        self.kube.apply_status(meta["namespace"], meta["name"], new, kube.RECONCILER_MANAGER)
         return new
 
 
 def _owner_name(obj: Obj) -> str:
     labels: dict[str, str] = obj["metadata"].get("labels") or {}
     return labels.get(builders.PART_OF, "")
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A claim template whose claims `storage.size` asks to grow."""
+
+    statefulset: str
+    component: str
+    template: str
+    size: str
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes quantity as a number, for comparing sizes."""
+    return float(kubernetes.utils.parse_quantity(text))  # type: ignore[no-untyped-call]
+
+
+def keep_claim_templates(
+    desired: list[Obj], live: dict[tuple[str, str, str], Obj]
+) -> tuple[list[Obj], list[Growth]]:
+    """Desired objects with every live StatefulSet's claim templates kept as they are.
+
+    A StatefulSet's volumeClaimTemplates cannot change (the apiserver answers 422),
+    so applying a new size or class would fail on every pass. The live size and
+    class are applied instead; a bigger size is returned as growth, to be made on
+    the claims themselves. (A smaller size or another class is refused at admission.)
+    """
+    out: list[Obj] = []
+    growth: list[Growth] = []
+    for obj in desired:
+        before = live.get(builders.key(obj))
+        if obj["kind"] != "StatefulSet" or before is None:
+            out.append(obj)
+            continue
+        kept = {
+            t["metadata"]["name"]: t
+            for t in (before.get("spec") or {}).get("volumeClaimTemplates") or []
+        }
+        obj = copy.deepcopy(obj)
+        for template in obj["spec"].get("volumeClaimTemplates") or []:
+            old = kept.get(template["metadata"]["name"])
+            if old is None:
+                continue
+            spec, old_spec = template["spec"], old.get("spec") or {}
+            wanted = spec["resources"]["requests"]["storage"]
+            have = ((old_spec.get("resources") or {}).get("requests") or {}).get("storage")
+            if have is not None:
+                spec["resources"]["requests"]["storage"] = have
+                if quantity(wanted) > quantity(have):
+                    growth.append(
+                        Growth(
+                            obj["metadata"]["name"],
+                            transition.component(obj),
+                            old["metadata"]["name"],
+                            wanted,
+                        )
+                    )
+            if "storageClassName" in old_spec:
+                spec["storageClassName"] = old_spec["storageClassName"]
+            else:
+                spec.pop("storageClassName", None)
+        out.append(obj)
+    return out, growth
 
 
 def _describe(obj: Obj) -> str:

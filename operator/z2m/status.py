@@ -4,6 +4,11 @@ Status is reconstituted from the world on every pass: component readiness from
 the children as they are, conditions from what this pass found. Only a
 condition's lastTransitionTime is carried over, and only while its status has
 not changed. Time is passed in, so tests control it.
+
+The status has two writers, each with its own server-side apply field manager:
+the reconciler owns what `build` returns, the promotion loop owns
+`PROMOTER_FIELDS` and the `FOREIGN` conditions. `build` never returns the
+loop's fields, so a reconcile cannot put back a stale copy of them.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from z2m import api, builders, catalog, plan
+from pydantic.alias_generators import to_camel
+
+from z2m import api, builders, catalog, plan, transition
 
 Obj = dict[str, Any]
 FOREIGN = frozenset({"MetricsAvailable", "Recommendation"})
 """Condition types written by the promotion loop (z2m.promote), not by the reconciler."""
+PROMOTER_FIELDS = frozenset({"lastDecision", "recommendedStage", "history"})
+"""Status fields the promotion loop owns, besides its conditions; the reconciler owns the rest."""
 
 
 @dataclass(frozen=True)
@@ -34,24 +43,27 @@ class Observation:
 
 
 def component_status(obj: Obj) -> api.ComponentStatus | None:
-    """Readiness of a workload child; None for kinds without pods."""
+    """Readiness of a workload child; None for kinds without pods.
+
+    Available means rolled out (`transition.rolled_out`): ready pods of an older
+    template do not count, since they still run the old wiring. Pods merely
+    shutting down after a scale-down do not make a component unavailable. Objects
+    as the dynamic client returns them (camelCase) or as the typed one does
+    (snake_case) are both understood.
+    """
     kind = obj["kind"]
     if kind not in ("Deployment", "StatefulSet"):
         return None
-    spec, st = obj.get("spec") or {}, obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    st = {to_camel(k): v for k, v in (obj.get("status") or {}).items()}
     desired = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
-    ready = int(st.get("readyReplicas") or st.get("ready_replicas") or 0)
-    generation = obj["metadata"].get("generation")
-    observed = st.get("observedGeneration") or st.get("observed_generation")
-    updated = int(st.get("updatedReplicas") or st.get("updated_replicas") or 0)
-    current = generation is None or observed == generation
     return api.ComponentStatus(
         name=obj["metadata"]["name"],
         component=obj["metadata"].get("labels", {}).get(builders.COMPONENT, ""),
         kind=kind,
         desired=desired,
-        ready=ready,
-        available=current and ready >= desired and updated >= desired,
+        ready=int(st.get("readyReplicas") or 0),
+        available=transition.rolled_out({**obj, "status": st}, terminating=False),
     )
 
 
@@ -119,11 +131,6 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
         ]
     for ctype, (value, reason, message) in sorted(seen.notices.items()):
         conditions.append(cond(ctype, value, reason, message))
-    # Conditions the promotion loop owns are its to change; a reconcile keeps them as they are.
-    conditions += [
-        api.Condition.model_validate(c) for c in old_conditions if c.get("type") in FOREIGN
-    ]
-
     out = api.ScalingStageStatus(
         observed_generation=seen.generation,
         stage=seen.plan.stage.number if seen.plan else previous.get("stage"),
@@ -134,9 +141,10 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
         components=components,
         conditions=conditions,
     ).model_dump(by_alias=True, exclude_none=True, mode="json")
-    for carried in ("lastDecision", "recommendedStage", "history"):
-        if carried in previous:
-            out[carried] = previous[carried]
+    # The promotion loop's fields are its own (server-side apply, another field manager):
+    # sending a copy of them here could put back what it has since replaced.
+    for theirs in PROMOTER_FIELDS:
+        out.pop(theirs, None)
     return out
 
 
@@ -149,8 +157,15 @@ def _capacity(stage: catalog.Stage) -> str:
     return f"{stage.users} users, {stage.rps} RPS"
 
 
-def patch(old: Obj, new: Obj) -> Obj | None:
-    """The merge patch that turns status `old` into `new`, or None when they agree."""
-    if old == new:
-        return None
-    return {**new, **{k: None for k in old if k not in new}}
+def ours(st: Obj) -> Obj:
+    """The part of a status the reconciler owns: all but the promotion loop's fields."""
+    out = {k: v for k, v in st.items() if k not in PROMOTER_FIELDS}
+    if "conditions" in out:
+        mine = [c for c in out["conditions"] if c.get("type") not in FOREIGN]
+        out["conditions"] = sorted(mine, key=lambda c: str(c.get("type")))
+    return out
+
+
+def changed(old: Obj, new: Obj) -> bool:
+    """Whether the reconciler's part of status `old` differs from its rebuilt `new`."""
+    return ours(old) != ours(new)

@@ -135,7 +135,7 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
     )
 
 
-def rolled_out(live: Obj | None) -> bool:
+def rolled_out(live: Obj | None, *, terminating: bool = True) -> bool:
     """Whether a Deployment runs only pods of its current template, enough of them ready.
 
     Available alone is not enough: during a rollout the old pods, still wired to what
@@ -143,6 +143,7 @@ def rolled_out(live: Obj | None) -> bool:
     current generation, every pod must be updated, and none of the old ones left.
     An old web pod may still finish its drain (seconds) after this: the app treats
     a provider that went as down, and the queue's quiet period outlasts the drain.
+    With `terminating=False` (for status), pods shutting down do not count.
     """
     if live is None:
         return True
@@ -155,5 +156,5 @@ def rolled_out(live: Obj | None) -> bool:
         and int(st.get("replicas") or 0) == int(st.get("updatedReplicas") or 0)
         and int(st.get("availableReplicas") or 0) >= want
         # Where the apiserver counts them (1.33+), pods still shutting down count as old.
-        and not int(st.get("terminatingReplicas") or 0)
+        and not (terminating and int(st.get("terminatingReplicas") or 0))
     )

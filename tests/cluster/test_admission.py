@@ -111,3 +111,65 @@ def test_a_valid_scaling_stage_is_accepted_and_defaulted(kubeconfig: str, namesp
     )
     assert got["spec"]["promotion"]["maxStage"] == 5
     assert got["spec"]["promotion"]["cooldownSeconds"] == 600
+
+
+def db(**storage: str) -> dict[str, object]:
+    return {"database": {"storage": storage}}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "message"),
+    [
+        (
+            db(size="2Gi"),
+            db(size="1Gi"),
+            "spec.database.storage.size cannot shrink: a volume that holds data never gets smaller",
+        ),
+        ({}, {"queue": {"storage": {"size": "512Mi"}}}, "spec.queue.storage.size cannot shrink"),
+        (
+            {},
+            {"cache": {"storage": {"storageClassName": "fast"}}},
+            "spec.cache.storage.storageClassName cannot change (nor be set or unset) once the "
+            "ScalingStage exists: its claims keep the class they were made with",
+        ),
+        (
+            db(storageClassName="slow"),
+            db(storageClassName="fast"),
+            "spec.database.storage.storageClassName cannot change",
+        ),
+        (db(storageClassName="slow"), {}, "spec.database.storage.storageClassName cannot change"),
+    ],
+    ids=["shrink", "shrink-from-default", "set-class", "change-class", "unset-class"],
+)
+def test_storage_edits_the_volumes_cannot_follow_are_refused_at_admission(
+    kubeconfig: str,
+    namespace: str,
+    before: dict[str, object],
+    after: dict[str, object],
+    message: str,
+) -> None:
+    code, stderr = apply(kubeconfig, namespace, {"stage": 2, **before})
+    assert code == 0, stderr
+    code, stderr = apply(kubeconfig, namespace, {"stage": 2, **after})
+    assert code != 0
+    assert message in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({}, db(size="1024Mi")),
+        (db(size="1Gi"), {}),
+        ({}, db(size="5Gi")),
+        (db(storageClassName="slow"), db(storageClassName="slow", size="2Gi")),
+        (db(storageClassName="slow"), {"stage": 3, **db(storageClassName="slow")}),
+    ],
+    ids=["same-size-spelt-otherwise", "default-spelt-out", "grow", "grow-same-class", "stage"],
+)
+def test_storage_edits_that_keep_the_claims_valid_are_accepted(
+    kubeconfig: str, namespace: str, before: dict[str, object], after: dict[str, object]
+) -> None:
+    code, stderr = apply(kubeconfig, namespace, {"stage": 2, **before})
+    assert code == 0, stderr
+    code, stderr = apply(kubeconfig, namespace, {"stage": 2, **after})
+    assert code == 0, stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
 from tests.conftest import eventually
-from z2m import kube, metrics
+from z2m import builders, kube, metrics
 
 pytestmark = pytest.mark.cluster
 NAME = "shop"
@@ -440,3 +441,66 @@ def test_a_read_replica_stops_getting_reads_before_it_is_removed(
     rewired = next(i for i, e in enumerate(seen) if e == ("app-urls", 1))
     shrunk = next(i for i, e in enumerate(seen) if e == ("replicas", 1))
     assert rewired < shrunk, seen
+
+
+def test_a_read_replica_stays_while_an_app_pod_of_the_old_template_still_runs(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    core = kubernetes.client.CoreV1Api(api_client)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    hold = "z2m.dev/test-hold"
+    # The stage-3 app pods, still wired to the read replica, keep running after they
+    # are told to stop (a finalizer stands in for a long shutdown on real nodes).
+    old = core.list_namespaced_pod(
+        namespace, label_selector=f"{builders.PART_OF}={NAME},{builders.COMPONENT}=app"
+    ).items
+    assert len(old) == 2
+    for pod in old:
+        core.patch_namespaced_pod(
+            pod.metadata.name, namespace, {"metadata": {"finalizers": [hold]}}
+        )
+    try:
+        h.set_stage(api_client, namespace, NAME, 2)
+
+        def new_pods_up_old_pods_lingering() -> bool:
+            d = apps.read_namespaced_deployment(f"{NAME}-app", namespace)
+            st = d.status
+            return bool(
+                st.observed_generation == d.metadata.generation
+                and st.updated_replicas == 1
+                and st.replicas == 1
+                and st.available_replicas == 1
+                and (st.terminating_replicas or 0) > 0
+            )
+
+        eventually(new_pods_up_old_pods_lingering, timeout=60)
+        # A pass that starts from here on must still keep the replica.
+        h.custom(api_client).patch_namespaced_custom_object(
+            "z2m.dev",
+            "v1alpha1",
+            namespace,
+            "scalingstages",
+            NAME,
+            {"spec": {"promotion": {"intervalSeconds": 31}}},
+        )
+        generation = h.get(api_client, namespace, NAME)["metadata"]["generation"]
+
+        def still_rewiring() -> dict[str, Any] | None:
+            obj = h.get(api_client, namespace, NAME)
+            cond = h.condition(obj, "Progressing")
+            if obj["status"].get("observedGeneration") != generation or cond is None:
+                return None
+            return cond if f"rewiring {NAME}-app" in cond["message"] else None
+
+        eventually(still_rewiring, timeout=30)
+        assert ("StatefulSet", f"{NAME}-db-replica") in h.children(k, namespace, NAME)
+    finally:
+        for pod in old:
+            with contextlib.suppress(kubernetes.client.ApiException):
+                core.patch_namespaced_pod(
+                    pod.metadata.name, namespace, {"metadata": {"finalizers": None}}
+                )
+    h.wait_ready(api_client, namespace, NAME, 2)
+    eventually(lambda: h.children(k, namespace, NAME) == h.expected(2, NAME, namespace))

@@ -159,7 +159,10 @@ def test_falling_load_demotes_one_stage_per_longer_window_and_stops_at_min_stage
     created = time.time()
     h.create(api_client, namespace, promoting(3, prometheus.url))
     eventually(lambda: spec_stage(api_client, namespace) == 1, timeout=90)
-    steps = history(api_client, namespace)
+    # The loop changes spec.stage first and records the change in status just after.
+    steps = eventually(
+        lambda: len(history(api_client, namespace)) == 2 and history(api_client, namespace)
+    )
     assert [(s["fromStage"], s["toStage"]) for s in steps] == [(3, 2), (2, 1)]
     assert seconds(steps[0]) - created >= DEMOTE
     assert seconds(steps[1]) - seconds(steps[0]) >= DEMOTE
@@ -310,3 +313,32 @@ def test_bad_promql_an_unreachable_url_and_a_pause_each_say_why_and_change_nothi
     # The operator is still healthy: a good object next to the broken ones still climbs.
     h.create(api_client, namespace, promoting(1, prometheus.url))
     eventually(lambda: spec_stage(api_client, namespace) == 2, timeout=60)
+
+
+def test_demotion_judges_cpu_by_the_app_replicas_actually_running(
+    api_client: ApiClient,
+    namespace: str,
+    exporter: prom.Exporter,
+    prometheus: prom.Prometheus,
+    z2m: None,
+    operator: Any,
+) -> None:
+    # 15% on each of six app pods is 90% of one pod at stage 2, though stage 3's
+    # catalog count (two) would make it 30% and look like a safe demotion.
+    exporter.set(rps=0.1, cpu_percent=15.0)
+    body = promoting(3, prometheus.url, mode="recommend")
+    body["spec"]["overrides"] = {"replicasManagedExternally": True}
+    h.create(api_client, namespace, body)
+    h.wait_ready(api_client, namespace, NAME, 3)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    apps.patch_namespaced_deployment_scale(f"{NAME}-app", namespace, {"spec": {"replicas": 6}})
+    eventually(
+        lambda: apps.read_namespaced_deployment(f"{NAME}-app", namespace).status.replicas == 6
+    )
+
+    def judged_on_six() -> dict[str, Any] | None:
+        cond = has_condition(api_client, namespace, "Recommendation", "False", "StageFits")
+        return cond if cond and "on 6 replica(s) would be 90% on 1" in cond["message"] else None
+
+    eventually(judged_on_six, timeout=60)
+    assert status(api_client, namespace)["recommendedStage"] == 3

@@ -60,10 +60,13 @@ def once(
     values: Values,
     p: api.Promotion = FAST,
     failure: str | None = None,
+    app_replicas: int | None = None,
     **memory: float,
 ) -> decide.Verdict:
     memory_ = decide.Memory(stage=stage, **memory)
-    return decide.decide(stage, p, values, memory_, now=1000.0, failure=failure)
+    return decide.decide(
+        stage, p, values, memory_, now=1000.0, failure=failure, app_replicas=app_replicas
+    )
 
 
 # --- windows and steps -----------------------------------------------------------------------
@@ -167,6 +170,28 @@ def test_demotion_projects_cpu_onto_the_lower_stages_replicas() -> None:
     verdict = once(3, {"rps": 1.0, "app_cpu_percent": 30.0}, oversized_since=0.0)
     assert verdict.action == "hold" and "would be 60%" in verdict.reason
     assert once(3, {"rps": 1.0, "app_cpu_percent": 15.0}, oversized_since=0.0).action == "demote"
+
+
+def test_demotion_projects_cpu_from_the_replicas_the_hpa_runs_not_the_catalog() -> None:
+    # Stage 5's HPA runs 12 app replicas at 20% each: on stage 4's four that is 60%, over 40%.
+    calm = {"rps": 1.0, "app_cpu_percent": 20.0}
+    verdict = once(5, calm, app_replicas=12, oversized_since=0.0)
+    assert verdict.action == "hold"
+    assert "app CPU 20% on 12 replica(s) would be 60% on 4" in verdict.reason
+    # At the HPA's floor the same CPU fits stage 4.
+    assert once(5, calm, app_replicas=4, oversized_since=0.0).action == "demote"
+
+
+def test_demotion_projects_cpu_from_fewer_replicas_than_the_catalog_when_fewer_run() -> None:
+    # Stage 3 normally runs two; with one running, 30% stays 30% on stage 2's one.
+    values = {"rps": 1.0, "app_cpu_percent": 30.0}
+    assert once(3, values, app_replicas=1, oversized_since=0.0).action == "demote"
+
+
+def test_without_an_observed_count_the_catalog_count_is_the_projection() -> None:
+    calm = {"rps": 1.0, "app_cpu_percent": 20.0}
+    assert once(5, calm, app_replicas=None, oversized_since=0.0).action == "demote"
+    assert once(5, calm, app_replicas=0, oversized_since=0.0).action == "demote"
 
 
 def test_demotion_below_the_cache_counts_the_hits_the_database_would_take() -> None:
