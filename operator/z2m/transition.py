@@ -18,8 +18,8 @@ and runs each step whose gates hold; a step that waits is reported, with why.
    before has run):
    - `rewired`: no consumer pod of an old template is left, so nothing still uses
      what goes;
-   - `queue-empty`: RabbitMQ and its workers go only once the jobs queue is shown
-     empty, and the workers keep consuming until then.
+   - `queue-empty`: when the stage drops RabbitMQ, it and its workers go only once
+     the jobs queue is shown empty, and the workers keep consuming until then.
 
 Claims (PVCs) and the credentials Secret are never steps: they outlive every
 demotion (see `builders.PRUNABLE`).
@@ -85,8 +85,8 @@ def _is_consumer_side(obj: Obj) -> bool:
     return obj["kind"] in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 
 
-def _retire_gates(obj: Obj) -> frozenset[Gate]:
-    if component(obj) in QUEUE_SIDE:
+def _retire_gates(obj: Obj, queue_goes: bool) -> frozenset[Gate]:
+    if queue_goes and component(obj) in QUEUE_SIDE:
         return frozenset({"rewired", "queue-empty"})
     return frozenset({"rewired"})
 
@@ -114,20 +114,26 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         max((_replicas(o) for o in redis), default=0),
     )
     consumer_gates: frozenset[Gate] = frozenset({"redis-master-kept"}) if handover else frozenset()
+    # Only a stage without RabbitMQ drains the queue: at 5 -> 4 the workers' HPA goes and
+    # the queue stays, so nothing waits for it to empty.
+    queue_goes = any(
+        o["kind"] == "StatefulSet" and component(o) == "queue" and builders.key(o) not in wanted
+        for o in current
+    )
     provide: list[Step] = []
     rewire: list[Step] = []
     retire: list[Step] = []
     for obj in desired:
         before = live.get(builders.key(obj))
         if shrinks(obj, before):
-            retire.append(Step("apply", obj, _retire_gates(obj)))
+            retire.append(Step("apply", obj, _retire_gates(obj, queue_goes)))
         elif _is_consumer_side(obj):
             rewire.append(Step("apply", obj, consumer_gates))
         else:
             provide.append(Step("apply", obj))
     for obj in current:
         if builders.key(obj) not in wanted and controlled_by(obj, owner_uid):
-            retire.append(Step("delete", obj, _retire_gates(obj)))
+            retire.append(Step("delete", obj, _retire_gates(obj, queue_goes)))
     return (
         Phase("provide", tuple(provide)),
         Phase("rewire", tuple(rewire)),

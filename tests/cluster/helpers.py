@@ -13,6 +13,14 @@ from z2m import api, builders, kube
 GROUP_VERSION = f"{api.GROUP}/{api.VERSION}"
 
 
+# Half the default app CPU request, for the real-pod cluster: stage 5, its HPA's extra pods,
+# a rollout's surge pod and kind's own control plane must fit one node of two cores
+# (the HPA's target is relative to the request).
+SMALL_APP = {
+    "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
+}
+
+
 def scaling_stage(name: str, stage: int, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": GROUP_VERSION,

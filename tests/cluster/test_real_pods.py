@@ -213,10 +213,7 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
 ) -> None:
     ns, kc = app_namespace, kind_kubeconfig
     core = kubernetes.client.CoreV1Api(kind_api)
-    # Half the default CPU request: stage 5, its HPA's extra pods and kind's own control
-    # plane must fit one node of two cores (the HPA's target is relative to the request).
-    small = {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
-    h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0], app={"resources": small}))
+    h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0], app=h.SMALL_APP))
     h.wait_ready(kind_api, ns, NAME, WALK[0], timeout=600)
     core.create_namespaced_pod(ns, _load_pod("load", 8, journal=True))
     eventually(lambda: _acked(kc, ns) > 0, timeout=300)

@@ -96,3 +96,9 @@ def test_z2m_plan_prints_the_phases_and_what_each_removal_waits_for() -> None:
     assert lines.index("rewire:") < lines.index("retire:")
     assert "  - StatefulSet shop-queue (its PVCs are kept)  [once: queue-empty, rewired]" in lines
     assert cli.plan_lines(build(3), build(3)) == []
+
+
+def test_a_demotion_that_keeps_rabbitmq_does_not_wait_for_the_queue_to_empty() -> None:
+    """5 -> 4 drops the workers' HPA, not the queue: jobs keep flowing."""
+    for phase in transition.phases(build(5), build(4), OWNER.uid):
+        assert all("queue-empty" not in s.gates for s in phase.steps), phase.name
