@@ -257,5 +257,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    kubernetes.client.rest.logger.setLevel("WARNING")
     sys.exit(main())
