@@ -36,8 +36,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
