@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kubernetes
 from kubernetes.client import ApiClient
 
-from tests.conftest import eventually
+from tests.conftest import ROOT, _built_kubectl, eventually
 from z2m import api, builders, kube
+
+APP_IMAGE = "z2m/sample-app:0.1.0"
 
 GROUP_VERSION = f"{api.GROUP}/{api.VERSION}"
 
@@ -110,4 +117,55 @@ def versions(k: kube.Kube, namespace: str, name: str) -> dict[tuple[str, str], s
     return {
         (o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
         for o in k.children(namespace, name)
+    }
+
+
+# --- real pods (kind) ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def helm_namespace(api_client: ApiClient, kubeconfig: str, prefix: str) -> Iterator[str]:
+    """A namespace enforcing `restricted`, with z2m installed by its chart, watching only it."""
+    core = kubernetes.client.CoreV1Api(api_client)
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    enforce = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    core.create_namespace({"metadata": {"name": name, "labels": enforce}})
+    release = f"z2m-{name}"
+    helm = str(Path(_built_kubectl()).parent / "helm")
+    argv = [helm, "--kubeconfig", kubeconfig, "install", release, str(ROOT / "charts" / "z2m")]
+    argv += ["-n", name, "--set", f"watchNamespaces={{{name}}}"]
+    argv += ["--set", f"appNamespaces={{{name}}}", "--set", f"fullnameOverride={release}"]
+    argv += ["--skip-crds", "--wait", "--timeout", "5m"]
+    subprocess.run(argv, check=True, capture_output=True, text=True)
+    try:
+        yield name
+    finally:
+        subprocess.run([helm, "--kubeconfig", kubeconfig, "uninstall", release, "-n", name])
+        core.delete_namespace(name)
+
+
+def restricted_pod(name: str, command: list[str], cpu: str = "50m") -> dict[str, Any]:
+    """A sample-app pod that passes the `restricted` level, running `command`."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": name,
+                    "image": APP_IMAGE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": command,
+                    "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
     }

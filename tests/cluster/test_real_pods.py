@@ -14,11 +14,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -26,14 +23,13 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
-from tests.conftest import ROOT, _built_kubectl, eventually, kubectl, report
+from tests.conftest import eventually, kubectl, report
 from z2m import kube
 
 # The first kind test also pays for the session's cluster, image builds and loads.
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "shop"
 WALK = [1, 2, 3, 4, 5, 4, 3, 2, 1]
-APP_IMAGE = "z2m/sample-app:0.1.0"
 
 
 @pytest.fixture(scope="module")
@@ -43,66 +39,15 @@ def kind_api(kind_kubeconfig: str) -> ApiClient:
 
 @pytest.fixture(scope="module")
 def app_namespace(kind_api: ApiClient, kind_kubeconfig: str) -> Iterator[str]:
-    """A namespace enforcing `restricted`, with z2m installed by Helm, watching only it."""
-    core = kubernetes.client.CoreV1Api(kind_api)
-    name = f"walk-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(
-        {
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
-            }
-        }
-    )
-    release = f"z2m-{name}"
-    helm = str(_bin("helm"))
-    argv = [helm, "--kubeconfig", kind_kubeconfig, "install", release, str(ROOT / "charts" / "z2m")]
-    argv += [
-        "-n",
-        name,
-        "--set",
-        f"watchNamespaces={{{name}}}",
-        "--set",
-        f"appNamespaces={{{name}}}",
-    ]
-    argv += ["--set", f"fullnameOverride={release}", "--skip-crds", "--wait", "--timeout", "5m"]
-    subprocess.run(argv, check=True, capture_output=True, text=True)
-    yield name
-    subprocess.run([helm, "--kubeconfig", kind_kubeconfig, "uninstall", release, "-n", name])
-    core.delete_namespace(name)
-
-
-def _bin(name: str) -> Path:
-    return Path(_built_kubectl()).parent / name
+    with h.helm_namespace(kind_api, kind_kubeconfig, "walk") as name:
+        yield name
 
 
 def _load_pod(name: str, rps: int, *, journal: bool) -> dict[str, Any]:
     """A load generator pod that passes the `restricted` level."""
     args = ["python", "-m", "sample_app.load", "--url", f"http://{NAME}-app", "--rps", str(rps)]
     args += ["--duration", "7200", "--users", "5", "--read-ratio", "0.8"]
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "load",
-                    "image": APP_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": args + (["--journal"] if journal else []),
-                    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                }
-            ],
-        },
-    }
+    return h.restricted_pod(name, args + (["--journal"] if journal else []))
 
 
 def _exec(kubeconfig: str, namespace: str, pod: str, *argv: str) -> str:

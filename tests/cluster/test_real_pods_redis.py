@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -29,12 +26,11 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
-from tests.conftest import ROOT, _built_kubectl, eventually, kubectl, report
+from tests.conftest import eventually, kubectl, report
 from z2m import kube
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "shop"
-APP_IMAGE = "z2m/sample-app:0.1.0"
 KEYS = 20
 
 
@@ -45,54 +41,13 @@ def kind_api(kind_kubeconfig: str) -> ApiClient:
 
 @pytest.fixture(scope="module")
 def app_namespace(kind_api: ApiClient, kind_kubeconfig: str) -> Iterator[str]:
-    """A namespace enforcing `restricted`, with z2m installed by Helm, watching only it."""
-    core = kubernetes.client.CoreV1Api(kind_api)
-    name = f"redis-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(
-        {
-            "metadata": {
-                "name": name,
-                "labels": {
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                },
-            }
-        }
-    )
-    release = f"z2m-{name}"
-    helm = str(Path(_built_kubectl()).parent / "helm")
-    argv = [helm, "--kubeconfig", kind_kubeconfig, "install", release, str(ROOT / "charts" / "z2m")]
-    argv += ["-n", name, "--set", f"watchNamespaces={{{name}}}"]
-    argv += ["--set", f"appNamespaces={{{name}}}", "--set", f"fullnameOverride={release}"]
-    argv += ["--skip-crds", "--wait", "--timeout", "5m"]
-    subprocess.run(argv, check=True, capture_output=True, text=True)
-    yield name
-    subprocess.run([helm, "--kubeconfig", kind_kubeconfig, "uninstall", release, "-n", name])
-    core.delete_namespace(name)
+    with h.helm_namespace(kind_api, kind_kubeconfig, "redis") as name:
+        yield name
 
 
 def _client_pod(name: str) -> dict[str, Any]:
-    """An idle sample-app pod (restricted) that the test runs its HTTP probes from."""
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "client",
-                    "image": APP_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["python", "-c", "import time; time.sleep(7200)"],
-                    "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}},
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                }
-            ],
-        },
-    }
+    """An idle sample-app pod that the test runs its HTTP probes from."""
+    return h.restricted_pod(name, ["python", "-c", "import time; time.sleep(7200)"], cpu="20m")
 
 
 # Creates a user and a post, then reads the post twice without a session (a session
