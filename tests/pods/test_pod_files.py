@@ -59,9 +59,13 @@ def _pg_env(**extra: str) -> dict[str, str]:
 
 
 def _wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until the primary lets the app in: an open port may still say "starting up"."""
+    url = f"postgresql://app:app-password@127.0.0.1:{port}/postgres"
+
     def up() -> bool:
         assert proc.poll() is None, f"postgres exited with {proc.returncode}"
-        return services._port_open(port)
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
 
     services.wait_for(up, 60, "postgres")
 
