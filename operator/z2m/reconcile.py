@@ -33,7 +33,6 @@ from z2m import api, builders, kube, metrics, plan, redis_handover, status, tran
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-CONSUMERS = transition.CONSUMERS
 
 
 def utcnow() -> str:
@@ -226,7 +225,7 @@ class Reconciler:
         """Consumer Deployments that still run pods of an old template."""
         lagging = []
         for obj in desired:
-            if obj["kind"] != "Deployment" or transition.component(obj) not in CONSUMERS:
+            if obj["kind"] != "Deployment" or transition.component(obj) not in transition.CONSUMERS:
                 continue
             name = obj["metadata"]["name"]
             if not transition.rolled_out(self.kube.get("apps/v1", "Deployment", namespace, name)):

@@ -23,10 +23,16 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests import services
-from z2m import api, builders
+from z2m import api, builders, kube
 
 QUEUE_PASSWORD = "queue-test-password"
 REDIS_PASSWORD = "redis-password-test"  # what make_credentials stores
+
+
+@pytest.fixture(scope="session")
+def kind_api(kind_kubeconfig: str) -> ApiClient:
+    """An API client for the real-pod (kind) cluster."""
+    return kube.load_config(kind_kubeconfig)
 
 
 @pytest.fixture(scope="session")

@@ -24,17 +24,11 @@ from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
 from tests.conftest import eventually, kubectl, report
-from z2m import kube
 
 # The first kind test also pays for the session's cluster, image builds and loads.
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "shop"
 WALK = [1, 2, 3, 4, 5, 4, 3, 2, 1]
-
-
-@pytest.fixture(scope="module")
-def kind_api(kind_kubeconfig: str) -> ApiClient:
-    return kube.load_config(kind_kubeconfig)
 
 
 @pytest.fixture(scope="module")

@@ -27,16 +27,10 @@ from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
 from tests.conftest import eventually, kubectl, report
-from z2m import kube
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "shop"
 KEYS = 20
-
-
-@pytest.fixture(scope="module")
-def kind_api(kind_kubeconfig: str) -> ApiClient:
-    return kube.load_config(kind_kubeconfig)
 
 
 @pytest.fixture(scope="module")
