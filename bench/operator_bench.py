@@ -318,9 +318,9 @@ def credentials(namespace: str, owner: str) -> Obj:
 
 
 def render(spec: Obj, stage: int, namespace: str, name: str, uid: str) -> list[Obj]:
-    """Exactly what the operator builds for this spec (CloudNativePG absent)."""
+    """Exactly what the operator builds for this spec."""
     model = api.ScalingStageSpec.model_validate({**spec, "stage": stage})
-    the_plan = plan.resolve(model, name=name, namespace=namespace, cloudnativepg=False)
+    the_plan = plan.resolve(model, name=name, namespace=namespace)
     return builders.build(the_plan, builders.Owner(name=name, uid=uid))
 
 
@@ -891,8 +891,6 @@ def main() -> int:
     ).stdout.strip()
     cluster = Cluster(args.kubeconfig, str(Path(binaries) / "kubectl"))
     cluster.kubectl("get", "crd", "scalingstages.z2m.dev")
-    if cluster.k.cloudnativepg_installed():
-        print("note: CloudNativePG is installed; stage 5 renders differ", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="z2m-operator-bench-"))
     fl: Fleet | None = None
     try:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need, if any is missing:
-# PostgreSQL, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus, envsubst and openssl,
+# PostgreSQL and Patroni, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus, envsubst and openssl,
 # started on loopback by the tests; podman, runc, CNI plugins and debootstrap for the
 # kind cluster and our images where Docker is not running. Runs apt-get only when
 # something is missing.
 set -euo pipefail
 declare -A want=(
   [/usr/lib/postgresql]=postgresql
+  [/usr/bin/patroni]=patroni
   [/usr/bin/redis-server]=redis-server
   [/usr/bin/redis-sentinel]=redis-sentinel
   [/usr/sbin/rabbitmq-server]=rabbitmq-server
@@ -31,6 +32,6 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install where an init system runs; the tests start their own.
-for svc in postgresql redis-server rabbitmq-server nginx prometheus; do
+for svc in postgresql patroni redis-server rabbitmq-server nginx prometheus; do
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done

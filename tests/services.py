@@ -63,6 +63,32 @@ def wait_for(check: object, timeout: float, what: str, interval: float = 0.1) ->
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last_error!r})")
 
 
+def script_file(tmp: Path, name: str) -> Path:
+    """One of the files z2m mounts into pods, written to `tmp` as the ConfigMap holds it."""
+    from z2m import builders
+
+    path = tmp / name
+    path.write_text(builders.script(name))
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process in its own session, output to `log`; its whole group is stopped afterwards."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+
+
 def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

@@ -147,7 +147,10 @@ class Storage(Model):
 
 
 class DatabaseSpec(Model):
-    """PostgreSQL: its own StatefulSet at every stage, beside the app at stage 1."""
+    """PostgreSQL under Patroni: its own StatefulSet at every stage, beside the app at stage 1.
+
+    Stage 5 adds a standby that Patroni promotes when the primary dies.
+    """
 
     image: str = Field(default=DEFAULT_POSTGRES_IMAGE, min_length=1, max_length=512)
     storage: Storage = Storage()
@@ -155,6 +158,12 @@ class DatabaseSpec(Model):
         default=None,
         description="Requests and limits of the primary and its read replicas; the "
         "catalog's small defaults when unset.",
+    )
+    synchronous: bool = Field(
+        default=False,
+        description="From stage 5: a commit is acknowledged only once the failover standby "
+        "has it (Patroni's synchronous mode), so a failover loses no acknowledged write. "
+        "Each commit waits one round trip to the standby.",
     )
 
 
@@ -441,7 +450,10 @@ class PlanStatus(Model):
     queue: bool = False
     workers: int = 0
     edge_cache: bool = False
-    database_failover: str = "none"
+    database_failover: str = Field(
+        default="none",
+        description="How PostgreSQL fails over: none, patroni, or patroni, synchronous.",
+    )
     monitoring: bool = False
 
 

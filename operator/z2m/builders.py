@@ -34,7 +34,18 @@ AMQP_PORT = 5672
 AMQP_MANAGEMENT_PORT = 15672
 EDGE_PORT = 8080
 PGDATA = "/var/lib/postgresql/data/pgdata"
-CLOUDNATIVEPG_IMAGE = "ghcr.io/cloudnative-pg/postgresql:16"
+PATRONI_PORT = 8008
+POSTGRES_CLUSTER = "z2m.dev/postgres-cluster"
+"""Label of every PostgreSQL member pod (and Patroni's ConfigMaps): the Patroni scope."""
+PATRONI_ROLE = "role"
+PATRONI_LEADER = "master"
+"""The value Patroni (3.0) gives its `role` label on the leader's pod."""
+PATRONI_DCS = ("config", "leader")
+"""Patroni's lasting ConfigMaps, `<scope>-<suffix>`: made by z2m, so they go with it.
+
+Its `-failover` and `-sync` keys are not made ahead: their mere presence means a request.
+"""
+PATRONI_API_USER = "z2m"
 SCRIPTS_DIR = "/etc/z2m"
 SECRET_KEYS = (
     "database-password",
@@ -44,8 +55,7 @@ SECRET_KEYS = (
     "session-secret",
 )
 SCRIPT_FILES = (
-    "postgres-primary.sh",
-    "postgres-replica.sh",
+    "postgres.sh",
     "redis.sh",
     "sentinel.sh",
     "nginx-edge.conf",
@@ -54,11 +64,13 @@ SCRIPT_FILES = (
 
 # Applied in this order: what others mount or call comes before who mounts or calls it.
 KIND_ORDER = (
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
     "ConfigMap",
     "PersistentVolumeClaim",
     "Service",
     "StatefulSet",
-    "Cluster",
     "Deployment",
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
@@ -66,13 +78,15 @@ KIND_ORDER = (
 # Kinds the operator prunes. PVCs and the credentials Secret are never in it: they outlive
 # demotions and the ScalingStage itself, so that a later promotion finds its data again.
 PRUNABLE = {
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("v1", "ConfigMap"),
     ("v1", "Service"),
     ("apps/v1", "StatefulSet"),
     ("apps/v1", "Deployment"),
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("postgresql.cnpg.io/v1", "Cluster"),
 }
 
 
@@ -199,14 +213,17 @@ DRAIN = {"preStop": {"sleep": {"seconds": 5}}}
 
 
 def database_host(p: plan.Plan) -> str:
-    """Where the app writes: the primary's Service, at every stage."""
-    return child(p.name, "db-rw" if p.failover == "cloudnativepg" else "db")
+    """Where the app writes: the Service of the PostgreSQL leader, whichever pod it is."""
+    return child(p.name, "db")
+
+
+def patroni_scope(owner_name: str) -> str:
+    """The Patroni cluster of one ScalingStage: its ConfigMaps are `<scope>-config` and so on."""
+    return child(owner_name, "pg")
 
 
 def replica_hosts(p: plan.Plan) -> list[str]:
     """One address per read replica, so the app can skip a single lagging one."""
-    if p.failover == "cloudnativepg":
-        return [child(p.name, "db-ro")] if p.read_replicas else []
     headless = child(p.name, "db-replica")
     return [f"{headless}-{i}.{headless}" for i in range(p.read_replicas)]
 
@@ -262,24 +279,91 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
 # --- components ------------------------------------------------------------------------
 
 
-def _postgres_container(p: plan.Plan) -> Obj:
+def patroni_config(p: plan.Plan) -> Obj:
+    """Patroni's dynamic configuration, which z2m keeps in `<scope>-config` (as patronictl does).
+
+    A leader lock of 15 s renewed every 5 s: a dead primary's standby is promoted in
+    about 15-20 s. Each member streams through a slot (permanent, so a pod being
+    replaced keeps its WAL), and the primary keeps at most 256 MB of WAL for a member
+    that is away. Synchronous mode, an option, promotes only a standby that has every
+    acknowledged commit.
+    """
+    members = [f"{child(p.name, 'db-standby')}-{i}" for i in range(p.failover_standbys)]
+    members += [f"{child(p.name, 'db-replica')}-{i}" for i in range(p.read_replicas)]
+    return {
+        "ttl": 15,
+        "loop_wait": 5,
+        "retry_timeout": 5,
+        "maximum_lag_on_failover": 1048576,
+        "failsafe_mode": True,
+        "synchronous_mode": p.synchronous,
+        "postgresql": {
+            "use_pg_rewind": True,
+            "use_slots": True,
+            "parameters": {
+                "wal_level": "replica",
+                "hot_standby": "on",
+                "wal_log_hints": "on",
+                "max_wal_senders": 10,
+                "max_replication_slots": 10,
+                "wal_keep_size": "256MB",
+                "max_slot_wal_keep_size": "256MB",
+            },
+        },
+        "slots": {slot_name(m): {"type": "physical"} for m in members},
+    }
+
+
+def slot_name(member: str) -> str:
+    """The replication slot Patroni gives a member (its pod's name, as postgres.sh says too)."""
+    return member.lower().replace("-", "_").replace(".", "_")
+
+
+def _postgres_member(p: plan.Plan, component: str) -> Obj:
+    """A Patroni member: the primary (may found the cluster), the standby, or a read replica."""
+    scope = patroni_scope(p.name)
+
+    def field(path: str) -> Obj:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    env: list[Obj] = [
+        {"name": "PGDATA", "value": PGDATA},
+        {"name": "POSTGRES_USER", "value": "app"},
+        {"name": "POSTGRES_DB", "value": "app"},
+        {"name": "PATRONI_SCOPE", "value": scope},
+        {"name": "PATRONI_NAME", **field("metadata.name")},
+        {"name": "POD_IP", **field("status.podIP")},
+        {"name": "PATRONI_KUBERNETES_NAMESPACE", **field("metadata.namespace")},
+        {"name": "PATRONI_KUBERNETES_LABELS", "value": json.dumps({POSTGRES_CLUSTER: scope})},
+        {"name": "PATRONI_KUBERNETES_SCOPE_LABEL", "value": POSTGRES_CLUSTER},
+        {"name": "Z2M_LEADER", "value": database_host(p)},
+        _secret_env(p, "PATRONI_SUPERUSER_PASSWORD", "database-password"),
+        _secret_env(p, "PATRONI_REPLICATION_PASSWORD", "replication-password"),
+        {"name": "PATRONI_RESTAPI_USERNAME", "value": PATRONI_API_USER},
+        _secret_env(p, "PATRONI_RESTAPI_PASSWORD", "replication-password"),
+    ]
+    if component == "database":
+        env.append({"name": "Z2M_BOOTSTRAP", "value": "1"})
+    if component == "read-replica":
+        # Read replicas follow the leader but never become it, nor its synchronous standby.
+        env += [{"name": f"Z2M_{tag}", "value": "true"} for tag in ("NOFAILOVER", "NOSYNC")]
     return {
         "name": "postgres",
         "image": p.spec.database.image,
-        "command": ["/bin/sh", f"{SCRIPTS_DIR}/postgres-primary.sh"],
-        "ports": [{"name": "postgres", "containerPort": PG_PORT}],
-        "env": [
-            {"name": "POSTGRES_USER", "value": "app"},
-            {"name": "POSTGRES_DB", "value": "app"},
-            {"name": "PGDATA", "value": PGDATA},
-            _secret_env(p, "POSTGRES_PASSWORD", "database-password"),
-            _secret_env(p, "REPLICATION_PASSWORD", "replication-password"),
+        "command": ["/bin/sh", f"{SCRIPTS_DIR}/postgres.sh"],
+        "ports": [
+            {"name": "postgres", "containerPort": PG_PORT},
+            {"name": "patroni", "containerPort": PATRONI_PORT},
         ],
+        "env": env,
         "readinessProbe": {
-            "exec": {"command": ["pg_isready", "-U", "app", "-d", "app", "-h", "127.0.0.1"]},
+            "exec": {"command": ["pg_isready", "-h", "127.0.0.1", "-p", str(PG_PORT)]},
             "periodSeconds": 5,
         },
-        "resources": _footprint("database", p.spec.database.resources),
+        "resources": _footprint(
+            "read-replica" if component == "read-replica" else "database",
+            p.spec.database.resources,
+        ),
         "volumeMounts": [
             {"name": "data", "mountPath": "/var/lib/postgresql/data"},
             _scripts_mount(),
@@ -513,99 +597,111 @@ def _beside_database(p: plan.Plan) -> Obj:
     }
 
 
-def _database(p: plan.Plan, owner: Owner) -> list[Obj]:
-    objs = [
-        _statefulset(
-            p,
-            owner,
-            "db",
-            "database",
-            1,
-            [_postgres_container(p)],
-            p.spec.database.storage,
-            run_as=catalog.SERVER_UIDS["postgres"],
-        ),
-        _service(p, owner, child(p.name, "db"), "database", [("postgres", PG_PORT, PG_PORT)]),
+def _postgres_statefulset(
+    p: plan.Plan, owner: Owner, suffix: str, component: str, replicas: int
+) -> Obj:
+    sts = _statefulset(
+        p,
+        owner,
+        suffix,
+        component,
+        replicas,
+        [_postgres_member(p, component)],
+        p.spec.database.storage,
+        run_as=catalog.SERVER_UIDS["postgres"],
+    )
+    sts["spec"]["serviceName"] = child(p.name, "db" if suffix == "db-standby" else suffix)
+    template = sts["spec"]["template"]
+    template["metadata"]["labels"][POSTGRES_CLUSTER] = patroni_scope(p.name)
+    # Patroni keeps its members' state on their pods and its lock in ConfigMaps.
+    template["spec"]["serviceAccountName"] = child(p.name, "db")
+    return sts
+
+
+def _patroni_access(p: plan.Plan, owner: Owner) -> list[Obj]:
+    """The ServiceAccount, Role and RoleBinding the PostgreSQL pods' Patroni runs with."""
+    name = child(p.name, "db")
+    verbs = ["get", "list", "watch", "create", "update", "patch", "delete"]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(p, owner, name, "database"),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(p, owner, name, "database"),
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": verbs},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "verbs": ["get", "list", "watch", "update", "patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(p, owner, name, "database"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": p.namespace}],
+        },
     ]
-    if p.failover == "cloudnativepg":
-        objs.append(_cloudnativepg(p, owner))
+
+
+def _patroni_dcs(p: plan.Plan, owner: Owner) -> list[Obj]:
+    """Patroni's ConfigMaps, made first so that they are owned (and go with the ScalingStage).
+
+    Patroni writes its leader lock, members' history and so on as annotations on them;
+    z2m sets only the `config` annotation, the cluster's dynamic configuration.
+    """
+    scope = patroni_scope(p.name)
+    objs = []
+    for suffix in PATRONI_DCS:
+        meta = _meta(p, owner, f"{scope}-{suffix}", "database")
+        meta["labels"][POSTGRES_CLUSTER] = scope
+        if suffix == "config":
+            meta["annotations"] = {"config": json.dumps(patroni_config(p), sort_keys=True)}
+        objs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta})
+    return objs
+
+
+def _database(p: plan.Plan, owner: Owner) -> list[Obj]:
+    """PostgreSQL under Patroni at every stage: the primary, and at stage 5 a failover standby.
+
+    The `db` Service selects whichever member holds the leader lock (Patroni labels its
+    pod), so the app and the read replicas follow a failover without a change of wiring.
+    """
+    leader = {POSTGRES_CLUSTER: patroni_scope(p.name), PATRONI_ROLE: PATRONI_LEADER}
+    ports = [("postgres", PG_PORT, PG_PORT), ("patroni", PATRONI_PORT, PATRONI_PORT)]
+    objs = [
+        *_patroni_access(p, owner),
+        *_patroni_dcs(p, owner),
+        _postgres_statefulset(p, owner, "db", "database", 1),
+        _service(p, owner, child(p.name, "db"), "database", ports, selector=leader),
+    ]
+    if p.failover_standbys:
+        objs.append(
+            _postgres_statefulset(p, owner, "db-standby", "database-standby", p.failover_standbys)
+        )
     return objs
 
 
 def _read_replicas(p: plan.Plan, owner: Owner) -> list[Obj]:
-    if p.read_replicas == 0 or p.failover == "cloudnativepg":
+    if p.read_replicas == 0:
         return []
-    container: Obj = {
-        "name": "postgres",
-        "image": p.spec.database.image,
-        "command": ["/bin/sh", f"{SCRIPTS_DIR}/postgres-replica.sh"],
-        "ports": [{"name": "postgres", "containerPort": PG_PORT}],
-        "env": [
-            {"name": "PRIMARY_HOST", "value": child(p.name, "db")},
-            {"name": "PRIMARY_PORT", "value": str(PG_PORT)},
-            # Names the replica's replication slot on the primary.
-            {"name": "REPLICA_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "PGDATA", "value": PGDATA},
-            _secret_env(p, "REPLICATION_PASSWORD", "replication-password"),
-        ],
-        "readinessProbe": {
-            "exec": {"command": ["pg_isready", "-h", "127.0.0.1"]},
-            "periodSeconds": 5,
-        },
-        "resources": _footprint("read-replica", p.spec.database.resources),
-        "volumeMounts": [
-            {"name": "data", "mountPath": "/var/lib/postgresql/data"},
-            _scripts_mount(),
-        ],
-    }
     component = "read-replica"
     port = [("postgres", PG_PORT, PG_PORT)]
     objs = [
-        _statefulset(
-            p,
-            owner,
-            "db-replica",
-            component,
-            p.read_replicas,
-            [container],
-            p.spec.database.storage,
-            run_as=catalog.SERVER_UIDS["postgres"],
-        ),
+        _postgres_statefulset(p, owner, "db-replica", component, p.read_replicas),
         _service(p, owner, child(p.name, "db-replica"), component, port, headless=True),
         _service(p, owner, child(p.name, "db-ro"), component, port),
     ]
     if p.read_replicas > 1:
         objs.append(_pdb(p, owner, "db-replica", component))
     return objs
-
-
-def _cloudnativepg(p: plan.Plan, owner: Owner) -> Obj:
-    """A CloudNativePG Cluster that streams from the builtin primary until switched over."""
-    return {
-        "apiVersion": "postgresql.cnpg.io/v1",
-        "kind": "Cluster",
-        "metadata": _meta(p, owner, child(p.name, "db"), "database"),
-        "spec": {
-            "instances": 1 + p.read_replicas,
-            "imageName": CLOUDNATIVEPG_IMAGE,
-            "primaryUpdateStrategy": "unsupervised",
-            "storage": {"size": p.spec.database.storage.size},
-            "topologySpreadConstraints": _spread(p, "database"),
-            "bootstrap": {"pg_basebackup": {"source": "builtin"}},
-            "replica": {"enabled": True, "source": "builtin"},
-            "externalClusters": [
-                {
-                    "name": "builtin",
-                    "connectionParameters": {
-                        "host": child(p.name, "db"),
-                        "user": "replicator",
-                        "dbname": "postgres",
-                    },
-                    "password": {"name": secret_name(p.name), "key": "replication-password"},
-                }
-            ],
-        },
-    }
 
 
 def _edge(p: plan.Plan, owner: Owner) -> list[Obj]:

@@ -183,7 +183,8 @@ STAGES: tuple[Stage, ...] = (
         implemented=True,
         adds=(
             "the app autoscales from 4 to 12 replicas at 70% CPU",
-            "the database fails over across zones; a third read replica",
+            "a PostgreSQL standby in another zone, promoted by Patroni within about 20 s "
+            "when the primary dies; a third read replica",
             "Redis gets a replica and Sentinel",
             "monitoring: scrape config, alert rules and a dashboard",
         ),

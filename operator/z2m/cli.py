@@ -109,8 +109,11 @@ def diagram(number: int) -> str:
         return "\n".join(lines)
     lines.append(f'    lb{{{{"Service (load balancer)"}}}}\n    app["{app}"]')
     lines.append(f"    {front} --> lb --> app")
-    primary = "PostgreSQL primary" + (" (failover across zones)" if p.failover != "none" else "")
-    lines.append(f'    db[("{primary}")]\n    app -- writes --> db')
+    lines.append('    db[("PostgreSQL primary (Patroni)")]\n    app -- writes --> db')
+    if p.failover_standbys:
+        sync = "synchronous" if p.synchronous else "streaming"
+        lines.append('    standby[("Failover standby (promoted by Patroni)")]')
+        lines.append(f"    db -. {sync} .-> standby")
     if p.read_replicas:
         lines.append(f'    ro[("Read replicas x{p.read_replicas}")]')
         lines.append("    app -- reads --> ro\n    db -. streaming .-> ro")

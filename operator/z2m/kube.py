@@ -144,7 +144,7 @@ class Kube:
             )
 
     def has_kind(self, api_version: str, kind: str) -> bool:
-        """Whether the apiserver serves a kind (CloudNativePG's Cluster, for one)."""
+        """Whether the apiserver serves a kind (a CRD's, for one)."""
         key = (api_version, kind)
         if time.monotonic() - self._missing.get(key, -self.missing_ttl) < self.missing_ttl:
             return False
@@ -155,10 +155,6 @@ class Kube:
             return False
         self._missing.pop(key, None)
         return True
-
-    def cloudnativepg_installed(self) -> bool:
-        """Whether the CloudNativePG CRDs are installed (a miss is re-checked each minute)."""
-        return self.has_kind("postgresql.cnpg.io/v1", "Cluster")
 
     def ensure_credentials(self, namespace: str, owner_name: str) -> Obj | None:
         """Create the credentials Secret once; an existing one is never rotated or logged.
@@ -248,6 +244,17 @@ class Kube:
             namespace=namespace, label_selector=selector
         )
         return list(listing.to_dict()["items"])
+
+    def postgres_members(self, namespace: str, scope: str) -> tuple[str | None, list[Obj]]:
+        """Patroni's leader lock holder (None when free) and the pods of its members."""
+        metrics.API_REQUESTS.labels("get", "ConfigMap").inc()
+        lock = self.get("v1", "ConfigMap", namespace, f"{scope}-leader") or {}
+        leader = ((lock.get("metadata") or {}).get("annotations") or {}).get("leader") or None
+        metrics.API_REQUESTS.labels("list", "Pod").inc()
+        pods = self._resource("v1", "Pod").get(
+            namespace=namespace, label_selector=f"{builders.POSTGRES_CLUSTER}={scope}"
+        )
+        return leader, list(pods.to_dict()["items"])
 
     def expand_claim(self, namespace: str, name: str, size: str) -> None:
         """Ask for a bigger volume: the claim's request grows, its StorageClass does the rest."""
@@ -408,3 +415,18 @@ def redis_failover(sentinel: str, master_name: str, timeout: float = 3.0) -> boo
                 raise
             return False
     return True
+
+
+def patroni_switchover(
+    api_url: str, leader: str, candidate: str, password: str, timeout: float = 10.0
+) -> str:
+    """Ask Patroni (the leader's REST API) to hand the primary to `candidate`; its answer."""
+    response = httpx.post(
+        f"{api_url}/switchover",
+        json={"leader": leader, "candidate": candidate},
+        auth=(builders.PATRONI_API_USER, password),
+        timeout=timeout,
+    )
+    if response.status_code >= 400:
+        raise RuntimeError(f"Patroni answered {response.status_code}: {response.text.strip()}")
+    return response.text.strip()

@@ -1,18 +1,14 @@
 """Resolve a ScalingStage spec against the stage catalog into the plan in effect.
 
 A plan is the stage's defaults with the user's overrides laid on top. It is
-pure: the only fact about the world it takes is whether CloudNativePG is
-installed, and the caller passes that in.
+pure: it takes no fact about the world.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from z2m import api, catalog
-
-Failover = Literal["none", "cloudnativepg", "unavailable"]
 
 
 class PlanError(ValueError):
@@ -39,7 +35,10 @@ class Plan:
     queue: bool
     workers: int
     worker_autoscaling: catalog.Autoscaling | None
-    failover: Failover
+    failover_standbys: int
+    """PostgreSQL standbys Patroni may promote when the primary dies (stage 5: one)."""
+    synchronous: bool
+    """Commits wait for a standby, so a failover loses no acknowledged write."""
     monitoring: bool
 
     @property
@@ -63,7 +62,11 @@ class Plan:
             queue=self.queue,
             workers=self.workers,
             edge_cache=self.edge_cache,
-            database_failover=self.failover,
+            database_failover=(
+                ("patroni, synchronous" if self.synchronous else "patroni")
+                if self.failover_standbys
+                else "none"
+            ),
             monitoring=self.monitoring,
         )
 
@@ -73,7 +76,6 @@ def resolve(
     *,
     name: str,
     namespace: str,
-    cloudnativepg: bool = False,
 ) -> Plan:
     """Lay the spec's overrides over its stage's defaults.
 
@@ -120,9 +122,7 @@ def resolve(
         workers = 0
 
     redis = entry.redis if o.redis is None else o.redis
-    failover: Failover = "none"
-    if entry.database_failover:
-        failover = "cloudnativepg" if cloudnativepg else "unavailable"
+    standbys = 1 if entry.database_failover else 0
 
     return Plan(
         name=name,
@@ -139,6 +139,7 @@ def resolve(
         queue=queue,
         workers=workers,
         worker_autoscaling=entry.worker_autoscaling if queue and workers else None,
-        failover=failover,
+        failover_standbys=standbys,
+        synchronous=bool(standbys) and spec.database.synchronous,
         monitoring=entry.monitoring,
     )

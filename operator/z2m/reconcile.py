@@ -28,7 +28,17 @@ import kubernetes
 import pydantic
 from kubernetes.client.exceptions import ApiException
 
-from z2m import api, builders, kube, metrics, plan, redis_handover, status, transition
+from z2m import (
+    api,
+    builders,
+    kube,
+    metrics,
+    plan,
+    postgres_handover,
+    redis_handover,
+    status,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,8 @@ class _Gates:
             return self.reconciler.queue_drained(self.the_plan)
         if gate == "redis-master-kept":
             return self.reconciler.redis_master_kept(self.body, self.the_plan)
+        if gate == "postgres-leader-kept":
+            return self.reconciler.postgres_leader_kept(self.body, self.the_plan)
         lagging = self.reconciler.rewiring(self.the_plan.namespace, self.desired)
         if not lagging:
             return None
@@ -143,12 +155,7 @@ class Reconciler:
             self.write_status(body, previous, seen)
             return Result(0, None)
         try:
-            the_plan = plan.resolve(
-                spec,
-                name=name,
-                namespace=namespace,
-                cloudnativepg=self.kube.cloudnativepg_installed() if spec.stage >= 5 else False,
-            )
+            the_plan = plan.resolve(spec, name=name, namespace=namespace)
         except plan.PlanError as exc:
             implemented = "not implemented" not in str(exc)
             reason = "InvalidSpec" if implemented else "StageNotImplemented"
@@ -373,6 +380,37 @@ class Reconciler:
             return f"{verdict.message}; waiting until ordinal 0 reports itself the master"
         return verdict.message
 
+    def postgres_leader_kept(self, body: Obj, the_plan: plan.Plan) -> str | None:
+        """None once the pod that stays holds Patroni's leader lock, else why not.
+
+        When the failover standby is the primary, Patroni is asked for a switchover
+        to the staying pod; the standby goes once that pod reports itself leader.
+        """
+        namespace = the_plan.namespace
+        stays = f"{builders.child(the_plan.name, 'db')}-0"
+        leader, pods = self.kube.postgres_members(namespace, builders.patroni_scope(the_plan.name))
+        members = [postgres_handover.Member.from_pod(p) for p in pods]
+        verdict = postgres_handover.decide(leader, stays, members)
+        if verdict.step == "retire":
+            return None
+        if verdict.step == "switchover":
+            holder = next((m for m in members if m.name == verdict.leader), None)
+            try:
+                if holder is None or not holder.api_url:
+                    raise RuntimeError(f"{verdict.leader} reports no REST API address")
+                secret = self.kube.ensure_credentials(namespace, the_plan.name)
+                if secret is None:
+                    raise PermissionError("the operator may not read the credentials Secret here")
+                password = kube.secret_value(secret, "replication-password")
+                answer = kube.patroni_switchover(
+                    holder.api_url, str(verdict.leader), str(verdict.candidate), password
+                )
+            except Exception as exc:
+                return f"{verdict.message}, but Patroni refused ({type(exc).__name__}: {exc})"
+            self.kube.event(body, "Normal", "PostgresSwitchover", f"{verdict.message}: {answer}")
+            return f"{verdict.message}; waiting until {stays} reports itself leader"
+        return verdict.message
+
     def _report_problem(
         self, body: Obj, previous: Obj, generation: int, reason: str, message: str
     ) -> Result:
@@ -393,18 +431,18 @@ class Reconciler:
     ) -> Result:
         meta = body["metadata"]
         notices = dict(notices)
-        if the_plan.failover == "unavailable":
-            notices["FailoverAvailable"] = (
-                False,
-                "CloudNativePGNotInstalled",
-                "stage 5 wants automatic database failover; without the CloudNativePG CRDs "
-                "the builtin primary and streaming replicas are kept, with no automatic failover",
-            )
-        elif the_plan.failover == "cloudnativepg":
+        if the_plan.failover_standbys:
             notices["FailoverAvailable"] = (
                 True,
-                "CloudNativePG",
-                "a CloudNativePG Cluster streams from the builtin primary",
+                "Patroni",
+                "Patroni promotes the PostgreSQL standby within about 20 s if the primary "
+                "dies; the app's Service follows the leader"
+                + (
+                    "; commits wait for the standby, so a failover loses no acknowledged write"
+                    if the_plan.synchronous
+                    else "; replication is asynchronous, so a failover can lose the last "
+                    "commits (spec.database.synchronous: true prevents that)"
+                ),
             )
         children = self.kube.children(meta["namespace"], meta["name"])
         seen = status.Observation(generation, the_plan, children, waiting=waiting, notices=notices)

@@ -19,7 +19,9 @@ and runs each step whose gates hold; a step that waits is reported, with why.
    - `rewired`: no consumer pod of an old template is left, so nothing still uses
      what goes;
    - `queue-empty`: when the stage drops RabbitMQ, it and its workers go only once
-     the jobs queue is shown empty, and the workers keep consuming until then.
+     the jobs queue is shown empty, and the workers keep consuming until then;
+   - `postgres-leader-kept`: when PostgreSQL's failover standby goes, the pod that
+     stays must hold Patroni's leader lock first (see `postgres_handover`).
 
 Claims (PVCs) and the credentials Secret are never steps: they outlive every
 demotion (see `builders.PRUNABLE`).
@@ -33,13 +35,15 @@ from typing import Any, Literal
 from z2m import builders, redis_handover
 
 Obj = dict[str, Any]
-Gate = Literal["rewired", "queue-empty", "redis-master-kept"]
+Gate = Literal["rewired", "queue-empty", "redis-master-kept", "postgres-leader-kept"]
 PhaseName = Literal["provide", "rewire", "retire"]
 
 CONSUMERS = frozenset({"app", "worker"})
 """Components whose pods hold the stage's wiring (env) and so must move before a provider."""
 QUEUE_SIDE = frozenset({"queue", "worker"})
 """Components that go only once the queue is empty: RabbitMQ and the workers draining it."""
+STANDBY = "database-standby"
+"""PostgreSQL's failover standby: it goes only once the pod that stays is the leader."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ def _is_consumer_side(obj: Obj) -> bool:
 def _retire_gates(obj: Obj, queue_goes: bool) -> frozenset[Gate]:
     if queue_goes and component(obj) in QUEUE_SIDE:
         return frozenset({"rewired", "queue-empty"})
+    if obj["kind"] == "StatefulSet" and component(obj) == STANDBY:
+        return frozenset({"rewired", "postgres-leader-kept"})
     return frozenset({"rewired"})
 
 

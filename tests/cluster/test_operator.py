@@ -229,14 +229,15 @@ def test_stage_6_gives_a_clear_condition_not_a_crash(
     assert any(e.reason == "StageNotImplemented" and e.type == "Warning" for e in events)
 
 
-def test_stage_5_without_cloudnativepg_says_failover_is_unavailable(
+def test_stage_5_says_how_postgresql_fails_over(
     api_client: ApiClient, namespace: str, operator: Any
 ) -> None:
     h.create(api_client, namespace, h.scaling_stage(NAME, 5))
     obj = h.wait_ready(api_client, namespace, NAME, 5)
     cond = h.condition(obj, "FailoverAvailable")
-    assert cond is not None and cond["status"] == "False"
-    assert cond["reason"] == "CloudNativePGNotInstalled"
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == "Patroni"
+    assert "asynchronous" in cond["message"]
+    assert obj["status"]["plan"]["databaseFailover"] == "patroni"
 
 
 def test_deleting_the_scaling_stage_removes_children_but_keeps_claims_and_credentials(

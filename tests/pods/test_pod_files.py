@@ -1,7 +1,8 @@
 """Every script and config file z2m mounts into pods, run against the real program.
 
 Pods only pretend to run on the local control plane, so these tests are where
-the files meet PostgreSQL, Redis, Sentinel, nginx and RabbitMQ for real. They
+the files meet Redis, Sentinel, nginx and RabbitMQ for real (PostgreSQL's are in
+test_postgres_pods.py). They
 read the files through `builders.script`, the same call that fills the
 ConfigMap the pods mount: no copies.
 """
@@ -14,12 +15,10 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import httpx
-import psycopg
 import pytest
 import redis
 
@@ -29,216 +28,8 @@ from z2m import builders
 pytestmark = pytest.mark.services
 
 
-def _script(tmp: Path, name: str) -> Path:
-    path = tmp / name
-    path.write_text(builders.script(name))
-    path.chmod(0o755)
-    return path
-
-
-# --- PostgreSQL: the primary's init script and the replica's entry point -------------------
-
-
-@contextlib.contextmanager
-def _run(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-
-
-def _pg_env(**extra: str) -> dict[str, str]:
-    return {"PATH": f"{services.PG_BIN}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **extra}
-
-
-def _wait_accepting(port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Until the primary lets the app in: an open port may still say "starting up"."""
-    url = f"postgresql://app:app-password@127.0.0.1:{port}/postgres"
-
-    def up() -> bool:
-        assert proc.poll() is None, f"postgres exited with {proc.returncode}"
-        with psycopg.connect(url, connect_timeout=2) as conn:
-            return conn.execute("SELECT 1").fetchone() == (1,)
-
-    services.wait_for(up, 60, "postgres")
-
-
-def _primary_argv(root: Path, port: int, replication_password: str) -> list[str]:
-    """z2m's primary entry point on `root`/data, as the pod runs it, on a loopback port."""
-    env = _pg_env(
-        POSTGRES_USER="app",
-        POSTGRES_DB="app",
-        POSTGRES_PASSWORD="app-password",
-        PGDATA=str(root / "data"),
-        REPLICATION_PASSWORD=replication_password,
-    )
-    argv = ["env", *[f"{k}={v}" for k, v in env.items()], "/bin/sh"]
-    argv += [str(_script(root, "postgres-primary.sh")), "-p", str(port)]
-    return [*argv, "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}"]
-
-
-@pytest.fixture
-def pg_primary(tmp_path: Path) -> Iterator[tuple[str | None, Path, int, str]]:
-    """A PostgreSQL primary started by z2m's own entry point on an empty data directory."""
-    user = services._unprivileged_user()
-    root = services._private_dir(tmp_path, "primary", user)
-    port, password = services.free_port(), "s3cret-repl"
-    argv = [*_primary_argv(root, port, password), "-c", "fsync=off"]
-    with _run(services._as_user(user, argv), _pg_env(), root / "log") as proc:
-        _wait_accepting(port, proc)
-        yield user, root, port, password
-
-
-def test_the_primary_entry_point_makes_the_app_database_and_keeps_data_across_restarts(
-    tmp_path: Path,
-) -> None:
-    user = services._unprivileged_user()
-    root = services._private_dir(tmp_path, "primary", user)
-    port = services.free_port()
-    argv = _primary_argv(root, port, "repl")
-    url = f"postgresql://app:app-password@127.0.0.1:{port}/app"
-    with _run(services._as_user(user, argv), _pg_env(), root / "log") as proc:
-        _wait_accepting(port, proc)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE kept (v int)")
-            conn.execute("INSERT INTO kept VALUES (42)")
-        with pytest.raises(psycopg.OperationalError):
-            psycopg.connect(url.replace("app-password", "wrong"), connect_timeout=5).close()
-    # A second start finds the cluster and runs it as it is: no initdb over the data.
-    with _run(services._as_user(user, argv), _pg_env(), root / "log") as proc:
-        _wait_accepting(port, proc)
-        with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
-            roles = conn.execute("SELECT rolreplication FROM pg_roles WHERE rolname = 'replicator'")
-            assert roles.fetchall() == [(True,)]
-
-
-def test_the_replica_script_clones_the_primary_and_streams_from_it(
-    pg_primary: tuple[str | None, Path, int, str], tmp_path: Path
-) -> None:
-    user, _, primary_port, password = pg_primary
-    primary = f"postgresql://app:app-password@127.0.0.1:{primary_port}/postgres"
-    with psycopg.connect(primary, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
-        conn.execute("INSERT INTO orders VALUES (1)")
-
-    root = services._private_dir(tmp_path, "replica", user)
-    port = services.free_port()
-    script = _script(root, "postgres-replica.sh")
-    env = _pg_env(
-        PRIMARY_HOST="127.0.0.1",
-        PRIMARY_PORT=str(primary_port),
-        REPLICATION_PASSWORD=password,
-        PGDATA=str(root / "data"),
-        REPLICA_NAME="shop-db-replica-0",
-    )
-    argv = services._as_user(
-        user,
-        [
-            "env",
-            *[f"{k}={v}" for k, v in env.items()],
-            "/bin/sh",
-            str(script),
-            "-p",
-            str(port),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            f"unix_socket_directories={root}",
-        ],
-    )
-    replica = f"postgresql://app:app-password@127.0.0.1:{port}/postgres"
-
-    def streaming() -> bool:
-        with psycopg.connect(replica, connect_timeout=2) as conn:
-            row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
-            return row is not None and row[0] == "streaming"
-
-    with _run(argv, env, root / "first.log"):
-        services.wait_for(streaming, 60, "replica streaming")
-        with psycopg.connect(primary, autocommit=True) as conn:
-            conn.execute("INSERT INTO orders VALUES (2)")
-        services.wait_for(
-            lambda: (
-                psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (2,)
-            ),
-            30,
-            "row 2 replayed",
-        )
-        with psycopg.connect(replica) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            conn.execute("INSERT INTO orders VALUES (3)")
-
-    # While it is away, its slot keeps on the primary the WAL it has not had yet.
-    def slot() -> list[tuple[object, ...]]:
-        with psycopg.connect(primary) as conn:
-            return conn.execute(
-                "SELECT active, wal_status FROM pg_replication_slots"
-                " WHERE slot_name = 'shop_db_replica_0'"
-            ).fetchall()
-
-    services.wait_for(lambda: slot() == [(False, "reserved")], 30, "slot kept, inactive")
-    # A restart (a pod rescheduled onto its kept PVC) reuses the data: no second clone.
-    with psycopg.connect(primary, autocommit=True) as conn:
-        conn.execute("INSERT INTO orders VALUES (4)")
-    with _run(argv, env, root / "second.log"):
-        services.wait_for(streaming, 60, "replica streaming again")
-        services.wait_for(
-            lambda: (
-                psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (3,)
-            ),
-            30,
-            "row 4 replayed after restart",
-        )
-    assert "pg_basebackup" not in (root / "second.log").read_text()
-
-    # A copy whose slot the primary no longer keeps (dropped, or lost past
-    # max_slot_wal_keep_size after a long demotion) cannot catch up: it is rebuilt.
-    with psycopg.connect(primary, autocommit=True) as conn:
-        conn.execute("SELECT pg_drop_replication_slot('shop_db_replica_0')")
-        conn.execute("INSERT INTO orders VALUES (5)")
-    with _run(argv, env, root / "third.log"):
-        services.wait_for(streaming, 60, "rebuilt replica streaming")
-        services.wait_for(
-            lambda: (
-                psycopg.connect(replica).execute("SELECT count(*) FROM orders").fetchone() == (4,)
-            ),
-            30,
-            "row 5 on the rebuilt copy",
-        )
-        assert slot() == [(True, "reserved")]
-    assert "cannot catch up; rebuilding" in (root / "third.log").read_text()
-
-
-def test_replication_needs_the_generated_password(
-    pg_primary: tuple[str | None, Path, int, str], tmp_path: Path
-) -> None:
-    _, _, primary_port, _ = pg_primary
-    target = tmp_path / "clone"
-    done = subprocess.run(
-        [
-            str(services.PG_BIN / "pg_basebackup"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(primary_port),
-            "-U",
-            "replicator",
-            "-D",
-            str(target),
-            "--no-password",
-        ],
-        env=_pg_env(PGPASSWORD="wrong"),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0 and "password authentication failed" in done.stderr
+_script = services.script_file
+_run = services.running
 
 
 # --- Redis and Sentinel ---------------------------------------------------------------------

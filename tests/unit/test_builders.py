@@ -1,5 +1,6 @@
 """Builders turn a plan into the objects of its stage, with no cluster."""
 
+import json
 from typing import Any
 
 import pytest
@@ -56,10 +57,65 @@ def test_stage_1_to_2_changes_only_where_the_app_may_run() -> None:
 def test_the_primary_starts_through_z2ms_own_entry_point_as_an_unprivileged_user() -> None:
     sts = find(build(2), "StatefulSet", "shop-db")
     pod = sts["spec"]["template"]["spec"]
-    assert pod["containers"][0]["command"] == ["/bin/sh", "/etc/z2m/postgres-primary.sh"]
+    assert pod["containers"][0]["command"] == ["/bin/sh", "/etc/z2m/postgres.sh"]
     assert pod["securityContext"]["runAsUser"] == 999
+    assert pod["serviceAccountName"] == "shop-db"
     scripts = find(build(2), "ConfigMap", "shop-scripts")["data"]
-    assert "initdb" in scripts["postgres-primary.sh"]
+    assert "initdb" in scripts["postgres.sh"] and "exec patroni" in scripts["postgres.sh"]
+
+
+def test_every_postgres_pod_is_a_member_of_one_patroni_cluster() -> None:
+    objs = build(5)
+    members = [
+        find(objs, "StatefulSet", name)
+        for name in ("shop-db", "shop-db-standby", "shop-db-replica")
+    ]
+    for sts in members:
+        template = sts["spec"]["template"]
+        assert template["metadata"]["labels"][builders.POSTGRES_CLUSTER] == "shop-pg"
+        assert env(template["spec"]["containers"][0])["PATRONI_SCOPE"] == "shop-pg"
+    # Only the primary's StatefulSet may found the cluster; read replicas never lead.
+    db, standby, replicas = (env(s["spec"]["template"]["spec"]["containers"][0]) for s in members)
+    assert db.get("Z2M_BOOTSTRAP") == "1" and "Z2M_BOOTSTRAP" not in standby
+    assert "Z2M_NOFAILOVER" not in standby
+    assert replicas["Z2M_NOFAILOVER"] == "true" and replicas["Z2M_NOSYNC"] == "true"
+    # The app's Service follows the leader lock, not a pod.
+    service = find(objs, "Service", "shop-db")
+    assert service["spec"]["selector"] == {builders.POSTGRES_CLUSTER: "shop-pg", "role": "master"}
+
+
+def test_the_failover_standby_exists_only_at_stage_5() -> None:
+    for stage in (1, 2, 3, 4):
+        assert not [o for o in build(stage) if o["metadata"]["name"] == "shop-db-standby"]
+    assert find(build(5), "StatefulSet", "shop-db-standby")["spec"]["replicas"] == 1
+
+
+def test_patroni_keeps_a_slot_for_every_member_and_the_stage_5_choice_of_sync() -> None:
+    def config(objs: list[dict[str, Any]]) -> dict[str, Any]:
+        cm = find(objs, "ConfigMap", "shop-pg-config")
+        loaded: dict[str, Any] = json.loads(cm["metadata"]["annotations"]["config"])
+        return loaded
+
+    three = config(build(3))
+    assert set(three["slots"]) == {"shop_db_replica_0"}
+    assert three["synchronous_mode"] is False
+    five = config(build(5, database={"synchronous": True}))
+    assert set(five["slots"]) == {"shop_db_standby_0"} | {f"shop_db_replica_{i}" for i in range(3)}
+    assert five["synchronous_mode"] is True
+    assert five["ttl"] <= 30 and five["failsafe_mode"] is True
+    # Synchronous mode needs a standby: below stage 5 the choice waits for one.
+    assert config(build(4, database={"synchronous": True}))["synchronous_mode"] is False
+    for suffix in builders.PATRONI_DCS:
+        cm = find(build(1), "ConfigMap", f"shop-pg-{suffix}")
+        assert cm["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_patroni_runs_with_a_role_that_reaches_only_pods_and_configmaps() -> None:
+    objs = build(1)
+    role = find(objs, "Role", "shop-db")
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"pods", "configmaps"}
+    binding = find(objs, "RoleBinding", "shop-db")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "shop-db", "namespace": "ns"}]
 
 
 def test_app_and_workers_are_told_the_queue_the_operator_drains() -> None:

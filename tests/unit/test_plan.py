@@ -77,13 +77,15 @@ def test_later_stages_say_they_are_not_built_yet(stage: int) -> None:
         resolve(stage=stage)
 
 
-def test_failover_is_delegated_only_when_cloudnativepg_is_there() -> None:
-    spec = api.ScalingStageSpec(stage=5)
-    assert plan.resolve(spec, name="a", namespace="b").failover == "unavailable"
-    assert (
-        plan.resolve(spec, name="a", namespace="b", cloudnativepg=True).failover == "cloudnativepg"
-    )
-    assert resolve(stage=4).failover == "none"
+def test_stage_5_has_a_failover_standby_and_synchronous_mode_is_a_choice() -> None:
+    assert resolve(stage=5).failover_standbys == 1
+    assert resolve(stage=5).synchronous is False
+    assert resolve(stage=5, database={"synchronous": True}).synchronous is True
+    assert resolve(stage=5).status().database_failover == "patroni"
+    # Below stage 5 there is no standby to wait for: the choice takes effect at stage 5.
+    four = resolve(stage=4, database={"synchronous": True})
+    assert (four.failover_standbys, four.synchronous) == (0, False)
+    assert four.status().database_failover == "none"
 
 
 def test_unknown_fields_are_refused_by_the_models() -> None:

@@ -102,3 +102,21 @@ def test_a_demotion_that_keeps_rabbitmq_does_not_wait_for_the_queue_to_empty() -
     """5 -> 4 drops the workers' HPA, not the queue: jobs keep flowing."""
     for phase in transition.phases(build(5), build(4), OWNER.uid):
         assert all("queue-empty" not in s.gates for s in phase.steps), phase.name
+
+
+def test_the_failover_standby_goes_only_once_the_staying_primary_holds_the_lock() -> None:
+    plan_ = steps(5, 4)
+    standby = [s for s in plan_["retire"] if s[2] == "shop-db-standby"]
+    assert standby == [
+        ("delete", "StatefulSet", "shop-db-standby", frozenset({"rewired", "postgres-leader-kept"}))
+    ]
+
+    # The primary's StatefulSet is the same object at 4 and 5: nothing restarts it.
+    def primary(stage: int) -> dict[str, Any]:
+        return next(
+            o
+            for o in build(stage)
+            if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "shop-db"
+        )
+
+    assert primary(4) == primary(5)

@@ -113,9 +113,18 @@ ClusterRole and the namespaced mode's Roles. Call with
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, update, delete]
-- apiGroups: [postgresql.cnpg.io]
-  resources: [clusters]
+# PostgreSQL's Patroni runs under a ServiceAccount and Role the operator makes per
+# ScalingStage; granting that Role needs the operator to hold its rules (pods below).
+- apiGroups: [""]
+  resources: [serviceaccounts]
   verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch, update, delete]
+# Patroni's members (who leads) before the failover standby goes; and its Role's rules.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, update, patch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
