@@ -107,7 +107,8 @@ def blueprint_lines(entry: catalog.Stage, running: int | None) -> list[str]:
     if entry.blueprint is None:
         return []
     top = catalog.stage(catalog.MAX_IMPLEMENTED)
-    kept = f"stage {running} keeps running" if running else "the stage that runs keeps running"
+    built = running is not None and running <= catalog.MAX_IMPLEMENTED
+    kept = f"stage {running} keeps running" if built else "the stage that runs keeps running"
     lines = [
         f"stage {entry.number} ({entry.title}) is a plan only: z2m builds none of it "
         f"and changes nothing: {kept} as it is.",
