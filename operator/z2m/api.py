@@ -457,6 +457,28 @@ class PlanStatus(Model):
     monitoring: bool = False
 
 
+class PlannedAddition(Model):
+    """One piece a plan-only stage would add."""
+
+    name: str
+    what: str
+    cost: str = Field(description="What its bill grows with.")
+    user_brings: list[str] = Field(
+        default_factory=list, description="What the user must have before it can run."
+    )
+
+
+class PlanOnlyStatus(Model):
+    """The stage asked for is a plan only: z2m builds none of it and changes nothing."""
+
+    stage: int
+    monthly_cost: str = Field(description="The seed's figure for the whole stage.")
+    additions: list[PlannedAddition] = Field(default_factory=list)
+    why_not_here: list[str] = Field(
+        default_factory=list, description="Why one cluster and one operator should not run it."
+    )
+
+
 class DecisionMemory(Model):
     """The decision windows' state, kept in status so an operator restart resets nothing."""
 
@@ -504,6 +526,7 @@ class ScalingStageStatus(Model):
     estimated_monthly_cost: str | None = None
     capacity: str | None = None
     plan: PlanStatus | None = None
+    plan_only: PlanOnlyStatus | None = None
     components: list[ComponentStatus] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     last_decision: Decision | None = None

@@ -1,13 +1,17 @@
 """The stage catalog: the seed's seven stages as data.
 
 Everything that differs between stages lives in this table, so that builders,
-the planner, the CLI diagram and the docs read one source. This module holds no
-logic beyond lookups; it never talks to Kubernetes.
+the planner, the CLI diagram and the docs read one source. A stage z2m builds
+has a `Topology`; one it only plans (stage 7) has a `Blueprint` instead: what it
+adds, what drives each piece's cost, what the user must bring, and why one
+cluster and one operator should not run it. A stage with neither (stage 6) is
+not built yet, and claims no pieces. This module holds no logic beyond lookups;
+it never talks to Kubernetes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -16,9 +20,11 @@ class Band:
 
     low: float
     high: float
+    open_ended: bool = False
+    """The seed writes the top as "and more" (stage 7's "1M+" RPS, "$5,000,000+")."""
 
     def __str__(self) -> str:
-        return f"{_human(self.low)}-{_human(self.high)}"
+        return f"{_human(self.low)}-{_human(self.high)}{'+' if self.open_ended else ''}"
 
 
 def _human(n: float) -> str:
@@ -38,14 +44,9 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One rung of the ladder: what runs, what it costs, what it can carry."""
+class Topology:
+    """What z2m runs for a stage it builds."""
 
-    number: int
-    title: str
-    users: str
-    rps: Band
-    monthly_cost_usd: Band
     app_replicas: int
     colocated_database: bool
     read_replicas: int
@@ -58,9 +59,56 @@ class Stage:
     worker_autoscaling: Autoscaling | None
     database_failover: bool
     monitoring: bool
-    implemented: bool
+
+
+@dataclass(frozen=True)
+class Addition:
+    """One piece of a stage z2m only plans: what it is, what drives its cost, what it needs."""
+
+    name: str
+    what: str
+    cost: str
+    """What its bill grows with. The seed prices stage 7 as a whole, not piece by piece."""
+    user_brings: tuple[str, ...]
+    """What the user must have before it can run: accounts, providers, teams, clusters."""
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """A stage z2m describes but does not run: what it adds and why it stays outside z2m."""
+
+    additions: tuple[Addition, ...]
+    why_not_here: tuple[str, ...]
+    """Why one cluster and one operator should not run it."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One rung of the seed's ladder: what it carries, what it costs, and what z2m does with it.
+
+    `topology` is what z2m builds; None where it builds nothing. `blueprint` is set
+    for a stage z2m only plans. A stage with neither is simply not built yet.
+    """
+
+    number: int
+    title: str
+    users: str
+    rps: Band
+    monthly_cost_usd: Band
     adds: tuple[str, ...]
     """What this stage adds over the previous one, and why (from the seed)."""
+    topology: Topology | None
+    blueprint: Blueprint | None = None
+
+    @property
+    def implemented(self) -> bool:
+        """z2m builds this stage."""
+        return self.topology is not None
+
+    @property
+    def plan_only(self) -> bool:
+        """z2m describes this stage (`blueprint`) and will not build it."""
+        return self.blueprint is not None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -70,22 +118,23 @@ STAGES: tuple[Stage, ...] = (
         users="1",
         rps=Band(0, 1),
         monthly_cost_usd=Band(5, 20),
-        app_replicas=1,
-        colocated_database=True,
-        read_replicas=0,
-        edge_cache=False,
-        redis=False,
-        redis_replicas=0,
-        queue=False,
-        workers=0,
-        app_autoscaling=None,
-        worker_autoscaling=None,
-        database_failover=False,
-        monitoring=False,
-        implemented=True,
         adds=(
             "one machine: the app and PostgreSQL on the same node, PostgreSQL in its own "
             "StatefulSet from the start so that no later stage moves its data",
+        ),
+        topology=Topology(
+            app_replicas=1,
+            colocated_database=True,
+            read_replicas=0,
+            edge_cache=False,
+            redis=False,
+            redis_replicas=0,
+            queue=False,
+            workers=0,
+            app_autoscaling=None,
+            worker_autoscaling=None,
+            database_failover=False,
+            monitoring=False,
         ),
     ),
     Stage(
@@ -94,22 +143,23 @@ STAGES: tuple[Stage, ...] = (
         users="100",
         rps=Band(1, 10),
         monthly_cost_usd=Band(50, 80),
-        app_replicas=1,
-        colocated_database=False,
-        read_replicas=0,
-        edge_cache=False,
-        redis=False,
-        redis_replicas=0,
-        queue=False,
-        workers=0,
-        app_autoscaling=None,
-        worker_autoscaling=None,
-        database_failover=False,
-        monitoring=False,
-        implemented=True,
         adds=(
             "the database gets a machine of its own: the app is no longer pinned to its node "
             "and keeps off it where there is another, so it stops starving the database",
+        ),
+        topology=Topology(
+            app_replicas=1,
+            colocated_database=False,
+            read_replicas=0,
+            edge_cache=False,
+            redis=False,
+            redis_replicas=0,
+            queue=False,
+            workers=0,
+            app_autoscaling=None,
+            worker_autoscaling=None,
+            database_failover=False,
+            monitoring=False,
         ),
     ),
     Stage(
@@ -118,23 +168,24 @@ STAGES: tuple[Stage, ...] = (
         users="10K",
         rps=Band(100, 500),
         monthly_cost_usd=Band(300, 500),
-        app_replicas=2,
-        colocated_database=False,
-        read_replicas=1,
-        edge_cache=True,
-        redis=False,
-        redis_replicas=0,
-        queue=False,
-        workers=0,
-        app_autoscaling=None,
-        worker_autoscaling=None,
-        database_failover=False,
-        monitoring=False,
-        implemented=True,
         adds=(
             "two stateless app replicas behind a load-balancing Service",
             "a streaming read replica takes the reads (80-90% of traffic)",
             "an edge cache serves static assets",
+        ),
+        topology=Topology(
+            app_replicas=2,
+            colocated_database=False,
+            read_replicas=1,
+            edge_cache=True,
+            redis=False,
+            redis_replicas=0,
+            queue=False,
+            workers=0,
+            app_autoscaling=None,
+            worker_autoscaling=None,
+            database_failover=False,
+            monitoring=False,
         ),
     ),
     Stage(
@@ -143,23 +194,24 @@ STAGES: tuple[Stage, ...] = (
         users="100K",
         rps=Band(1_000, 5_000),
         monthly_cost_usd=Band(800, 1_500),
-        app_replicas=4,
-        colocated_database=False,
-        read_replicas=2,
-        edge_cache=True,
-        redis=True,
-        redis_replicas=0,
-        queue=True,
-        workers=2,
-        app_autoscaling=None,
-        worker_autoscaling=None,
-        database_failover=False,
-        monitoring=False,
-        implemented=True,
         adds=(
             "Redis cache-aside: the biggest lever, 80-90% fewer database reads",
             "four app replicas and a second read replica",
             "RabbitMQ and workers take slow work out of the request",
+        ),
+        topology=Topology(
+            app_replicas=4,
+            colocated_database=False,
+            read_replicas=2,
+            edge_cache=True,
+            redis=True,
+            redis_replicas=0,
+            queue=True,
+            workers=2,
+            app_autoscaling=None,
+            worker_autoscaling=None,
+            database_failover=False,
+            monitoring=False,
         ),
     ),
     Stage(
@@ -168,19 +220,6 @@ STAGES: tuple[Stage, ...] = (
         users="1M",
         rps=Band(10_000, 50_000),
         monthly_cost_usd=Band(5_000, 15_000),
-        app_replicas=4,
-        colocated_database=False,
-        read_replicas=3,
-        edge_cache=True,
-        redis=True,
-        redis_replicas=1,
-        queue=True,
-        workers=2,
-        app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
-        worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
-        database_failover=True,
-        monitoring=True,
-        implemented=True,
         adds=(
             "the app autoscales from 4 to 12 replicas at 70% CPU",
             "a PostgreSQL standby in another zone, promoted by Patroni within about 20 s "
@@ -188,31 +227,122 @@ STAGES: tuple[Stage, ...] = (
             "Redis gets a replica and Sentinel",
             "monitoring: scrape config, alert rules and a dashboard",
         ),
+        topology=Topology(
+            app_replicas=4,
+            colocated_database=False,
+            read_replicas=3,
+            edge_cache=True,
+            redis=True,
+            redis_replicas=1,
+            queue=True,
+            workers=2,
+            app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
+            worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
+            database_failover=True,
+            monitoring=True,
+        ),
     ),
-)
-
-# Stages 6 and 7 are not built yet: they keep stage 5's topology and carry the seed's numbers.
-STAGES = (
-    *STAGES,
-    replace(
-        STAGES[-1],
+    Stage(
         number=6,
         title="10M users: microservices, sharding, multi-region",
         users="10M",
         rps=Band(50_000, 200_000),
         monthly_cost_usd=Band(50_000, 150_000),
-        implemented=False,
-        adds=("microservices, an API gateway, database sharding, multi-region, Redis Cluster",),
+        adds=(
+            "microservices behind an API gateway (authentication, rate limiting, routing)",
+            "the database sharded by user ID, which multiplies write capacity",
+            "two or more regions, each serving its nearest users",
+            "Redis Cluster spreads the cache over several nodes",
+        ),
+        topology=None,  # not built yet: asking for it is refused, nothing is changed
     ),
-    replace(
-        STAGES[-1],
+    Stage(
         number=7,
         title="100M users: world scale",
         users="100M",
-        rps=Band(200_000, 1_000_000),
-        monthly_cost_usd=Band(500_000, 5_000_000),
-        implemented=False,
-        adds=("multi-CDN, edge computing, specialised databases, stream processing, 3+ regions",),
+        rps=Band(200_000, 1_000_000, open_ended=True),
+        monthly_cost_usd=Band(500_000, 5_000_000, open_ended=True),
+        adds=(
+            "multi-CDN and edge computing in front of everything",
+            "50+ microservices, specialised databases and stream processing",
+            "3+ regions, each (mostly) independent, and a data infrastructure",
+        ),
+        topology=None,
+        blueprint=Blueprint(
+            additions=(
+                Addition(
+                    name="multi-CDN",
+                    what="several CDN providers, traffic steered between them by performance "
+                    "and cost",
+                    cost="each provider bills the traffic it serves, plus the steering service",
+                    user_brings=(
+                        "accounts with two or more CDN providers",
+                        "DNS with traffic steering between them, and the domain's TLS "
+                        "certificates on each",
+                    ),
+                ),
+                Addition(
+                    name="edge computing",
+                    what="authentication, A/B tests, personalisation and rate limiting run at "
+                    "the CDN edge, before a request reaches a data centre",
+                    cost="billed per request and CPU time by the edge platform",
+                    user_brings=("an edge-compute platform on those CDNs and code written for it",),
+                ),
+                Addition(
+                    name="50+ microservices",
+                    what="each major feature a service with its own team, database and "
+                    "deployment pipeline",
+                    cost="grows with the number of services and teams",
+                    user_brings=("the teams, one deployment pipeline per service",),
+                ),
+                Addition(
+                    name="specialised databases",
+                    what="PostgreSQL for relational data, a key-value store, a search engine, "
+                    "a time-series store, a graph database for recommendations",
+                    cost="one bill per database, each sized and replicated for its own load",
+                    user_brings=(
+                        "managed databases, or each one's own operator and the people to run it",
+                        "the app's data model split across them",
+                    ),
+                ),
+                Addition(
+                    name="stream processing",
+                    what="Kafka feeding Flink or Spark Streaming for analytics, fraud "
+                    "detection and personalisation",
+                    cost="brokers and processing clusters sized for the event rate",
+                    user_brings=("Kafka and a stream processor, managed or with their operators",),
+                ),
+                Addition(
+                    name="3+ regions",
+                    what="full deployments in the US, Europe and Asia, (mostly) independent, "
+                    "with cross-region replication for data that must be globally consistent",
+                    cost="every region's whole stack, plus cross-region traffic",
+                    user_brings=(
+                        "a Kubernetes cluster in each of three or more regions",
+                        "global DNS or load balancing across them",
+                    ),
+                ),
+                Addition(
+                    name="data infrastructure",
+                    what="events flow from Kafka through stream processing into a data "
+                    "warehouse that data scientists query",
+                    cost="warehouse storage and queries",
+                    user_brings=("a data warehouse and the pipeline into it",),
+                ),
+            ),
+            why_not_here=(
+                "a cluster lives in one region, and an operator reconciles inside one cluster: "
+                "three regions are three clusters, and no region's failure may take the others' "
+                "control with it",
+                "CDNs, edge platforms and DNS are other companies' services, set up through "
+                "their accounts and APIs, not Kubernetes objects in this cluster",
+                "each specialised database and stream processor has an operator or managed "
+                "service of its own, kept by people who run it at scale; one operator wrapping "
+                "them all would be a worse copy of each",
+                'at this size "almost everything is custom-built" (the seed): the architecture '
+                "follows the organisation, which no catalog entry can choose",
+            ),
+        ),
     ),
 )
 
@@ -253,3 +383,11 @@ def stage(number: int) -> Stage:
         if entry.number == number:
             return entry
     raise KeyError(f"there is no stage {number}; stages run from {MIN_STAGE} to {MAX_STAGE}")
+
+
+def topology(number: int) -> Topology:
+    """What z2m runs at a stage, raising KeyError for a stage it does not build."""
+    built = stage(number).topology
+    if built is None:
+        raise KeyError(f"z2m does not build stage {number}; it builds 1 to {MAX_IMPLEMENTED}")
+    return built

@@ -41,6 +41,23 @@ def _objects(path: str, stage: int | None) -> list[Obj]:
     return builders.build(the_plan, builders.Owner(name=name, uid=OFFLINE_UID))
 
 
+def _plan(path: str | None, from_stage: int | None, to_stage: int) -> list[str]:
+    if from_stage is None and path is not None:
+        from_stage = _load(path)[2].stage
+    target = catalog.stage(to_stage)
+    if target.plan_only:
+        return blueprint_lines(target, from_stage)
+    if not target.implemented:
+        raise plan.NotBuiltError(target)
+    if path is None or from_stage is None:
+        raise SystemExit(f"z2m: plan --to {to_stage} needs -f FILE")
+    before, after = _objects(path, from_stage), _objects(path, to_stage)
+    return [
+        f"stage {from_stage} -> {to_stage}:",
+        *(plan_lines(before, after) or ["  nothing changes"]),
+    ]
+
+
 def _changed_fields(old: Any, new: Any, path: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
@@ -79,13 +96,46 @@ def plan_lines(before: list[Obj], after: list[Obj], owner_uid: str = OFFLINE_UID
     return lines
 
 
+def _not_built(entry: catalog.Stage) -> str:
+    if entry.plan_only:
+        return f"a plan only, z2m builds none of it (z2m plan --to {entry.number})"
+    return "not built yet, z2m runs nothing for it"
+
+
+def blueprint_lines(entry: catalog.Stage, running: int | None) -> list[str]:
+    """A plan-only stage, as `z2m plan --to N` prints it: what it adds, costs and needs."""
+    if entry.blueprint is None:
+        return []
+    top = catalog.stage(catalog.MAX_IMPLEMENTED)
+    built = running is not None and running <= catalog.MAX_IMPLEMENTED
+    kept = f"stage {running} keeps running" if built else "the stage that runs keeps running"
+    lines = [
+        f"stage {entry.number} ({entry.title}) is a plan only: z2m builds none of it "
+        f"and changes nothing: {kept} as it is.",
+        f"The seed's figures: {entry.users} users, {entry.rps} RPS, "
+        f"${entry.monthly_cost_usd}/month for the whole stage (stage {top.number}, the highest "
+        f"z2m builds: ${top.monthly_cost_usd}/month). The seed does not price it piece by piece.",
+        "",
+        "What it adds, what each bill grows with, and what you must bring:",
+    ]
+    for a in entry.blueprint.additions:
+        lines += [
+            f"  + {a.name}: {a.what}",
+            f"      cost: {a.cost}",
+            f"      you bring: {'; '.join(a.user_brings)}",
+        ]
+    lines += ["", "Why one cluster and one operator should not run it:"]
+    lines += [f"  - {why}" for why in entry.blueprint.why_not_here]
+    return lines
+
+
 def diagram(number: int) -> str:
     """A Mermaid flowchart of one stage, drawn from the same plan the builders use."""
     entry = catalog.stage(number)
-    lines = ["flowchart TD", '    users(["Users"])']
     if not entry.implemented:
-        lines.append(f'    users --> later["stage {number}: {entry.adds[0]}"]')
-        return "\n".join(lines)
+        # Nothing runs for this stage, so nothing is drawn but the fact.
+        return f'flowchart TD\n    none["stage {number}: {_not_built(entry)}"]'
+    lines = ["flowchart TD", '    users(["Users"])']
     p = plan.resolve(api.ScalingStageSpec(stage=number), name="app", namespace="default")
     front = "users"
     if p.edge_cache:
@@ -141,22 +191,37 @@ def docs() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in catalog.STAGES:
-        app = (
-            f"{s.app_autoscaling.min_replicas}-{s.app_autoscaling.max_replicas} (HPA)"
-            if s.app_autoscaling
-            else str(s.app_replicas)
-        )
-        cache = "Redis + replica" if s.redis_replicas else ("Redis" if s.redis else "-")
-        queue = f"RabbitMQ + {s.workers} workers" if s.queue else "-"
-        cost = f"${s.monthly_cost_usd}"
-        done = "" if s.implemented else " (not yet built)"
-        out.append(
-            f"| {s.number}{done} | {s.users} | {s.rps} | {app} | {s.read_replicas} | {cache} "
-            f"| {queue} | {cost} |"
-        )
+        t = s.topology
+        if t is None:
+            built = "plan only" if s.plan_only else "not built yet"
+            cells = f"{built} | | |"
+        else:
+            app = (
+                f"{t.app_autoscaling.min_replicas}-{t.app_autoscaling.max_replicas} (HPA)"
+                if t.app_autoscaling
+                else str(t.app_replicas)
+            )
+            cache = "Redis + replica" if t.redis_replicas else ("Redis" if t.redis else "-")
+            queue = f"RabbitMQ + {t.workers} workers" if t.queue else "-"
+            cells = f"{app} | {t.read_replicas} | {cache} | {queue}"
+        out.append(f"| {s.number} | {s.users} | {s.rps} | {cells} | ${s.monthly_cost_usd} |")
     for s in catalog.STAGES:
         out += ["", f"## Stage {s.number}: {s.title}", ""]
+        if not s.implemented:
+            out += [f"**{_not_built(s).capitalize()}.** The seed adds:", ""]
         out += [f"- {line}" for line in s.adds]
+        if s.blueprint is not None:
+            out += [
+                "",
+                "| piece | what | its bill grows with | you bring |",
+                "|---|---|---|---|",
+            ]
+            out += [
+                f"| {a.name} | {a.what} | {a.cost} | {'; '.join(a.user_brings)} |"
+                for a in s.blueprint.additions
+            ]
+            out += ["", "Why one cluster and one operator should not run it:", ""]
+            out += [f"- {why}" for why in s.blueprint.why_not_here]
         out += ["", "```mermaid", diagram(s.number), "```"]
     return "\n".join(out) + "\n"
 
@@ -210,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_render.add_argument("--stage", type=int)
 
     p_plan = sub.add_parser("plan", help="what changes between two stages")
-    p_plan.add_argument("-f", "--file", required=True)
-    p_plan.add_argument("--from", dest="from_stage", type=int, required=True)
+    p_plan.add_argument("-f", "--file", help="a ScalingStage (needed unless --to is plan only)")
+    p_plan.add_argument("--from", dest="from_stage", type=int, help="default: the file's stage")
     p_plan.add_argument("--to", dest="to_stage", type=int, required=True)
 
     p_diagram = sub.add_parser("diagram", help="a Mermaid diagram of a stage")
@@ -227,9 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "render":
             print(yaml.safe_dump_all(_objects(args.file, args.stage), sort_keys=False), end="")
         elif args.command == "plan":
-            before, after = _objects(args.file, args.from_stage), _objects(args.file, args.to_stage)
-            print(f"stage {args.from_stage} -> {args.to_stage}:")
-            print("\n".join(plan_lines(before, after)) or "  nothing changes")
+            print("\n".join(_plan(args.file, args.from_stage, args.to_stage)))
         elif args.command == "diagram":
             print(diagram(args.stage))
         elif args.command == "crd":

@@ -186,13 +186,13 @@ def too_high_for_lower(
     may run many more than the stage's catalog count); None falls back to the
     catalog count of `stage`.
     """
-    current, lower = catalog.stage(stage), catalog.stage(stage - 1)
+    current, lower = catalog.topology(stage), catalog.topology(stage - 1)
     running = (
         app_replicas if app_replicas is not None and app_replicas > 0 else current.app_replicas
     )
     why: list[str] = []
     rps = values.get("rps")
-    rps_limit = thresholds.rps_demote_fraction * lower.rps.high
+    rps_limit = thresholds.rps_demote_fraction * catalog.stage(stage - 1).rps.high
     if rps is None:
         why.append("no RPS value")
     elif rps >= rps_limit:

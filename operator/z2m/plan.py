@@ -15,6 +15,20 @@ class PlanError(ValueError):
     """The spec asks for something no plan can satisfy."""
 
 
+class NotBuiltError(PlanError):
+    """The spec asks for a stage z2m does not build: not yet (6), or only plans (7)."""
+
+    def __init__(self, stage: catalog.Stage) -> None:
+        self.stage = stage
+        what = "is not implemented yet"
+        if stage.plan_only:
+            what = f"is a plan only (`z2m plan --to {stage.number}`): z2m does not build it"
+        super().__init__(
+            f"stage {stage.number} ({stage.title}) {what}; "
+            f"the highest stage z2m builds is {catalog.MAX_IMPLEMENTED}"
+        )
+
+
 @dataclass(frozen=True)
 class Plan:
     """What the operator converges one ScalingStage to."""
@@ -83,12 +97,10 @@ def resolve(
     repeated here so that `z2m render` and unit tests give the same answer
     without an apiserver.
     """
-    entry = catalog.stage(spec.stage)
-    if not entry.implemented:
-        raise PlanError(
-            f"stage {entry.number} ({entry.title}) is not implemented yet; "
-            f"the highest stage z2m builds is {catalog.MAX_IMPLEMENTED}"
-        )
+    stage = catalog.stage(spec.stage)
+    if stage.topology is None:
+        raise NotBuiltError(stage)
+    entry = stage.topology
     o = spec.overrides
     colocated = entry.colocated_database
     if colocated and (o.app_replicas or 1) > 1:
@@ -128,7 +140,7 @@ def resolve(
         name=name,
         namespace=namespace,
         spec=spec,
-        stage=entry,
+        stage=stage,
         app_replicas=app_replicas,
         app_autoscaling=autoscaling,
         colocated_database=colocated,

@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from z2m import (
     api,
     builders,
+    catalog,
     kube,
     metrics,
     plan,
@@ -156,10 +157,12 @@ class Reconciler:
             return Result(0, None)
         try:
             the_plan = plan.resolve(spec, name=name, namespace=namespace)
+        except plan.NotBuiltError as exc:
+            if exc.stage.plan_only:
+                return self._plan_only(body, previous, generation, exc.stage)
+            return self._report_problem(body, previous, generation, "StageNotImplemented", str(exc))
         except plan.PlanError as exc:
-            implemented = "not implemented" not in str(exc)
-            reason = "InvalidSpec" if implemented else "StageNotImplemented"
-            return self._report_problem(body, previous, generation, reason, str(exc))
+            return self._report_problem(body, previous, generation, "InvalidSpec", str(exc))
 
         owner = builders.Owner(name=name, uid=meta["uid"])
         self.kube.ensure_credentials(namespace, name)
@@ -417,6 +420,25 @@ class Reconciler:
         seen = status.Observation(generation, None, problem=(reason, message))
         if self.write_status(body, previous, seen):
             self.kube.event(body, "Warning", reason, message)
+        return Result(0, None)
+
+    def _plan_only(self, body: Obj, previous: Obj, generation: int, stage: catalog.Stage) -> Result:
+        """A stage z2m only plans: build and remove nothing, show the plan, say so once.
+
+        The children of the stage that runs stay exactly as they are: the user asked
+        for more than z2m builds, and guessing a stage in between would change what
+        runs without being asked to. One Warning Event marks the entry into PlanOnly.
+        """
+        meta = body["metadata"]
+        children = self.kube.children(meta["namespace"], meta["name"])
+        seen = status.Observation(generation, None, children, plan_only=stage)
+        new = self.write_status(body, previous, seen)
+        was: Obj = next(
+            (c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
+        if new is not None and was.get("reason") != "PlanOnly":
+            ready = next(c for c in new["conditions"] if c["type"] == "Ready")
+            self.kube.event(body, "Warning", "PlanOnly", ready["message"])
         return Result(0, None)
 
     def _finish(

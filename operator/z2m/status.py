@@ -40,6 +40,8 @@ class Observation:
     """(reason, message) of an error that keeps the plan from being applied."""
     notices: dict[str, tuple[bool, str, str]] = field(default_factory=dict)
     """Extra conditions: type -> (status, reason, message), e.g. FailoverAvailable."""
+    plan_only: catalog.Stage | None = None
+    """The stage asked for is one z2m only plans: nothing was built or removed."""
 
 
 def component_status(obj: Obj) -> api.ComponentStatus | None:
@@ -109,6 +111,13 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
             cond("Progressing", False, reason, message),
             cond("Degraded", True, reason, message),
         ]
+    elif seen.plan_only is not None:
+        message = plan_only_message(seen.plan_only, previous.get("stage"))
+        conditions += [
+            cond("Ready", False, "PlanOnly", message),
+            cond("Progressing", False, "PlanOnly", message),
+            cond("Degraded", False, "AsExpected", ""),
+        ]
     elif seen.waiting is not None:
         conditions += [
             cond("Ready", False, "Waiting", seen.waiting),
@@ -138,6 +147,7 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
         estimated_monthly_cost=_cost(seen.plan.stage) if seen.plan else None,
         capacity=_capacity(seen.plan.stage) if seen.plan else None,
         plan=seen.plan.status() if seen.plan else None,
+        plan_only=_blueprint(seen.plan_only) if seen.plan_only else None,
         components=components,
         conditions=conditions,
     ).model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -146,6 +156,37 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
     for theirs in PROMOTER_FIELDS:
         out.pop(theirs, None)
     return out
+
+
+def plan_only_message(stage: catalog.Stage, running: int | None) -> str:
+    """What the Ready condition and the Event say when a plan-only stage is asked for."""
+    kept = (
+        f"stage {running} keeps running as it is"
+        if running
+        else f"nothing runs yet: set a stage from {catalog.MIN_STAGE} to "
+        f"{catalog.MAX_IMPLEMENTED} to build one"
+    )
+    return (
+        f"stage {stage.number} ({stage.title}) is a plan only: z2m builds none of it and "
+        f"changes nothing; {kept}. status.planOnly and `z2m plan --to {stage.number}` show "
+        f"what it adds, what it costs and what you must bring"
+    )
+
+
+def _blueprint(stage: catalog.Stage) -> api.PlanOnlyStatus | None:
+    if stage.blueprint is None:
+        return None
+    return api.PlanOnlyStatus(
+        stage=stage.number,
+        monthly_cost=_cost(stage),
+        additions=[
+            api.PlannedAddition(
+                name=a.name, what=a.what, cost=a.cost, user_brings=list(a.user_brings)
+            )
+            for a in stage.blueprint.additions
+        ],
+        why_not_here=list(stage.blueprint.why_not_here),
+    )
 
 
 def _cost(stage: catalog.Stage) -> str:

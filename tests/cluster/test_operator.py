@@ -229,6 +229,63 @@ def test_stage_6_gives_a_clear_condition_not_a_crash(
     assert any(e.reason == "StageNotImplemented" and e.type == "Warning" for e in events)
 
 
+def test_stage_7_is_a_plan_that_keeps_the_running_stage_and_going_back_down_works(
+    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any
+) -> None:
+    h.create(api_client, namespace, h.scaling_stage(NAME, 3))
+    h.wait_ready(api_client, namespace, NAME, 3)
+    apps = kubernetes.client.AppsV1Api(api_client)
+
+    def spec_generations() -> dict[tuple[str, str], str]:
+        """Per child, what moves only when its spec or data is written."""
+        return {
+            (o["kind"], o["metadata"]["name"]): str(
+                o["metadata"].get("generation") or o["metadata"]["resourceVersion"]
+            )
+            for o in k.children(namespace, NAME)
+        }
+
+    running = spec_generations()
+    h.set_stage(api_client, namespace, NAME, 7)
+
+    def plan_only(generation: int) -> dict[str, Any] | None:
+        obj = h.get(api_client, namespace, NAME)
+        cond = h.condition(obj, "Ready")
+        seen = obj["status"].get("observedGeneration") == generation
+        return obj if seen and cond and cond["reason"] == "PlanOnly" else None
+
+    obj = eventually(lambda: plan_only(2), timeout=30)
+    ready = h.condition(obj, "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert "stage 3 keeps running" in ready["message"]
+    assert obj["status"]["stage"] == 3 and obj["status"]["planOnly"]["stage"] == 7
+    assert all(a["userBrings"] for a in obj["status"]["planOnly"]["additions"])
+    # Nothing was built, removed or rewritten.
+    assert h.children(k, namespace, NAME) == h.expected(3, NAME, namespace)
+    assert spec_generations() == running
+    assert apps.read_namespaced_deployment(f"{NAME}-app", namespace).spec.replicas == 2
+
+    # A later pass at stage 7 (a new generation) says nothing new.
+    h.custom(api_client).patch_namespaced_custom_object(
+        "z2m.dev",
+        "v1alpha1",
+        namespace,
+        "scalingstages",
+        NAME,
+        {"spec": {"app": {"env": [{"name": "POKE", "value": "1"}]}}},
+    )
+    eventually(lambda: plan_only(3), timeout=30)
+    assert spec_generations() == running
+
+    h.set_stage(api_client, namespace, NAME, 2)
+    obj = h.wait_ready(api_client, namespace, NAME, 2)
+    assert h.children(k, namespace, NAME) == h.expected(2, NAME, namespace)
+    assert "planOnly" not in obj["status"]
+    events = kubernetes.client.CoreV1Api(api_client).list_namespaced_event(namespace).items
+    said = [e for e in events if e.reason == "PlanOnly" and e.involved_object.name == NAME]
+    assert [e.type for e in said] == ["Warning"]
+
+
 def test_stage_5_says_how_postgresql_fails_over(
     api_client: ApiClient, namespace: str, operator: Any
 ) -> None:

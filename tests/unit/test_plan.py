@@ -12,16 +12,16 @@ def resolve(**spec: object) -> plan.Plan:
 @pytest.mark.parametrize("stage", [s.number for s in catalog.STAGES if s.implemented])
 def test_each_stage_takes_its_numbers_from_the_catalog(stage: int) -> None:
     p = resolve(stage=stage)
-    entry = catalog.stage(stage)
+    entry = catalog.topology(stage)
     assert p.read_replicas == entry.read_replicas
     assert p.redis is entry.redis and p.queue is entry.queue
     assert p.app_autoscaling == entry.app_autoscaling
 
 
 def test_the_seed_numbers_are_in_the_catalog() -> None:
-    assert [s.app_replicas for s in catalog.STAGES[:4]] == [1, 1, 2, 4]
-    assert [s.read_replicas for s in catalog.STAGES[:5]] == [0, 0, 1, 2, 3]
-    five = catalog.stage(5).app_autoscaling
+    assert [catalog.topology(n).app_replicas for n in range(1, 5)] == [1, 1, 2, 4]
+    assert [catalog.topology(n).read_replicas for n in range(1, 6)] == [0, 0, 1, 2, 3]
+    five = catalog.topology(5).app_autoscaling
     assert five is not None and (five.min_replicas, five.max_replicas, five.cpu_percent) == (
         4,
         12,
@@ -71,10 +71,16 @@ def test_contradictions_are_refused_with_a_reason(spec: dict[str, object], messa
         resolve(**spec)
 
 
-@pytest.mark.parametrize("stage", [6, 7])
-def test_later_stages_say_they_are_not_built_yet(stage: int) -> None:
-    with pytest.raises(plan.PlanError, match="not implemented"):
-        resolve(stage=stage)
+def test_stage_6_says_it_is_not_built_yet() -> None:
+    with pytest.raises(plan.NotBuiltError, match="not implemented yet") as refused:
+        resolve(stage=6)
+    assert not refused.value.stage.plan_only
+
+
+def test_stage_7_says_it_is_a_plan_only() -> None:
+    with pytest.raises(plan.NotBuiltError, match="plan only") as refused:
+        resolve(stage=7)
+    assert refused.value.stage.plan_only
 
 
 def test_stage_5_has_a_failover_standby_and_synchronous_mode_is_a_choice() -> None:
