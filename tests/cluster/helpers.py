@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiClient
 
-from tests.conftest import ROOT, _built_kubectl, eventually
+from tests.conftest import ROOT, _built_kubectl, eventually, kubectl
 from z2m import api, builders, kube
 
 APP_IMAGE = "z2m/sample-app:0.1.0"
@@ -169,3 +171,52 @@ def restricted_pod(name: str, command: list[str], cpu: str = "50m") -> dict[str,
             ],
         },
     }
+
+
+def load_pod(app: str, name: str, rps: int, *, journal: bool) -> dict[str, Any]:
+    """A load generator pod against the app's Service; with `journal`, one JSON line per result."""
+    args = ["python", "-m", "sample_app.load", "--url", f"http://{app}-app", "--rps", str(rps)]
+    args += ["--duration", "7200", "--users", "5", "--read-ratio", "0.8"]
+    return restricted_pod(name, args + (["--journal"] if journal else []))
+
+
+def journal(kubeconfig: str, namespace: str, pod: str = "load") -> list[dict[str, Any]]:
+    """The load pod's journal: {"post": id, "t": ...} per acknowledged write, {"error": ...}."""
+    out = kubectl("logs", "-n", namespace, pod, kubeconfig=kubeconfig, check=False)
+    events = []
+    for line in out.stdout.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def pod_exec(kubeconfig: str, namespace: str, pod: str, *argv: str) -> str:
+    """Run a command in a pod; its stdout, stripped (empty when it failed)."""
+    out = kubectl("exec", "-n", namespace, pod, "--", *argv, kubeconfig=kubeconfig, check=False)
+    return str(out.stdout).strip()
+
+
+def psql(kubeconfig: str, namespace: str, pod: str, sql: str) -> str:
+    """One query as the app's role, over the pod's local socket."""
+    return pod_exec(kubeconfig, namespace, pod, "psql", "-U", "app", "-d", "app", "-tAc", sql)
+
+
+def crash_container(api_client: ApiClient, namespace: str, pod: str, container: str) -> None:
+    """SIGKILL a container's first process from its node: everything in it dies at once.
+
+    When a PID namespace's first process dies, the kernel kills the rest; nothing shuts
+    down cleanly, as when a machine fails. kind's node is a container of the engine that
+    runs kind (podman here, docker elsewhere), with crictl inside.
+    """
+    node = (
+        kubernetes.client.CoreV1Api(api_client).read_namespaced_pod(pod, namespace).spec.node_name
+    )
+    engine = os.environ.get("KIND_EXPERIMENTAL_PROVIDER", "docker")
+    labels = f"--label io.kubernetes.pod.name={pod} --label io.kubernetes.pod.namespace={namespace}"
+    script = (
+        f"id=$(crictl ps -q --name {container} {labels}) && "
+        "kill -9 $(crictl inspect -o go-template --template '{{.info.pid}}' $id)"
+    )
+    subprocess.run([engine, "exec", node, "sh", "-c", script], check=True, capture_output=True)

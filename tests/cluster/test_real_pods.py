@@ -12,7 +12,6 @@ of each transition are reported.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
-from tests.conftest import eventually, kubectl, report
+from tests.conftest import eventually, report
 
 # The first kind test also pays for the session's cluster, image builds and loads.
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
@@ -38,34 +37,21 @@ def app_namespace(kind_api: ApiClient, kind_kubeconfig: str) -> Iterator[str]:
 
 
 def _load_pod(name: str, rps: int, *, journal: bool) -> dict[str, Any]:
-    """A load generator pod that passes the `restricted` level."""
-    args = ["python", "-m", "sample_app.load", "--url", f"http://{NAME}-app", "--rps", str(rps)]
-    args += ["--duration", "7200", "--users", "5", "--read-ratio", "0.8"]
-    return h.restricted_pod(name, args + (["--journal"] if journal else []))
+    return h.load_pod(NAME, name, rps, journal=journal)
 
 
-def _exec(kubeconfig: str, namespace: str, pod: str, *argv: str) -> str:
-    out = kubectl("exec", "-n", namespace, pod, "--", *argv, kubeconfig=kubeconfig, check=False)
-    return out.stdout.strip()
+_exec = h.pod_exec
 
 
 def _psql(kubeconfig: str, namespace: str, sql: str, pod: str = f"{NAME}-db-0") -> str:
-    return _exec(kubeconfig, namespace, pod, "psql", "-U", "app", "-d", "app", "-tAc", sql)
+    return h.psql(kubeconfig, namespace, pod, sql)
 
 
 def _python(kubeconfig: str, namespace: str, pod: str, code: str) -> str:
     return _exec(kubeconfig, namespace, pod, "python", "-c", code)
 
 
-def _journal(kubeconfig: str, namespace: str) -> list[dict[str, Any]]:
-    out = kubectl("logs", "-n", namespace, "load", kubeconfig=kubeconfig, check=False)
-    events = []
-    for line in out.stdout.splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
+_journal = h.journal
 
 
 def _acked(kubeconfig: str, namespace: str) -> int:
