@@ -683,10 +683,33 @@ def _database(p: plan.Plan, owner: Owner) -> list[Obj]:
         _service(p, owner, child(p.name, "db"), "database", ports, selector=leader),
     ]
     if p.failover_standbys:
-        objs.append(
-            _postgres_statefulset(p, owner, "db-standby", "database-standby", p.failover_standbys)
+        standby = _postgres_statefulset(
+            p, owner, "db-standby", "database-standby", p.failover_standbys
         )
+        standby["spec"]["template"]["spec"]["affinity"] = _apart_from_primary(p)
+        objs.append(standby)
     return objs
+
+
+def _apart_from_primary(p: plan.Plan) -> Obj:
+    """Keep the failover standby out of the primary's zone: required where there are zones.
+
+    One-sided on purpose: the scheduler honours an existing pod's required anti-affinity
+    for pods that come later, so the primary, if rescheduled, keeps away too, and the
+    primary's own template never changes between stages 4 and 5 (no restart). With one
+    zone (single-node kind) a requirement would leave the standby Pending forever: it
+    then only prefers another node, and the ZoneRedundant condition says so.
+    """
+    term: Obj = {
+        "labelSelector": {"matchLabels": labels(p.name, "database")},
+        "topologyKey": ZONE,
+    }
+    if (p.zones or 0) >= 2:
+        return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    preferred = [
+        {"weight": 100, "podAffinityTerm": {**term, "topologyKey": "kubernetes.io/hostname"}}
+    ]
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": preferred}}
 
 
 def _read_replicas(p: plan.Plan, owner: Owner) -> list[Obj]:

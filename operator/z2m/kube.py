@@ -69,6 +69,7 @@ class Kube:
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
+    _zones: tuple[float, int | None] | None = None
 
     @classmethod
     def connect(cls, api_client: ApiClient, namespaces: tuple[str, ...] = ()) -> Kube:
@@ -255,6 +256,28 @@ class Kube:
             namespace=namespace, label_selector=f"{builders.POSTGRES_CLUSTER}={scope}"
         )
         return leader, list(pods.to_dict()["items"])
+
+    def zones(self) -> int | None:
+        """How many zones the cluster's nodes are in (re-read each minute); None if unknown.
+
+        A node without the zone label counts as a zone of its own only when no node has
+        one. Unknown when the operator may not list nodes (the chart's namespaced mode).
+        """
+        now = time.monotonic()
+        if self._zones is not None and now - self._zones[0] < self.missing_ttl:
+            return self._zones[1]
+        metrics.API_REQUESTS.labels("list", "Node").inc()
+        try:
+            nodes = self._resource("v1", "Node").get().to_dict()["items"]
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            count = None
+        else:
+            labels = [(n["metadata"].get("labels") or {}).get(builders.ZONE) for n in nodes]
+            count = len({z for z in labels if z}) or (1 if nodes else 0)
+        self._zones = (now, count)
+        return count
 
     def expand_claim(self, namespace: str, name: str, size: str) -> None:
         """Ask for a bigger volume: the claim's request grows, its StorageClass does the rest."""

@@ -53,6 +53,8 @@ class Plan:
     """PostgreSQL standbys Patroni may promote when the primary dies (stage 5: one)."""
     synchronous: bool
     """Commits wait for a standby, so a failover loses no acknowledged write."""
+    zones: int | None
+    """How many zones the cluster's nodes are in (None: not known); 2+ separates the standby."""
     monitoring: bool
 
     @property
@@ -90,6 +92,7 @@ def resolve(
     *,
     name: str,
     namespace: str,
+    zones: int | None = None,
 ) -> Plan:
     """Lay the spec's overrides over its stage's defaults.
 
@@ -153,5 +156,6 @@ def resolve(
         worker_autoscaling=entry.worker_autoscaling if queue and workers else None,
         failover_standbys=standbys,
         synchronous=bool(standbys) and spec.database.synchronous,
+        zones=zones,
         monitoring=entry.monitoring,
     )

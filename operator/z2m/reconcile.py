@@ -156,7 +156,8 @@ class Reconciler:
             self.write_status(body, previous, seen)
             return Result(0, None)
         try:
-            the_plan = plan.resolve(spec, name=name, namespace=namespace)
+            zones = self.kube.zones() if spec.stage == 5 else None
+            the_plan = plan.resolve(spec, name=name, namespace=namespace, zones=zones)
         except plan.NotBuiltError as exc:
             if exc.stage.plan_only:
                 return self._plan_only(body, previous, generation, exc.stage)
@@ -466,6 +467,7 @@ class Reconciler:
                     "commits (spec.database.synchronous: true prevents that)"
                 ),
             )
+            notices["ZoneRedundant"] = _zone_redundancy(the_plan.zones)
         children = self.kube.children(meta["namespace"], meta["name"])
         seen = status.Observation(generation, the_plan, children, waiting=waiting, notices=notices)
         new = self.write_status(body, previous, seen)
@@ -571,6 +573,27 @@ def keep_claim_templates(
                 spec.pop("storageClassName", None)
         out.append(obj)
     return out, growth
+
+
+def _zone_redundancy(zones: int | None) -> tuple[bool, str, str]:
+    """The ZoneRedundant condition of a stage with a failover standby."""
+    if zones and zones >= 2:
+        return (
+            True,
+            "SeparateZones",
+            f"the standby must run in another zone than the primary ({zones} zones)",
+        )
+    why = (
+        "the nodes are in one zone (or carry no topology.kubernetes.io/zone label)"
+        if zones
+        else "z2m may not list nodes, so it cannot tell zones apart"
+    )
+    return (
+        False,
+        "SingleZone" if zones else "ZonesUnknown",
+        f"{why}: the standby keeps off the primary's node where it can, but one zone's "
+        "outage can take both",
+    )
 
 
 def _describe(obj: Obj) -> str:

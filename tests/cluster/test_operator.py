@@ -295,6 +295,18 @@ def test_stage_5_says_how_postgresql_fails_over(
     assert cond is not None and cond["status"] == "True" and cond["reason"] == "Patroni"
     assert "asynchronous" in cond["message"]
     assert obj["status"]["plan"]["databaseFailover"] == "patroni"
+    # The local control plane's nodes are in three zones: the standby must be in another
+    # zone than the primary, and the scheduler placed it so.
+    zoned = h.condition(obj, "ZoneRedundant")
+    assert zoned is not None and zoned["status"] == "True", zoned
+    core = kubernetes.client.CoreV1Api(api_client)
+
+    def zone(pod: str) -> str:
+        node = eventually(lambda: core.read_namespaced_pod(pod, namespace).spec.node_name)
+        labels = core.read_node(node).metadata.labels
+        return str(labels["topology.kubernetes.io/zone"])
+
+    assert zone(f"{NAME}-db-0") != zone(f"{NAME}-db-standby-0")
 
 
 def test_deleting_the_scaling_stage_removes_children_but_keeps_claims_and_credentials(

@@ -310,3 +310,38 @@ def test_web_pods_drain_before_stopping_and_user_workers_get_no_http_probes() ->
     assert "readinessProbe" not in worker and "livenessProbe" not in worker
     (ours,) = find(build(4), "Deployment", "shop-worker")["spec"]["template"]["spec"]["containers"]
     assert ours["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_standby_must_be_in_another_zone_where_there_are_zones() -> None:
+    def affinity(zones: int | None) -> dict[str, Any]:
+        p = plan.resolve(api.ScalingStageSpec(stage=5), name="shop", namespace="ns", zones=zones)
+        sts = find(builders.build(p, OWNER), "StatefulSet", "shop-db-standby")
+        anti: dict[str, Any] = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        return anti
+
+    required = affinity(3)["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required == [
+        {
+            "labelSelector": {"matchLabels": builders.labels("shop", "database")},
+            "topologyKey": "topology.kubernetes.io/zone",
+        }
+    ]
+    # One zone, or none known: a requirement would leave the standby Pending for ever.
+    for zones in (1, None):
+        anti = affinity(zones)
+        assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti
+        term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+    # The primary's template is the same whatever the zones: nothing restarts it.
+    primaries = [
+        find(
+            builders.build(
+                plan.resolve(api.ScalingStageSpec(stage=5), name="shop", namespace="ns", zones=z),
+                OWNER,
+            ),
+            "StatefulSet",
+            "shop-db",
+        )
+        for z in (1, 3)
+    ]
+    assert primaries[0] == primaries[1]
