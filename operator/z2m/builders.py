@@ -282,8 +282,10 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
 def patroni_config(p: plan.Plan) -> Obj:
     """Patroni's dynamic configuration, which z2m keeps in `<scope>-config` (as patronictl does).
 
-    A leader lock of 15 s renewed every 5 s: a dead primary's standby is promoted in
-    about 15-20 s. Each member streams through a slot (permanent, so a pod being
+    Patroni's own defaults: a leader lock of 30 s renewed every 10 s, so a dead
+    primary's standby is promoted in about 30 s, inside the seed's 60. A shorter lock
+    fails over sooner, but a busy node that misses one renewal then loses its primary
+    for nothing (measured on a loaded two-core kind node with a 15 s lock). Each member streams through a slot (permanent, so a pod being
     replaced keeps its WAL), and the primary keeps at most 256 MB of WAL for a member
     that is away. Synchronous mode, an option, promotes only a standby that has every
     acknowledged commit.
@@ -291,9 +293,9 @@ def patroni_config(p: plan.Plan) -> Obj:
     members = [f"{child(p.name, 'db-standby')}-{i}" for i in range(p.failover_standbys)]
     members += [f"{child(p.name, 'db-replica')}-{i}" for i in range(p.read_replicas)]
     return {
-        "ttl": 15,
-        "loop_wait": 5,
-        "retry_timeout": 5,
+        "ttl": 30,
+        "loop_wait": 10,
+        "retry_timeout": 10,
         "maximum_lag_on_failover": 1048576,
         "failsafe_mode": True,
         "synchronous_mode": p.synchronous,
@@ -649,6 +651,17 @@ def _patroni_access(p: plan.Plan, owner: Owner) -> list[Obj]:
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": p.namespace}],
         },
     ]
+
+
+def shared_with_patroni(obj: Obj) -> bool:
+    """Whether Patroni writes to this child too: one of its ConfigMaps.
+
+    z2m only makes it, then changes no more than the annotations it sets itself, and
+    only when they differ. Patroni renews its leader lock with an update conditional
+    on the resourceVersion; any other write in between fails the renewal, and Patroni
+    demotes the primary.
+    """
+    return obj["kind"] == "ConfigMap" and POSTGRES_CLUSTER in (obj["metadata"].get("labels") or {})
 
 
 def _patroni_dcs(p: plan.Plan, owner: Owner) -> list[Obj]:

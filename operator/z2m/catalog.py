@@ -222,7 +222,7 @@ STAGES: tuple[Stage, ...] = (
         monthly_cost_usd=Band(5_000, 15_000),
         adds=(
             "the app autoscales from 4 to 12 replicas at 70% CPU",
-            "a PostgreSQL standby in another zone, promoted by Patroni within about 20 s "
+            "a PostgreSQL standby in another zone, promoted by Patroni within about 30 s "
             "when the primary dies; a third read replica",
             "Redis gets a replica and Sentinel",
             "monitoring: scrape config, alert rules and a dashboard",

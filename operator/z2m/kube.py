@@ -117,6 +117,19 @@ class Kube:
         applied: Obj = result.to_dict()
         return applied
 
+    def annotate(self, obj: Obj, annotations: dict[str, str]) -> Obj:
+        """Merge-patch some annotations of an existing object, and nothing else."""
+        meta = obj["metadata"]
+        metrics.API_REQUESTS.labels("patch", obj["kind"]).inc()
+        result = self._resource(obj["apiVersion"], obj["kind"]).patch(
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            body={"metadata": {"annotations": annotations}},
+            content_type="application/merge-patch+json",
+        )
+        patched: Obj = result.to_dict()
+        return patched
+
     def children(self, namespace: str, owner_name: str) -> list[Obj]:
         """Every prunable object labelled as a child of the ScalingStage."""
         found: list[Obj] = []

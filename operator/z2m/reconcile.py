@@ -214,6 +214,15 @@ class Reconciler:
 
     def _apply(self, obj: Obj, by_key: dict[tuple[str, str, str], Obj]) -> int:
         before = by_key.get(builders.key(obj))
+        if before is not None and builders.shared_with_patroni(obj):
+            have = before["metadata"].get("annotations") or {}
+            want = obj["metadata"].get("annotations") or {}
+            changed = {k: v for k, v in want.items() if have.get(k) != v}
+            if not changed:
+                return 0
+            self.kube.annotate(obj, changed)
+            metrics.WRITES.labels("annotate", obj["kind"]).inc()
+            return 1
         meta = obj["metadata"]
         applied = self._applied.setdefault((meta["namespace"], _owner_name(obj)), {})
         body = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
@@ -458,7 +467,7 @@ class Reconciler:
             notices["FailoverAvailable"] = (
                 True,
                 "Patroni",
-                "Patroni promotes the PostgreSQL standby within about 20 s if the primary "
+                "Patroni promotes the PostgreSQL standby within about 30 s if the primary "
                 "dies; the app's Service follows the leader"
                 + (
                     "; commits wait for the standby, so a failover loses no acknowledged write"

@@ -574,3 +574,45 @@ def test_a_read_replica_stays_while_an_app_pod_of_the_old_template_still_runs(
                 )
     h.wait_ready(api_client, namespace, NAME, 2)
     eventually(lambda: h.children(k, namespace, NAME) == h.expected(2, NAME, namespace))
+
+
+def _passes() -> float:
+    return sum(metrics.RECONCILES.labels(o)._value.get() for o in ("changed", "unchanged"))
+
+
+def test_the_operator_never_writes_over_patronis_lock_and_changes_only_its_own_config(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    """Patroni renews its lock with a resourceVersion-conditional update: another write
+    in between makes it demote the primary. So after making them, z2m leaves Patroni's
+    ConfigMaps alone, except the dynamic configuration it owns, and only when it changes.
+    (A guard: server-side apply of an unchanged body writes nothing either.)"""
+    core = kubernetes.client.CoreV1Api(api_client)
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4))
+    h.wait_ready(api_client, namespace, NAME, 4)
+    scope = builders.patroni_scope(NAME)
+    # What Patroni does: take the lock, and note the cluster's identity on the config.
+    lock = {"leader": f"{NAME}-db-0", "ttl": "15", "renewTime": "now"}
+    core.patch_namespaced_config_map(
+        f"{scope}-leader", namespace, {"metadata": {"annotations": lock}}
+    )
+    core.patch_namespaced_config_map(
+        f"{scope}-config", namespace, {"metadata": {"annotations": {"initialize": "7711"}}}
+    )
+    versions = {
+        s: core.read_namespaced_config_map(f"{scope}-{s}", namespace).metadata.resource_version
+        for s in ("leader", "config")
+    }
+    seen = _passes()
+    eventually(lambda: _passes() >= seen + 3, timeout=60)  # three resyncs later
+    for suffix, version in versions.items():
+        now = core.read_namespaced_config_map(f"{scope}-{suffix}", namespace).metadata
+        assert now.resource_version == version, f"z2m wrote to {scope}-{suffix}"
+    # A stage change rewrites only the dynamic configuration (the standby's slot appears).
+    h.set_stage(api_client, namespace, NAME, 5)
+    h.wait_ready(api_client, namespace, NAME, 5)
+    config = core.read_namespaced_config_map(f"{scope}-config", namespace).metadata.annotations
+    assert "shop_db_standby_0" in config["config"] and config["initialize"] == "7711"
+    leader = core.read_namespaced_config_map(f"{scope}-leader", namespace).metadata
+    assert leader.resource_version == versions["leader"]
+    assert leader.annotations == lock

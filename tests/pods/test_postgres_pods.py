@@ -255,7 +255,7 @@ def test_the_standby_takes_over_when_the_primary_dies_and_the_old_primary_rejoin
         services.wait_for(lambda: len(writer.acknowledged) >= 200, 60, "writes before the kill")
         primary.kill()
         killed_at = time.monotonic()
-        # The seed promises a promotion within 60 s; Patroni's lock lasts 15 s.
+        # The seed promises a promotion within 60 s; Patroni's lock lasts 30 s.
         services.wait_for(lambda: _writable(second), 60, "the standby promoted")
         promoted = time.monotonic() - killed_at
         at_promotion = len(writer.acknowledged)
