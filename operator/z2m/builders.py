@@ -285,7 +285,9 @@ def patroni_config(p: plan.Plan) -> Obj:
     Patroni's own defaults: a leader lock of 30 s renewed every 10 s, so a dead
     primary's standby is promoted in about 30 s, inside the seed's 60. A shorter lock
     fails over sooner, but a busy node that misses one renewal then loses its primary
-    for nothing (measured on a loaded two-core kind node with a 15 s lock). Each member streams through a slot (permanent, so a pod being
+    for nothing (measured on a loaded two-core kind node with a 15 s lock).
+
+    Each member streams through a slot (permanent, so a pod being
     replaced keeps its WAL), and the primary keeps at most 256 MB of WAL for a member
     that is away. Synchronous mode, an option, promotes only a standby that has every
     acknowledged commit.
