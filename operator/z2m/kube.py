@@ -338,13 +338,13 @@ def apply_body(obj: Obj) -> bytes:
     BMP (an emoji in an env value) as a surrogate pair of escapes; the apiserver
     reads apply patches as YAML, which refuses those, so every apply of that
     object would fail. Such characters are sent as UTF-8 instead, and the few YAML
-    forbids raw (DEL, C1 controls, U+FFFE/F) as escapes, which it reads.
+    forbids or folds raw (DEL, C1 controls, the line separators, U+FFFE/F) as escapes.
     """
     text = json.dumps(obj, ensure_ascii=False)
     return _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
 
 
-_YAML_UNPRINTABLE = re.compile("[\x7f-\x84\x86-\x9f\ufffe\uffff]")
+_YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ufffe\uffff]")
 
 
 def _b64(text: str) -> str:
