@@ -260,7 +260,7 @@ class Reconciler:
             "owner reference to it): z2m leaves it as it is; delete or rename it and z2m "
             "makes its own"
         )
-        before = next(
+        before: Obj = next(
             (c for c in previous.get("conditions") or [] if c.get("type") == "NamesAvailable"), {}
         )
         if before.get("message") != message:
