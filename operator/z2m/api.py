@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from kubernetes.utils import parse_quantity
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "z2m.dev"
@@ -31,11 +32,44 @@ DEFAULT_NGINX_IMAGE = f"z2m/nginx:{IMAGE_TAG}"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 DNS_LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"
+"""An image reference (`registry:5000/team/app:1.2@sha256:...`): no spaces, ASCII only."""
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
-def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
-    """CEL rules as `(rule, message)` pairs, for `json_schema_extra`."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+MAX_NAME_LENGTH = 41
+"""The longest ScalingStage name whose children all get valid names.
+
+Children are named `<name>-<component>`: a Service name is a DNS label (63 at
+most, starting with a letter), and a StatefulSet's pods carry a
+`controller-revision-hash` label of `<statefulset>-<hash of 10>`, also 63 at most,
+so `<name>-db-replica` may be 52 long. A unit test renders every stage at this
+length to keep the number honest.
+"""
+
+NAME_RULES: list[dict[str, str]] = [
+    {
+        "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH} "
+        "&& self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters of lowercase "
+        "letters, digits and '-', starting with a letter: it begins the names of the "
+        "Services and StatefulSets z2m makes (such as <name>-redis-sentinel), which "
+        "Kubernetes keeps to 63 characters",
+        # No fieldPath: the apiserver allows none into metadata; the message names the field.
+    }
+]
+"""CEL rules on the ScalingStage's own name, set at the root of the CRD's schema."""
+
+
+def _rules(*rules: tuple[str, str, str]) -> dict[str, Any]:
+    """CEL rules as `(rule, message, field)`, for `json_schema_extra`.
+
+    `field` (a path from the object the rule sits on, `.overrides.appReplicas`) is
+    the field a refusal names, so `kubectl apply` points at what to change.
+    """
+    return {
+        "x-kubernetes-validations": [{"rule": r, "message": m, "fieldPath": f} for r, m, f in rules]
+    }
 
 
 class Model(BaseModel):
@@ -63,19 +97,71 @@ class ResourceList(Model):
     memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN, max_length=32)
 
 
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "128Mi"}
+DEFAULT_LIMITS = {"memory": "512Mi"}
+
+
+def _quantity(text: str) -> float:
+    return float(parse_quantity(text))  # type: ignore[no-untyped-call]
+
+
+def _within_limit(resource: str) -> tuple[str, str, str]:
+    """A rule: the request of `resource` is not above its limit, defaults counted.
+
+    An unset `requests` (or `limits`) takes the model's default as a whole, which
+    the CRD cannot show (nested defaults are not in the schema), so it is spelled
+    out here; a Pod whose request is above its limit is refused by the apiserver.
+    """
+
+    def effective(side: str, defaults: dict[str, str]) -> str:
+        default = f"'{defaults[resource]}'" if resource in defaults else "''"
+        return (
+            f"(has(self.{side}) ? (has(self.{side}.{resource}) ? self.{side}.{resource} : '') "
+            f": {default})"
+        )
+
+    request, limit = effective("requests", DEFAULT_REQUESTS), effective("limits", DEFAULT_LIMITS)
+    return (
+        f"{request} == '' || {limit} == '' "
+        f"|| quantity({request}).compareTo(quantity({limit})) <= 0",
+        f"resources.requests.{resource} must not be above resources.limits.{resource} "
+        f"(when requests or limits is unset, it is {DEFAULT_REQUESTS} or {DEFAULT_LIMITS})",
+        ".requests",
+    )
+
+
 class Resources(Model):
     """Requests and limits for one container."""
 
-    requests: ResourceList = ResourceList(cpu="100m", memory="128Mi")
-    limits: ResourceList = ResourceList(memory="512Mi")
+    requests: ResourceList = ResourceList.model_validate(DEFAULT_REQUESTS)
+    limits: ResourceList = ResourceList.model_validate(DEFAULT_LIMITS)
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(_within_limit("cpu"), _within_limit("memory"))
+    )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for resource in ("cpu", "memory"):
+            request = getattr(self.requests, resource)
+            limit = getattr(self.limits, resource)
+            if request and limit and _quantity(request) > _quantity(limit):
+                raise ValueError(_within_limit(resource)[1])
+        return self
 
 
 class AppSpec(Model):
     """The user's application: one stateless image that serves web and, as workers, jobs."""
 
-    image: str = Field(default=DEFAULT_APP_IMAGE, min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_APP_IMAGE, pattern=IMAGE_PATTERN, max_length=512)
     port: int = Field(default=8080, ge=1, le=65535)
-    env: list[EnvVar] = Field(default_factory=list, max_length=100)
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=100,
+        # A map keyed by name: the apiserver refuses a name twice, as server-side apply
+        # of the Deployment would.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     resources: Resources = Resources()
     worker_command: list[str] = Field(
         default_factory=list,
@@ -103,6 +189,7 @@ class Autoscaling(Model):
             (
                 "self.minReplicas <= self.maxReplicas",
                 "autoscaling.minReplicas must not be above autoscaling.maxReplicas",
+                ".minReplicas",
             )
         )
     )
@@ -141,9 +228,26 @@ class Storage(Model):
     storage_class_name: str | None = Field(
         default=None,
         max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
         description="The StorageClass of the volumes; unset takes the cluster's default. "
         "Fixed once the ScalingStage exists: claims keep the class they were made with.",
     )
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.size) || quantity(self.size).compareTo(quantity('0')) > 0",
+                "storage.size must be more than 0: a volume holds the data",
+                ".size",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Storage:
+        if _quantity(self.size) <= 0:
+            raise ValueError("storage.size must be more than 0: a volume holds the data")
+        return self
 
 
 class DatabaseSpec(Model):
@@ -152,7 +256,7 @@ class DatabaseSpec(Model):
     Stage 5 adds a standby that Patroni promotes when the primary dies.
     """
 
-    image: str = Field(default=DEFAULT_POSTGRES_IMAGE, min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_POSTGRES_IMAGE, pattern=IMAGE_PATTERN, max_length=512)
     storage: Storage = Storage()
     resources: Resources | None = Field(
         default=None,
@@ -170,7 +274,7 @@ class DatabaseSpec(Model):
 class QueueSpec(Model):
     """RabbitMQ and where the operator reads the jobs queue's depth from."""
 
-    image: str = Field(default=DEFAULT_RABBITMQ_IMAGE, min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_RABBITMQ_IMAGE, pattern=IMAGE_PATTERN, max_length=512)
     storage: Storage = Storage()
     resources: Resources | None = Field(
         default=None,
@@ -195,7 +299,7 @@ class QueueSpec(Model):
 class CacheSpec(Model):
     """Redis, from stage 4."""
 
-    image: str = Field(default=DEFAULT_REDIS_IMAGE, min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_REDIS_IMAGE, pattern=IMAGE_PATTERN, max_length=512)
     storage: Storage = Storage()
     resources: Resources | None = Field(
         default=None,
@@ -203,7 +307,7 @@ class CacheSpec(Model):
     )
     sentinel_address: str | None = Field(
         default=None,
-        pattern=r"^[^\s:/]+:[0-9]{1,5}$",
+        pattern=r"^[A-Za-z0-9._-]+:[0-9]{1,5}$",
         max_length=256,
         description="Redis Sentinel (host:port) the operator asks which Redis pod is the "
         "master before Redis shrinks to ordinal 0 (leaving stage 5); defaults to the "
@@ -239,6 +343,7 @@ class Thresholds(Model):
                 "self.rpsDemoteFraction < self.rpsPromoteFraction",
                 "thresholds.rpsDemoteFraction must be below rpsPromoteFraction, "
                 "or a load between the two would promote and demote in turn",
+                ".rpsDemoteFraction",
             )
         )
     )
@@ -299,15 +404,18 @@ class Promotion(Model):
             (
                 "self.minStage <= self.maxStage",
                 "promotion.minStage must not be above promotion.maxStage",
+                ".minStage",
             ),
             (
                 "self.mode == 'manual' || has(self.prometheus)",
                 "promotion.prometheus.url is required when promotion.mode is recommend or auto",
+                ".mode",
             ),
             (
                 "self.demoteWindowSeconds >= self.promoteWindowSeconds",
                 "promotion.demoteWindowSeconds must be at least promoteWindowSeconds, "
                 "so that the stage climbs faster than it falls and cannot flap",
+                ".demoteWindowSeconds",
             ),
         )
     )
@@ -319,37 +427,43 @@ _SPEC_RULES = _rules(
         "|| self.overrides.appReplicas == 1",
         "stage 1 is one machine shared by the app and its database, so it runs exactly one "
         "app replica; use stage 2 or higher for more",
+        ".overrides.appReplicas",
     ),
     (
         "self.stage > 1 || !has(self.overrides) || !has(self.overrides.readReplicas) "
         "|| self.overrides.readReplicas == 0",
         "stage 1 is one machine with no separate database to replicate; read replicas start "
         "at stage 2",
+        ".overrides.readReplicas",
     ),
     (
         "self.stage > 1 || !has(self.overrides) || !has(self.overrides.autoscaling)",
         "stage 1 cannot autoscale: it is one machine, shared with the database",
+        ".overrides.autoscaling",
     ),
     (
         "!has(self.overrides) || !has(self.overrides.autoscaling) "
         "|| !has(self.overrides.appReplicas)",
         "set either overrides.appReplicas or overrides.autoscaling, not both: "
         "with autoscaling the HPA owns the replica count",
+        ".overrides.autoscaling",
     ),
     (
         "!has(self.overrides) || !has(self.overrides.workers) || self.overrides.workers == 0 "
         "|| (has(self.overrides.queue) ? self.overrides.queue : self.stage >= 4)",
         "workers need the queue: set overrides.queue to true or use stage 4 or higher",
+        ".overrides.workers",
     ),
     (
         "!has(self.promotion) || self.promotion.mode == 'manual' "
         "|| (self.stage >= self.promotion.minStage && self.stage <= self.promotion.maxStage)",
         "spec.stage must lie between promotion.minStage and promotion.maxStage",
+        ".stage",
     ),
 )
 
 
-def _storage_rules(component: str) -> list[tuple[str, str]]:
+def _storage_rules(component: str) -> list[tuple[str, str, str]]:
     """Transition rules: a component's volumes never shrink and keep their class.
 
     StatefulSet claim templates cannot change, and a volume never gets smaller,
@@ -377,20 +491,22 @@ def _storage_rules(component: str) -> list[tuple[str, str]]:
             f"quantity({size('self')}).compareTo(quantity({size('oldSelf')})) >= 0",
             f"spec.{storage}.size cannot shrink: a volume that holds data never gets "
             "smaller; keep the size or grow it",
+            f".{storage}.size",
         ),
         (
             f"{klass('self')} == {klass('oldSelf')}",
             f"spec.{storage}.storageClassName cannot change (nor be set or unset) once the "
             "ScalingStage exists: its claims keep the class they were made with; to move the "
             "data to another class, copy it into a new ScalingStage",
+            f".{storage}.storageClassName",
         ),
     ]
 
 
 _SPEC_RULES["x-kubernetes-validations"] += [
-    {"rule": r, "message": m}
+    {"rule": r, "message": m, "fieldPath": f}
     for component in ("database", "cache", "queue")
-    for r, m in _storage_rules(component)
+    for r, m, f in _storage_rules(component)
 ]
 
 

@@ -124,6 +124,7 @@ def definition() -> dict[str, Any]:
                             "description": "A ScalingStage grows an application along the "
                             "zero-to-a-million-users ladder.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": api.NAME_RULES,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

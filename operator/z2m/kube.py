@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -103,16 +105,20 @@ class Kube:
             items += resource.get(namespace=namespace).to_dict()["items"]
         return items
 
-    def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER) -> Obj:
-        """Server-side apply under one field manager, taking ownership of conflicts."""
+    def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER, dry_run: bool = False) -> Obj:
+        """Server-side apply under one field manager, taking ownership of conflicts.
+
+        With `dry_run`, the apiserver validates and admits the object but stores nothing.
+        """
         meta = obj["metadata"]
         metrics.API_REQUESTS.labels("apply", obj["kind"]).inc()
         result = self._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
-            body=obj,
+            body=apply_body(obj),
             name=meta["name"],
             namespace=meta.get("namespace"),
             field_manager=manager,
             force_conflicts=True,
+            **({"dry_run": "All"} if dry_run else {}),
         )
         applied: Obj = result.to_dict()
         return applied
@@ -331,7 +337,7 @@ class Kube:
             "status": status,
         }
         result = resource.status.server_side_apply(
-            body=body,
+            body=apply_body(body),
             name=name,
             namespace=namespace,
             field_manager=manager,
@@ -366,6 +372,22 @@ class Kube:
         core.create_namespaced_event(
             meta["namespace"], kubernetes.client.CoreV1Event.model_validate(body)
         )
+
+
+def apply_body(obj: Obj) -> bytes:
+    """An apply patch as JSON that the apiserver's YAML reader takes whatever the text.
+
+    The client would send `json.dumps(obj)`, which writes a character beyond the
+    BMP (an emoji in an env value) as a surrogate pair of escapes; the apiserver
+    reads apply patches as YAML, which refuses those, so every apply of that
+    object would fail. Such characters are sent as UTF-8 instead, and the few YAML
+    forbids or folds raw (DEL, C1 controls, the line separators, U+FFFE/F) as escapes.
+    """
+    text = json.dumps(obj, ensure_ascii=False)
+    return _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode()
+
+
+_YAML_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029\ufffe\uffff]")
 
 
 def _b64(text: str) -> str:

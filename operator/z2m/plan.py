@@ -131,7 +131,8 @@ def resolve(
 
     queue = entry.queue if o.queue is None else o.queue
     workers = entry.workers if o.workers is None else o.workers
-    if workers and not queue:
+    if o.workers and not queue:
+        # Only workers the user asks for need the queue; the stage's own go with it.
         raise PlanError("workers need the queue: set overrides.queue or use stage 4 or higher")
     if not queue:
         workers = 0

@@ -171,8 +171,11 @@ class Reconciler:
         by_key = {builders.key(o): o for o in current}
 
         desired = builders.build(the_plan, owner)
+        taken = self.taken(desired, by_key, meta["uid"])
+        desired = [o for o in desired if builders.key(o) not in taken]
         desired, growth = keep_claim_templates(desired, by_key)
         notices = self._grow_claims(body, previous, growth)
+        notices.update(self._names_taken(body, previous, taken))
         gates = _Gates(self, body, the_plan, desired)
         writes, removed = 0, []
         waits: dict[str, list[str]] = {}
@@ -201,6 +204,8 @@ class Reconciler:
                 "Pruned",
                 "removed " + ", ".join(sorted(_describe(o) for o in removed)),
             )
+        if taken:
+            waits[notices["NamesAvailable"][2]] = []
         waiting = (
             "; ".join(
                 f"{why} (then: {', '.join(steps)})" if steps else why
@@ -240,6 +245,47 @@ class Reconciler:
             return 0
         metrics.WRITES.labels("apply", obj["kind"]).inc()
         return 1
+
+    def taken(
+        self, desired: list[Obj], by_key: dict[tuple[str, str, str], Obj], uid: str
+    ) -> dict[tuple[str, str, str], Obj]:
+        """Objects that hold a child's name but that the ScalingStage does not control.
+
+        A user's object, with or without our labels, is never applied over (that
+        would adopt it: server-side apply takes its fields and adds our owner
+        reference) and never pruned. Objects without our labels are not in
+        `by_key`, so a child we have not made yet is looked up by name.
+        """
+        out: dict[tuple[str, str, str], Obj] = {}
+        for obj in desired:
+            live = by_key.get(builders.key(obj))
+            if live is None:
+                meta = obj["metadata"]
+                live = self.kube.get(
+                    obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]
+                )
+            if live is not None and not transition.controlled_by(live, uid):
+                out[builders.key(obj)] = live
+        return out
+
+    def _names_taken(
+        self, body: Obj, previous: Obj, taken: dict[tuple[str, str, str], Obj]
+    ) -> dict[str, tuple[bool, str, str]]:
+        """The NamesAvailable condition (none when every name is free or ours), and its Event."""
+        if not taken:
+            return {}
+        names = ", ".join(sorted(f"{kind} {name}" for _, kind, name in taken))
+        message = (
+            f"{names} already exist(s) and this ScalingStage does not control it (no controller "
+            "owner reference to it): z2m leaves it as it is; delete or rename it and z2m "
+            "makes its own"
+        )
+        before: Obj = next(
+            (c for c in previous.get("conditions") or [] if c.get("type") == "NamesAvailable"), {}
+        )
+        if before.get("message") != message:
+            self.kube.event(body, "Warning", "NameTaken", message)
+        return {"NamesAvailable": (False, "NameTaken", message)}
 
     def rewiring(self, namespace: str, desired: list[Obj]) -> list[str]:
         """Consumer Deployments that still run pods of an old template."""
