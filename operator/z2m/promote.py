@@ -333,6 +333,7 @@ class Loop:
         """Start an evaluation for every due object not already being evaluated."""
         now = time.monotonic()
         seen: set[str] = set()
+        fleets: dict[tuple[str, str, float], asyncio.Task[signals.Fleet]] = {}
         for obj in items:
             meta = obj.get("metadata") or {}
             uid = meta.get("uid")
@@ -350,7 +351,8 @@ class Loop:
             approving = APPROVE_ANNOTATION in (meta.get("annotations") or {})
             if not approving and self._due.get(uid, 0.0) > now:
                 continue
-            task = asyncio.get_running_loop().create_task(self._guarded(uid, obj))
+            fleet = self._fleet_for(obj, fleets)
+            task = asyncio.get_running_loop().create_task(self._guarded(uid, obj, fleet))
             self._running[uid] = task
         for gone in set(self._names) - seen:
             for table in (
@@ -364,7 +366,33 @@ class Loop:
             with contextlib.suppress(KeyError):
                 metrics.RECOMMENDED_STAGE.remove(*self._names.pop(gone))
 
-    async def _guarded(self, uid: str, obj: Obj) -> None:
+    def _fleet_for(
+        self, obj: Obj, fleets: dict[tuple[str, str, float], asyncio.Task[signals.Fleet]]
+    ) -> asyncio.Task[signals.Fleet] | None:
+        """The grouped reading this object's defaults come from, shared by its Prometheus.
+
+        Every object due in one tick that asks the same Prometheus with the same
+        window shares one query per signal, grouped by (namespace, name).
+        """
+        try:
+            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
+        except pydantic.ValidationError:
+            return None
+        prometheus, chosen = spec.promotion.prometheus, spec.promotion.signals
+        if spec.paused or prometheus is None:
+            return None
+        if all(getattr(chosen, s) for s in signals.DEFAULT_QUERIES):
+            return None  # every signal overridden: nothing to share
+        key = (prometheus.url, prometheus.rate_window, prometheus.timeout_seconds)
+        if key not in fleets:
+            fleets[key] = asyncio.get_running_loop().create_task(
+                signals.read_fleet(self.http, prometheus, self.kube.namespaces, self._queries)
+            )
+        return fleets[key]
+
+    async def _guarded(
+        self, uid: str, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None = None
+    ) -> None:
         meta = obj["metadata"]
         promotion = (obj.get("spec") or {}).get("promotion") or {}
         interval = float(promotion.get("intervalSeconds", 30))
@@ -373,7 +401,7 @@ class Loop:
         ok = False
         try:
             async with self._limit:
-                ok = await asyncio.wait_for(self.evaluate(obj), timeout=timeout)
+                ok = await asyncio.wait_for(self.evaluate(obj, fleet), timeout=timeout)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -397,8 +425,11 @@ class Loop:
         )
         self._due[uid] = time.monotonic() + delay
 
-    async def evaluate(self, obj: Obj) -> bool:
-        """One evaluation of one ScalingStage; returns False when metrics could not be read."""
+    async def evaluate(self, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None = None) -> bool:
+        """One evaluation of one ScalingStage; returns False when metrics could not be read.
+
+        With `fleet`, the signals left at their defaults come from that grouped reading.
+        """
         meta = obj["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         try:
@@ -448,7 +479,11 @@ class Loop:
             )
             reading = None
         else:
-            reading = await signals.read(self.http, promotion, namespace, name, self._queries)
+            # Shielded: one object's timeout must not cancel the reading others share.
+            shared = await asyncio.shield(fleet) if fleet is not None else None
+            reading = await signals.read(
+                self.http, promotion, namespace, name, self._queries, shared
+            )
             failure = reading.problem.message if reading.problem is not None else None
             running = (
                 await self._call(self.app_replicas, namespace, name) if spec.stage > 1 else None
@@ -576,9 +611,22 @@ class Loop:
         """How many app pods run now (an HPA may run more than the catalog says).
 
         The app Deployment's status.replicas: every pod not shutting down, whichever
-        template it runs. None when there is no app Deployment (yet).
+        template it runs. None when there is no app Deployment (yet). Read from the
+        operator's watches when it has them, else with a GET.
         """
-        app = self.kube.get("apps/v1", "Deployment", namespace, builders.child(name, "app"))
+        wanted = builders.child(name, "app")
+        app: Obj | None
+        if self.kube.watched is not None and ("apps/v1", "Deployment") in self.kube.watched.kinds:
+            app = next(
+                (
+                    c
+                    for c in self.kube.watched.read(namespace, name)
+                    if c["kind"] == "Deployment" and c["metadata"]["name"] == wanted
+                ),
+                None,
+            )
+        else:
+            app = self.kube.get("apps/v1", "Deployment", namespace, wanted)
         if app is None:
             return None
         observed = (app.get("status") or {}).get("replicas")
