@@ -53,6 +53,7 @@ from z2m import api, kube  # noqa: E402
 
 GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
 TICKS = os.sysconf("SC_CLK_TCK")
+TICK = 5.0  # the promotion loop's default Z2M_PROMOTION_TICK
 
 
 def sh(*argv: str, env: dict[str, str] | None = None) -> str:
@@ -323,6 +324,9 @@ def main() -> int:
             cluster.down()
 
     wanted = args.objects / args.interval
+    # An object is due `interval` s after its evaluation ended and is picked up at the
+    # next tick (5 s): the loop's own cadence, at which "keeping up" is judged.
+    cadence = args.objects / (args.interval + TICK)
     results: dict[str, Any] = {
         "reaction_window_s": args.window,
         "reaction_median_s": round(statistics.median(times), 2),
@@ -331,6 +335,7 @@ def main() -> int:
         "objects": args.objects,
         "interval_s": args.interval,
         "evaluations_per_s_wanted": round(wanted, 1),
+        "evaluations_per_s_at_the_loops_cadence": round(cadence, 1),
         "first_full_pass_s": round(first_pass, 1),
         "cpu_percent_manual_median": round(statistics.median(base_cpu), 1),
         "rss_mib_manual_median": round(statistics.median(base_rss), 1),
@@ -338,7 +343,7 @@ def main() -> int:
     for mode, c in costs.items():
         results[mode] = {
             **c,
-            "keeps_up": bool(c["evaluations_per_s"] >= 0.9 * wanted),
+            "keeps_up": bool(c["evaluations_per_s"] >= 0.9 * cadence),
             "cpu_ms_per_evaluation": round(
                 10
                 * (c["cpu_percent_median"] - statistics.median(base_cpu))
