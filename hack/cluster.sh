@@ -18,6 +18,8 @@ nodes=${Z2M_NODES:-3}
 node_pods=${Z2M_NODE_PODS:-110}
 node_cpu=${Z2M_NODE_CPU:-32}
 node_memory=${Z2M_NODE_MEMORY:-256Gi}
+# ClusterIPs for Services: a /16 holds 1,000s of ScalingStages (the default /24, ~125 at stage 2).
+service_range=${Z2M_SERVICE_RANGE:-10.0.0.0/16}
 export KWOK_WORKDIR="$state/kwok"
 kubeconfig="$state/kubeconfig"
 
@@ -58,6 +60,7 @@ CONFIG
     --enable metrics-server \
     --extra-args "kube-apiserver=advertise-address=127.0.0.1" \
     --extra-args "kube-apiserver=endpoint-reconciler-type=none" \
+    --extra-args "kube-apiserver=service-cluster-ip-range=$service_range" \
     --wait 120s >&2
 
   local kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
