@@ -29,12 +29,18 @@ it up; it works only in fresh namespaces named `bench-op-*` and deletes them.
    the machine's noise.
 2. A fleet. `--fleet` ScalingStages at stage `--fleet-stage` are created at
    once (one `kubectl apply` of the CRs) while a fresh operator runs; the time
-   until all are applied and all Ready, the operator's CPU seconds and peak
-   RSS (VmHWM) over that phase. The floor is one `kubectl apply --server-side`
-   of all their rendered objects (with the credentials Secrets the operator
-   would create), owned by real paused ScalingStages created beforehand (their
-   creation is timed apart). The fleet is at stage 2 by default because three
-   KWOK nodes hold 330 pods: 100 stage-3 stacks (600 pods) could never be Ready.
+   until all are applied and all Ready, the operator's CPU seconds, its RSS
+   and peak RSS (VmHWM), and its API requests by verb (its own
+   `z2m_api_requests_total`) against kubectl's (counted from its `-v=6` log).
+   Once all are Ready, one more periodic re-check of every object is counted
+   alone: a settled fleet's resync should list nothing and write nothing.
+   `--fleet-runs` repeats it for medians; `--fleet-only` skips phase 1. The
+   floor is one `kubectl apply --server-side` of all their rendered objects
+   (with the credentials Secrets the operator would create), owned by real
+   paused ScalingStages created beforehand (their creation is timed apart).
+   The fleet is at stage 2 by default (two pods per object): three KWOK nodes
+   hold 330 pods unless the cluster was started with more
+   (`Z2M_NODE_PODS=800 hack/cluster.sh up` holds 1,000 stage-2 objects).
    If the operator does not converge within `--fleet-timeout`, the table says
    so and how many objects it got to.
 
@@ -55,6 +61,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -196,6 +203,40 @@ class Cluster:
         if done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args[:3])} ...: {done.stderr.strip()}")
         return done.stdout
+
+    def kubectl_log(self, *args: str) -> str:
+        """Run kubectl; its stderr (with -v=6, one line per request it sent)."""
+        done = subprocess.run(
+            [self.kubectl_bin, "--kubeconfig", self.kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args[:3])} ...: {done.stderr[-2000:]}")
+        return done.stderr
+
+    def raw_list(
+        self, api_version: str, kind: str, namespace: str, selector: str | None = None
+    ) -> list[Obj]:
+        """A namespaced LIST as plain JSON: no client models, so polling 1,000s stays cheap."""
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        query = [("labelSelector", selector)] if selector else []
+        method, url, headers, _, _ = self.client.param_serialize(
+            "GET",
+            f"{base}/namespaces/{namespace}/{kind.lower()}s",
+            query_params=query,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(method, url, header_params=headers)
+        items: list[Obj] = json.loads(response.read())["items"]
+        for item in items:
+            item["apiVersion"], item["kind"] = api_version, kind
+        return items
+
+    def raw_children(self, namespace: str, selector: str) -> list[Obj]:
+        """`children`, as plain JSON."""
+        return [o for a, k in self.served for o in self.raw_list(a, k, namespace, selector)]
 
     def namespace(self, role: str) -> str:
         """Create a fresh namespace, remembered for clean-up."""
@@ -347,7 +388,7 @@ def resource_arg(obj: Obj) -> str:
 class Operator:
     """`z2m run` as a child process, with /proc and /metrics readings."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, log: Path, **env: str) -> None:
         self.health, self.metrics_port = free_port(), free_port()
         self.log = log
         self._log_file = log.open("wb")
@@ -368,7 +409,7 @@ class Operator:
             ],
             # Only the queue's quiet period is shortened (from 15 s): it is a deliberate
             # safety wait, not work, and the stub already answers "empty". All else default.
-            env={**os.environ, "Z2M_QUEUE_QUIET_SECONDS": "0"},
+            env={**os.environ, "Z2M_QUEUE_QUIET_SECONDS": "0", **env},
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
@@ -420,6 +461,9 @@ class Operator:
                     out["pass_seconds"] = s.value
                 elif s.name == "z2m_reconcile_errors_total":
                     out["errors"] = out.get("errors", 0.0) + s.value
+                elif s.name == "z2m_api_requests_total":
+                    verb = s.labels["verb"]
+                    out[f"api_{verb}"] = out.get(f"api_{verb}", 0.0) + s.value
         out["passes"] = sum(v for k, v in out.items() if k.startswith("passes_"))
         return out
 
@@ -686,7 +730,7 @@ def count_errors(log: Path) -> int:
 
 @dataclass
 class Fleet:
-    """Timings and costs of creating many ScalingStages at once."""
+    """Timings and costs of creating many ScalingStages at once (one run)."""
 
     count: int
     stage: int
@@ -696,30 +740,59 @@ class Fleet:
     floor_crs: float = 0.0
     floor_applied: float = 0.0
     floor_ready: float | None = None
+    floor_requests: dict[str, int] = field(default_factory=dict)
     applied_count: int = 0
     ready_count: int = 0
     timeout: float = 0.0
     cpu_s: float = 0.0
     cpu_s_to_applied: float | None = None
     rss_start_mib: float = 0.0
+    rss_end_mib: float = 0.0
     hwm_mib: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    resync: dict[str, float] = field(default_factory=dict)
     errors_in_log: int = 0
 
 
-def fleet(cluster: Cluster, spec: Obj, count: int, stage: int, tmp: Path, timeout: float) -> Fleet:
+# kubectl -v=6: `"Response" verb="PATCH" url=...` (older: `] PATCH https://...`).
+REQUEST_LINE = re.compile(r'(?:verb="|\] )(GET|POST|PUT|PATCH|DELETE)(?:" url=| https?://)')
+
+
+def kubectl_requests(stderr: str) -> dict[str, int]:
+    """Requests kubectl sent, by verb, from its `-v=6` log."""
+    out: dict[str, int] = {}
+    for match in REQUEST_LINE.finditer(stderr):
+        out[match.group(1)] = out.get(match.group(1), 0) + 1
+    return out
+
+
+def fleet(
+    cluster: Cluster,
+    spec: Obj,
+    count: int,
+    stage: int,
+    tmp: Path,
+    timeout: float,
+    resync_seconds: float = 30.0,
+) -> Fleet:
     """Phase 2: the operator, then the floor (with the operator's namespace gone first)."""
     out = Fleet(count, stage, timeout=timeout)
-    names = [f"s{i:03d}" for i in range(count)]
+    names = [f"s{i:04d}" for i in range(count)]
     crs = write_yaml(tmp / "fleet-crs.yaml", [stage_body(n, spec, stage) for n in names])
     paused = write_yaml(
         tmp / "fleet-floor-crs.yaml", [stage_body(n, spec, stage, paused=True) for n in names]
     )
     per_stage = render(spec, stage, "x", "x", "x")
     out.objects = count * (len(per_stage) + 1)  # + the credentials Secret
+    poll = max(1.0, count / 200)  # the bench's own listings must not load the apiserver
 
     op_ns = cluster.namespace("fleet")
-    operator = Operator(cluster.kubeconfig, op_ns, tmp / "operator-fleet.log")
+    operator = Operator(
+        cluster.kubeconfig,
+        op_ns,
+        tmp / "operator-fleet.log",
+        Z2M_RESYNC_SECONDS=f"{resync_seconds:g}",
+    )
     try:
         operator.wait_healthy()
         time.sleep(1.0)  # let the initial (empty) listing settle
@@ -734,31 +807,43 @@ def fleet(cluster: Cluster, spec: Obj, count: int, stage: int, tmp: Path, timeou
         deadline = t0 + timeout
         while time.monotonic() < deadline:
             now = time.monotonic()
-            items = cluster.scaling_stages(op_ns)
-            have = by_owner(cluster.children(op_ns, f"{builders.MANAGED_BY}=z2m"))
-            out.applied_count = sum(
-                1
-                for i in items
-                if (i.get("status") or {}).get("observedGeneration") == i["metadata"]["generation"]
-                and have.get(i["metadata"]["name"]) == wanted[i["metadata"]["name"]]
-            )
+            items = cluster.raw_list(f"{GROUP}/{VERSION}", api.KIND, op_ns)
             out.ready_count = sum(
                 1 for i in items if (i.get("status") or {}).get("ready") == "True"
             )
-            if out.op_applied is None and out.applied_count == count:
-                out.op_applied = now - t0
-                out.cpu_s_to_applied = operator.cpu_seconds() - cpu0
-            if out.ready_count == count:
+            if out.op_applied is None:
+                have = by_owner(cluster.raw_children(op_ns, f"{builders.MANAGED_BY}=z2m"))
+                out.applied_count = sum(
+                    1
+                    for i in items
+                    if (i.get("status") or {}).get("observedGeneration")
+                    == i["metadata"]["generation"]
+                    and have.get(i["metadata"]["name"]) == wanted[i["metadata"]["name"]]
+                )
+                if out.applied_count == count:
+                    out.op_applied = now - t0
+                    out.cpu_s_to_applied = operator.cpu_seconds() - cpu0
+            if out.ready_count == count and out.op_applied is not None:
                 out.op_ready = now - t0
                 break
-            time.sleep(1.0)
+            time.sleep(poll)
         out.cpu_s = operator.cpu_seconds() - cpu0
         out.hwm_mib = operator.memory_mib("VmHWM")
         out.metrics = delta(operator.metrics(), m0)
+        if out.op_ready is not None:
+            # Settled: one more round of periodic re-checks of every object, counted alone.
+            before = operator.metrics()
+            c0 = operator.cpu_seconds()
+            target = before.get("passes", 0.0) + count
+            wait_for(lambda: operator.metrics().get("passes", 0.0) >= target, 3 * resync_seconds, 1)
+            out.resync = delta(operator.metrics(), before)
+            out.resync["cpu_s"] = operator.cpu_seconds() - c0
+        out.rss_end_mib = operator.memory_mib("VmRSS")
         print(
             f"  operator: applied {fmt(out.op_applied)}, Ready {fmt(out.op_ready)} "
             f"({out.applied_count}/{count} applied, {out.ready_count}/{count} Ready), "
-            f"{out.cpu_s:.1f} CPU s, peak RSS {out.hwm_mib:.0f} MiB",
+            f"{out.cpu_s:.1f} CPU s, peak RSS {out.hwm_mib:.0f} MiB, "
+            f"requests {requests_text(out.metrics)}",
             flush=True,
         )
     finally:
@@ -771,27 +856,47 @@ def fleet(cluster: Cluster, spec: Obj, count: int, stage: int, tmp: Path, timeou
         "apply", "--server-side", "--field-manager=bench", "-n", floor_ns, "-f", str(paused)
     )
     out.floor_crs = time.monotonic() - t0
-    # KWOK nodes hold 110 pods each: free the operator's pods before the floor makes its own.
+    # KWOK nodes hold a fixed number of pods: free the operator's before the floor makes its own.
     t0 = time.monotonic()
-    wait_for(lambda: not cluster.core.list_namespaced_pod(op_ns, limit=1).items, 90, 0.5)
+    wait_for(lambda: not cluster.core.list_namespaced_pod(op_ns, limit=1).items, 300, 0.5)
     print(f"  (operator's pods gone after {time.monotonic() - t0:.0f} s)", flush=True)
-    uids = {i["metadata"]["name"]: i["metadata"]["uid"] for i in cluster.scaling_stages(floor_ns)}
+    uids = {
+        i["metadata"]["name"]: i["metadata"]["uid"]
+        for i in cluster.raw_list(f"{GROUP}/{VERSION}", api.KIND, floor_ns)
+    }
     objs: list[Obj] = []
     for n in names:
         objs += [credentials(floor_ns, n), *render(spec, stage, floor_ns, n, uids[n])]
     path = write_yaml(tmp / "fleet-floor.yaml", objs)
     t0 = time.monotonic()
-    cluster.kubectl("apply", "--server-side", "--field-manager=bench", "-f", str(path))
+    log = cluster.kubectl_log(
+        "apply", "--server-side", "--field-manager=bench", "-v=6", "-f", str(path)
+    )
     out.floor_applied = time.monotonic() - t0
+    out.floor_requests = kubectl_requests(log)
     selector = f"{builders.MANAGED_BY}=z2m"
-    t_ready = wait_for(lambda: all_available(cluster.workloads(floor_ns, selector)), timeout, 0.5)
+    t_ready = wait_for(
+        lambda: all_available(
+            [w for a, k in WORKLOADS for w in cluster.raw_list(a, k, floor_ns, selector)]
+        ),
+        timeout,
+        poll,
+    )
     out.floor_ready = None if t_ready is None else t_ready - t0
     print(
         f"  floor: CRs {fmt(out.floor_crs)}, applied {fmt(out.floor_applied)}, "
-        f"Ready {fmt(out.floor_ready)}",
+        f"Ready {fmt(out.floor_ready)}, requests {out.floor_requests}",
         flush=True,
     )
+    cluster.delete_namespace(floor_ns)
+    wait_for(lambda: not cluster.core.list_namespaced_pod(floor_ns, limit=1).items, 300, 0.5)
     return out
+
+
+def requests_text(m: dict[str, float]) -> str:
+    """The operator's API requests by verb, from its own counter."""
+    verbs = sorted(k.removeprefix("api_") for k in m if k.startswith("api_") and m[k])
+    return ", ".join(f"{v} {m['api_' + v]:.0f}" for v in verbs) or "none"
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -802,17 +907,77 @@ def mean_pass(m: dict[str, float]) -> float:
     return m.get("pass_seconds", 0.0) / m["passes"] if m.get("passes") else 0.0
 
 
-def report(
-    spec: Obj, results: dict[tuple[int, int], Change], notes: Obj, fl: Fleet | None, runs: int
-) -> str:
-    """The table, as Markdown."""
+def floor_text(requests: dict[str, int]) -> str:
+    """The floor's requests (kubectl's) by verb."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(requests.items())) or "none"
+
+
+def fleet_report(runs: list[Fleet]) -> list[str]:
+    """The fleet table (medians over `runs`), as Markdown lines."""
+    fl = runs[0]
+
+    def med(get: Callable[[Fleet], float | None]) -> float | None:
+        return median([v for r in runs if (v := get(r)) is not None])
+
+    def per(get: Callable[[Fleet], float]) -> str:
+        value = med(get)
+        return "-" if value is None else f"{value / fl.count:.1f}"
+
+    oa, fa = med(lambda r: r.op_applied), med(lambda r: r.floor_applied)
+    orr, fr = med(lambda r: r.op_ready), med(lambda r: r.floor_ready)
+    op_requests = med(lambda r: sum(v for k, v in r.metrics.items() if k.startswith("api_")))
+    floor_requests = med(lambda r: float(sum(r.floor_requests.values())))
     lines = [
-        f"Stage changes (one ScalingStage, examples/shop.yaml; median of {runs} runs)",
         "",
-        "| change | objects | operator applied | floor applied | ratio "
-        "| operator Ready | floor Ready | ratio | passes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Fleet: {fl.count} ScalingStages at stage {fl.stage} created at once "
+        f"({fl.objects} objects; median of {len(runs)} run(s))",
+        "",
+        "| | operator | floor | ratio |",
+        "|---|---|---|---|",
+        f"| all applied | {fmt(oa)} | {fmt(fa)} | {ratio(oa, fa)} |",
+        f"| all Ready | {fmt(orr)} | {fmt(fr)} | {ratio(orr, fr)} |",
+        f"| API requests per ScalingStage | {per(lambda r: op_requests or 0)} "
+        f"| {per(lambda r: floor_requests or 0)} | {ratio(op_requests, floor_requests)} |",
+        "",
     ]
+    for i, r in enumerate(runs, 1):
+        m, idle = r.metrics, r.resync
+        lines += [
+            f"Run {i}: operator {r.applied_count}/{r.count} applied, {r.ready_count}/{r.count} "
+            f"Ready (timeout {r.timeout:.0f} s); creating the ScalingStages themselves took "
+            f"{fmt(r.floor_crs)} (inside the operator's time, outside the floor's).",
+            f"  operator process: {r.cpu_s:.1f} CPU s "
+            f"({'-' if r.cpu_s_to_applied is None else f'{r.cpu_s_to_applied:.1f}'} until all "
+            f"applied); RSS {r.rss_start_mib:.0f} MiB before, {r.rss_end_mib:.0f} MiB after, "
+            f"peak (VmHWM) {r.hwm_mib:.0f} MiB; {m.get('passes', 0):.0f} passes "
+            f"({m.get('pass_seconds', 0):.1f} s inside passes), "
+            f"{m.get('writes_apply', 0):.0f} applies that changed something, "
+            f"{m.get('errors', 0):.0f} failed passes, {r.errors_in_log} error lines in its log.",
+            f"  operator requests by verb: {requests_text(m)}; "
+            f"kubectl's (floor): {floor_text(r.floor_requests)}.",
+        ]
+        if idle:
+            lines.append(
+                f"  settled, one periodic re-check of every object: {idle.get('passes', 0):.0f} "
+                f"passes, requests {requests_text(idle)}, {idle.get('cpu_s', 0):.1f} CPU s."
+            )
+    return lines
+
+
+def report(
+    spec: Obj, results: dict[tuple[int, int], Change], notes: Obj, fleets: list[Fleet]
+) -> str:
+    """The tables, as Markdown."""
+    lines: list[str] = []
+    if results:
+        runs = len(next(iter(results.values())).op_applied)
+        lines += [
+            f"Stage changes (one ScalingStage, examples/shop.yaml; median of {runs} runs)",
+            "",
+            "| change | objects | operator applied | floor applied | ratio "
+            "| operator Ready | floor Ready | ratio | passes |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
     for (a, b), r in results.items():
         n = len(render(spec, b, "x", NAME, "x"))
         oa, fa = median(r.op_applied), median(r.floor_applied)
@@ -821,33 +986,10 @@ def report(
             f"| {a} -> {b} | {n} | {fmt(oa)} | {fmt(fa)} | {ratio(oa, fa)} | {fmt(orr)} "
             f"| {fmt(fr)} | {ratio(orr, fr)} | {median(r.passes) or 0:.0f} |"
         )
-    if fl is not None:
-        lines += [
-            "",
-            f"Fleet: {fl.count} ScalingStages at stage {fl.stage} created at once "
-            f"({fl.objects} objects)",
-            "",
-            "| | operator | floor | ratio |",
-            "|---|---|---|---|",
-            f"| all applied | {fmt(fl.op_applied)} | {fmt(fl.floor_applied)} "
-            f"| {ratio(fl.op_applied, fl.floor_applied)} |",
-            f"| all Ready | {fmt(fl.op_ready)} | {fmt(fl.floor_ready)} "
-            f"| {ratio(fl.op_ready, fl.floor_ready)} |",
-            "",
-            f"Operator progress at the end: {fl.applied_count}/{fl.count} applied, "
-            f"{fl.ready_count}/{fl.count} Ready (timeout {fl.timeout:.0f} s).",
-            f"Floor: creating the {fl.count} ScalingStages themselves took {fmt(fl.floor_crs)} "
-            "(inside the operator's time, outside the floor's).",
-            f"Operator process over the fleet phase: {fl.cpu_s:.1f} CPU s "
-            f"({'-' if fl.cpu_s_to_applied is None else f'{fl.cpu_s_to_applied:.1f}'} "
-            f"until all applied), RSS {fl.rss_start_mib:.0f} MiB "
-            f"before, peak (VmHWM) {fl.hwm_mib:.0f} MiB; "
-            f"{fl.metrics.get('passes', 0):.0f} passes "
-            f"({fl.metrics.get('pass_seconds', 0):.1f} s inside passes), "
-            f"{fl.metrics.get('writes_apply', 0):.0f} applies that changed something, "
-            f"{fl.metrics.get('errors', 0):.0f} failed passes, "
-            f"{fl.errors_in_log} error lines in its log.",
-        ]
+    if fleets:
+        lines += fleet_report(fleets)
+    if not results:
+        return "\n".join(lines)
     idle = notes.get("idle") or {}
     lines += [
         "",
@@ -881,6 +1023,8 @@ def main() -> int:
     parser.add_argument("--fleet", type=int, default=100, help="ScalingStages in phase 2")
     parser.add_argument("--fleet-stage", type=int, default=2)
     parser.add_argument("--fleet-timeout", type=float, default=80)
+    parser.add_argument("--fleet-runs", type=int, default=1, help="fleet runs (medians)")
+    parser.add_argument("--fleet-only", action="store_true", help="skip phase 1")
     parser.add_argument("--budget", type=float, default=360, help="seconds; fewer runs if short")
     parser.add_argument("--keep", action="store_true", help="keep the namespaces and logs")
     args = parser.parse_args()
@@ -892,24 +1036,30 @@ def main() -> int:
     cluster = Cluster(args.kubeconfig, str(Path(binaries) / "kubectl"))
     cluster.kubectl("get", "crd", "scalingstages.z2m.dev")
     tmp = Path(tempfile.mkdtemp(prefix="z2m-operator-bench-"))
-    fl: Fleet | None = None
+    fleets: list[Fleet] = []
     try:
         with quiet_rabbitmq() as url:
             spec = base_spec(url)
-            print(f"phase 1: stage changes, {args.runs} runs of {CYCLE}", flush=True)
-            # Phase 1 stops starting runs when the fleet would no longer fit the budget.
-            reserve = 2 * args.fleet_timeout + 50 if args.fleet else 0
-            results, notes = stage_changes(
-                cluster, spec, args.runs, tmp, started + args.budget - reserve
-            )
-            if args.fleet:
-                print(
-                    f"phase 2: {args.fleet} ScalingStages at stage {args.fleet_stage}", flush=True
+            results: dict[tuple[int, int], Change] = {}
+            notes: Obj = {}
+            if not args.fleet_only:
+                print(f"phase 1: stage changes, {args.runs} runs of {CYCLE}", flush=True)
+                # Phase 1 stops starting runs when the fleet would no longer fit the budget.
+                reserve = (2 * args.fleet_timeout + 50) * args.fleet_runs if args.fleet else 0
+                results, notes = stage_changes(
+                    cluster, spec, args.runs, tmp, started + args.budget - reserve
                 )
-                fl = fleet(cluster, spec, args.fleet, args.fleet_stage, tmp, args.fleet_timeout)
-        runs = len(next(iter(results.values())).op_applied)
+            for run in range(args.fleet_runs if args.fleet else 0):
+                print(
+                    f"phase 2, run {run + 1}: {args.fleet} ScalingStages at stage "
+                    f"{args.fleet_stage}",
+                    flush=True,
+                )
+                fleets.append(
+                    fleet(cluster, spec, args.fleet, args.fleet_stage, tmp, args.fleet_timeout)
+                )
         print()
-        print(report(spec, results, notes, fl, runs))
+        print(report(spec, results, notes, fleets))
         print(f"\n(total {time.monotonic() - started:.0f} s; logs in {tmp})")
     finally:
         if not args.keep:

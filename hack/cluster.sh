@@ -13,6 +13,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 state=${Z2M_CLUSTER_DIR:-$root/.cluster}
 name=${Z2M_CLUSTER_NAME:-z2m}
 nodes=${Z2M_NODES:-3}
+# Each fake node's capacity; a fleet benchmark of 1,000 stage-2 objects needs
+# Z2M_NODE_PODS=800 Z2M_NODE_CPU=64 Z2M_NODE_MEMORY=1Ti.
+node_pods=${Z2M_NODE_PODS:-110}
+node_cpu=${Z2M_NODE_CPU:-32}
+node_memory=${Z2M_NODE_MEMORY:-256Gi}
+# ClusterIPs for Services: a /16 holds 1,000s of ScalingStages (the default /24, ~125 at stage 2).
+service_range=${Z2M_SERVICE_RANGE:-10.0.0.0/16}
 export KWOK_WORKDIR="$state/kwok"
 kubeconfig="$state/kubeconfig"
 
@@ -53,6 +60,7 @@ CONFIG
     --enable metrics-server \
     --extra-args "kube-apiserver=advertise-address=127.0.0.1" \
     --extra-args "kube-apiserver=endpoint-reconciler-type=none" \
+    --extra-args "kube-apiserver=service-cluster-ip-range=$service_range" \
     --wait 120s >&2
 
   local kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
@@ -78,8 +86,8 @@ metadata:
     topology.kubernetes.io/region: local
 spec: {}
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
-  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "$node_cpu", memory: $node_memory, pods: "$node_pods"}
+  capacity: {cpu: "$node_cpu", memory: $node_memory, pods: "$node_pods"}
 NODE
   done
   "${kubectl[@]}" apply --server-side -f "$bin/kwok-stages/storage-class.yaml" >/dev/null

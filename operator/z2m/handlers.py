@@ -7,6 +7,11 @@ same object at once. Handlers are `on.event` and a startup task, not timers or
 daemons, so z2m puts no finalizer on anything: a stopped operator never blocks
 a deletion.
 
+Children are read from memory: one `@kopf.index` per child kind, fed by the
+same watches, makes `cache.Children`, and the periodic re-check walks an index
+of ScalingStages. So a pass over a settled object lists nothing. Passes wait
+until Kopf has filled the indices from its initial listings.
+
 Scope is decided here too: the child watches send our label selector to the
 apiserver, so foreign objects never reach the operator, and with `--namespace`
 (Z2M_NAMESPACES) every list the operator makes stays inside those namespaces.
@@ -24,11 +29,12 @@ from typing import Any
 import kopf
 import kubernetes
 
-from z2m import api, builders, kube, metrics, promote, reconcile
+from z2m import api, builders, cache, kube, metrics, promote, reconcile
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+Obj = dict[str, Any]
 
 
 @dataclass
@@ -38,6 +44,8 @@ class Scheduler:
     reconciler: reconcile.Reconciler
     debounce: float = 0.2
     limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    indexed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once Kopf has filled its indices (it runs no handler before that)."""
     _pending: dict[Key, asyncio.TimerHandle | asyncio.Task[None]] = field(default_factory=dict)
     _running: set[Key] = field(default_factory=set)
     _again: set[Key] = field(default_factory=set)
@@ -63,6 +71,7 @@ class Scheduler:
         self._pending.pop(key, None)
         retry: float | None = None
         try:
+            await self.indexed.wait()  # an empty index is not "no children"
             async with self.limit:
                 result = await asyncio.to_thread(self.reconciler.reconcile, *key)
             retry = result.requeue_after
@@ -85,6 +94,8 @@ class Runtime:
 
     scheduler: Scheduler | None = None
     resync_seconds: float = 30.0
+    scaling_stages: Mapping[Key, Any] | None = None
+    """Kopf's index of the ScalingStages the operator serves, for the periodic re-check."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -92,8 +103,12 @@ RUNTIME = Runtime()
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Build the reconciler and start the periodic re-check."""
+async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    """Build the reconciler and start the periodic re-check.
+
+    Kopf hands every index to every handler by its id; the (empty) indices
+    are already there at start-up and fill as the watches list.
+    """
     settings.persistence.finalizer = "z2m.dev/unused"  # nothing of ours adds one
     settings.posting.level = logging.WARNING
     # A watch that goes quiet is restarted instead of leaving a zombie operator.
@@ -101,21 +116,32 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    for group_version, plural in CHILD_RESOURCES:
+    for group_version, plural, _ in CHILD_RESOURCES:
         # Server-side filtering: the watch itself carries the selector, so the apiserver
         # never streams the cluster's other ConfigMaps, Services and Deployments to us.
         settings.watching.label_selectors[group_version, plural] = CHILD_SELECTOR
     client = kube.load_config(os.environ.get("Z2M_KUBECONFIG") or None)
+    k = kube.Kube.connect(client, namespaces=watched_namespaces())
+    k.watched = cache.Children(
+        asyncio.get_running_loop(),
+        {
+            (group_version, kind): kwargs[f"children_{plural}"]
+            for group_version, plural, kind in CHILD_RESOURCES
+        },
+    )
+    RUNTIME.scaling_stages = kwargs["scaling_stages"]
     reconciler = reconcile.Reconciler(
-        kube=kube.Kube.connect(client, namespaces=watched_namespaces()),
+        kube=k,
         retry_seconds=float(os.environ.get("Z2M_RETRY_SECONDS", "5")),
         queue_quiet_seconds=float(os.environ.get("Z2M_QUEUE_QUIET_SECONDS", "15")),
     )
     RUNTIME.scheduler = Scheduler(reconciler)
     RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
-    RUNTIME.tasks.append(asyncio.create_task(_resync(reconciler.kube)))
+    RUNTIME.tasks.append(asyncio.create_task(_resync()))
     # Metrics-driven promotion (modes recommend and auto); cancelled by `stop` below.
-    RUNTIME.tasks.append(asyncio.create_task(promote.run_forever(reconciler.kube, asyncio.Event())))
+    RUNTIME.tasks.append(
+        asyncio.create_task(promote.run_forever(reconciler.kube, asyncio.Event(), _stages))
+    )
 
 
 def watched_namespaces() -> tuple[str, ...]:
@@ -131,18 +157,18 @@ async def stop(**_: Any) -> None:
     RUNTIME.tasks.clear()
 
 
-async def _resync(client: kube.Kube) -> None:
-    """Compare every ScalingStage with the world periodically, not only on events."""
+async def _resync() -> None:
+    """Compare every ScalingStage with the world periodically, not only on events.
+
+    The ScalingStages come from Kopf's index (this task runs on Kopf's loop, where
+    the index is changed, so reading it here needs no hand-over): no LIST.
+    """
     while True:
         await asyncio.sleep(RUNTIME.resync_seconds)
-        try:
-            items = await asyncio.to_thread(client.list_scaling_stages)
-        except Exception:
-            log.exception("listing ScalingStages for the periodic re-check failed")
+        if RUNTIME.scheduler is None or RUNTIME.scaling_stages is None:
             continue
-        for item in items:
-            if RUNTIME.scheduler is not None:
-                RUNTIME.scheduler.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
+        for namespace, name in list(RUNTIME.scaling_stages):
+            RUNTIME.scheduler.trigger(namespace, name)
 
 
 @kopf.on.login()
@@ -175,6 +201,8 @@ async def scaling_stage_changed(
     type: str | None, namespace: str | None, name: str | None, **_: Any
 ) -> None:
     """Any change to a ScalingStage (including the initial listing) asks for a pass."""
+    if RUNTIME.scheduler is not None:
+        RUNTIME.scheduler.indexed.set()  # Kopf runs handlers only once its indices are full
     if RUNTIME.scheduler is None or namespace is None or name is None or type == "DELETED":
         return
     RUNTIME.scheduler.trigger(namespace, name)
@@ -183,13 +211,39 @@ async def scaling_stage_changed(
 # managed-by=z2m and any part-of: sent to the apiserver with every child watch.
 CHILD_SELECTOR = f"{builders.MANAGED_BY}=z2m,{builders.PART_OF}"
 CHILD_RESOURCES = (
-    ("apps/v1", "deployments"),
-    ("apps/v1", "statefulsets"),
-    ("v1", "services"),
-    ("v1", "configmaps"),
-    ("policy/v1", "poddisruptionbudgets"),
-    ("autoscaling/v2", "horizontalpodautoscalers"),
+    ("apps/v1", "deployments", "Deployment"),
+    ("apps/v1", "statefulsets", "StatefulSet"),
+    ("v1", "services", "Service"),
+    ("v1", "configmaps", "ConfigMap"),
+    ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
 )
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL, id="scaling_stages")
+def _index_scaling_stage(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> Any:
+    """The ScalingStages the operator serves, keyed by (namespace, name)."""
+    if not namespace or not name:
+        return None
+    return {(namespace, name): cache.entry(body, f"{api.GROUP}/{api.VERSION}", api.KIND)}
+
+
+def _stages() -> list[Obj]:
+    """Every ScalingStage in the index, as last watched (called on Kopf's loop)."""
+    index = RUNTIME.scaling_stages or {}
+    return [obj for key in list(index) for obj in index[key]]
+
+
+def _indexer(api_version: str, kind: str) -> Any:
+    def index_child(
+        labels: Mapping[str, str], namespace: str | None, body: kopf.Body, **_: Any
+    ) -> Any:
+        owner = labels.get(builders.PART_OF)
+        if labels.get(builders.MANAGED_BY) != "z2m" or not owner or not namespace:
+            return None
+        return {(namespace, owner): cache.entry(body, api_version, kind)}
+
+    return index_child
 
 
 async def _child_changed(
@@ -200,13 +254,16 @@ async def _child_changed(
     owner = labels.get(builders.PART_OF)
     ours = labels.get(builders.MANAGED_BY) == "z2m" and bool(owner)
     metrics.CHILD_EVENTS.labels(resource.plural, "true" if ours else "false").inc()
+    if RUNTIME.scheduler is not None:
+        RUNTIME.scheduler.indexed.set()
     if RUNTIME.scheduler is not None and ours and owner and namespace:
         RUNTIME.scheduler.trigger(namespace, owner)
 
 
-for _group_version, _plural in CHILD_RESOURCES:
+for _group_version, _plural, _kind in CHILD_RESOURCES:
     _group, _, _version = _group_version.rpartition("/")
     kopf.on.event(_group, _version, _plural, id=f"child-{_plural}")(_child_changed)
+    kopf.index(_group, _version, _plural, id=f"children_{_plural}")(_indexer(_group_version, _kind))
 
 
 @kopf.on.probe(id="scheduler")

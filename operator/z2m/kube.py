@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
-from z2m import api, builders, metrics, redis_handover
+from z2m import api, builders, cache, metrics, redis_handover
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,15 @@ class Kube:
     discovery cache is not thread-safe, so lookups go through one lock, and
     kinds the server does not serve are remembered for a while instead of
     re-reading discovery on every miss. With `namespaces`, lists stay inside them.
+    With `watched` (the operator's watch-fed indices), children of the kinds it
+    holds are read from memory instead of listed.
     """
 
     client: DynamicClient
     namespaces: tuple[str, ...] = ()
     """The namespaces the operator serves (`z2m run --namespace`); empty: the cluster."""
+    watched: cache.Children | None = None
+    """Children from the operator's watches; None: every child kind is listed."""
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -137,10 +141,17 @@ class Kube:
         return patched
 
     def children(self, namespace: str, owner_name: str) -> list[Obj]:
-        """Every prunable object labelled as a child of the ScalingStage."""
+        """Every prunable object labelled as a child of the ScalingStage.
+
+        Kinds the watches hold come from memory; only the others are listed.
+        """
         found: list[Obj] = []
+        held: frozenset[cache.Kind] = frozenset()
+        if self.watched is not None:
+            found += self.watched.read(namespace, owner_name)
+            held = self.watched.kinds
         for api_version, kind in sorted(builders.PRUNABLE):
-            if not self.has_kind(api_version, kind):
+            if (api_version, kind) in held or not self.has_kind(api_version, kind):
                 continue
             metrics.API_REQUESTS.labels("list", kind).inc()
             listing = self._resource(api_version, kind).get(

@@ -40,3 +40,8 @@ DECISIONS = Counter("z2m_decisions_total", "Auto-promotion verdicts, by action."
 EVALUATION_ERRORS = Counter(
     "z2m_evaluation_errors_total", "Prometheus evaluations that failed, by reason.", ["reason"]
 )
+PROMETHEUS_QUERIES = Counter(
+    "z2m_prometheus_queries_total",
+    "Instant queries the promotion loop sent: grouped for many objects (fleet) or for one.",
+    ["scope"],
+)

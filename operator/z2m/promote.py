@@ -1,8 +1,9 @@
 """The promotion loop: read metrics, decide, report, and in auto mode change the stage.
 
-Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop lists ScalingStages and
-evaluates each one whose `spec.promotion.mode` is `recommend` or `auto` and
-whose `intervalSeconds` has passed. An evaluation reads the signals
+Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop takes the ScalingStages
+(from the operator's watch-fed index, or else a LIST) and evaluates each one
+whose `spec.promotion.mode` is `recommend` or `auto` and whose
+`intervalSeconds` has passed. An evaluation reads the signals
 (`z2m.signals`) and how many app pods run now (the HPA's count, not the
 catalog's, is what demotion must divide the CPU by), asks the pure
 `z2m.decide`, and writes:
@@ -286,6 +287,11 @@ class Loop:
     _finished: dict[str, float] = field(default_factory=dict)
     """uid -> when its last evaluation ended; a listing from before then is stale for it."""
     _names: dict[str, tuple[str, str]] = field(default_factory=dict)
+    _wrote_over: dict[str, str] = field(default_factory=dict)
+    """uid -> the resourceVersion our last write replaced: a copy still at it is stale."""
+    source: Callable[[], list[Obj]] | None = None
+    """The ScalingStages as the operator's watches hold them (called on the event loop);
+    None: list them from the apiserver every tick."""
 
     def __post_init__(self) -> None:
         """Make the semaphores inside the running loop's lifetime."""
@@ -303,7 +309,10 @@ class Loop:
             while not stop.is_set():
                 listed_at = time.monotonic()
                 try:
-                    items = await self._call(self.kube.list_scaling_stages)
+                    if self.source is not None:
+                        items = self.source()
+                    else:
+                        items = await self._call(self.kube.list_scaling_stages)
                 except Exception:
                     listing_failures += 1
                     log.exception("listing ScalingStages for promotion failed")
@@ -324,6 +333,7 @@ class Loop:
         """Start an evaluation for every due object not already being evaluated."""
         now = time.monotonic()
         seen: set[str] = set()
+        fleets: dict[tuple[str, str, float], asyncio.Task[signals.Fleet]] = {}
         for obj in items:
             meta = obj.get("metadata") or {}
             uid = meta.get("uid")
@@ -335,19 +345,54 @@ class Loop:
                 continue
             if self._finished.get(uid, 0.0) > listed_at:
                 continue  # listed before its last evaluation ended: may predate our own patch
+            if meta.get("resourceVersion") == self._wrote_over.get(uid):
+                continue  # the watch has not brought our own last write yet
             self._names[uid] = (meta.get("namespace", ""), meta.get("name", ""))
             approving = APPROVE_ANNOTATION in (meta.get("annotations") or {})
             if not approving and self._due.get(uid, 0.0) > now:
                 continue
-            task = asyncio.get_running_loop().create_task(self._guarded(uid, obj))
+            fleet = self._fleet_for(obj, fleets)
+            task = asyncio.get_running_loop().create_task(self._guarded(uid, obj, fleet))
             self._running[uid] = task
         for gone in set(self._names) - seen:
-            for table in (self._due, self._failures, self._written, self._finished):
+            for table in (
+                self._due,
+                self._failures,
+                self._written,
+                self._finished,
+                self._wrote_over,
+            ):
                 table.pop(gone, None)
             with contextlib.suppress(KeyError):
                 metrics.RECOMMENDED_STAGE.remove(*self._names.pop(gone))
 
-    async def _guarded(self, uid: str, obj: Obj) -> None:
+    def _fleet_for(
+        self, obj: Obj, fleets: dict[tuple[str, str, float], asyncio.Task[signals.Fleet]]
+    ) -> asyncio.Task[signals.Fleet] | None:
+        """The grouped reading this object's defaults come from, shared by its Prometheus.
+
+        Every object due in one tick that asks the same Prometheus with the same
+        window shares one query per signal, grouped by (namespace, name).
+        """
+        try:
+            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
+        except pydantic.ValidationError:
+            return None
+        prometheus, chosen = spec.promotion.prometheus, spec.promotion.signals
+        if spec.paused or prometheus is None:
+            return None
+        if all(getattr(chosen, s) for s in signals.DEFAULT_QUERIES):
+            return None  # every signal overridden: nothing to share
+        key = (prometheus.url, prometheus.rate_window, prometheus.timeout_seconds)
+        if key not in fleets:
+            fleets[key] = asyncio.get_running_loop().create_task(
+                signals.read_fleet(self.http, prometheus, self.kube.namespaces, self._queries)
+            )
+        return fleets[key]
+
+    async def _guarded(
+        self, uid: str, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None = None
+    ) -> None:
         meta = obj["metadata"]
         promotion = (obj.get("spec") or {}).get("promotion") or {}
         interval = float(promotion.get("intervalSeconds", 30))
@@ -356,7 +401,7 @@ class Loop:
         ok = False
         try:
             async with self._limit:
-                ok = await asyncio.wait_for(self.evaluate(obj), timeout=timeout)
+                ok = await asyncio.wait_for(self.evaluate(obj, fleet), timeout=timeout)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -380,8 +425,11 @@ class Loop:
         )
         self._due[uid] = time.monotonic() + delay
 
-    async def evaluate(self, obj: Obj) -> bool:
-        """One evaluation of one ScalingStage; returns False when metrics could not be read."""
+    async def evaluate(self, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None = None) -> bool:
+        """One evaluation of one ScalingStage; returns False when metrics could not be read.
+
+        With `fleet`, the signals left at their defaults come from that grouped reading.
+        """
         meta = obj["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         try:
@@ -431,7 +479,11 @@ class Loop:
             )
             reading = None
         else:
-            reading = await signals.read(self.http, promotion, namespace, name, self._queries)
+            # Shielded: one object's timeout must not cancel the reading others share.
+            shared = await asyncio.shield(fleet) if fleet is not None else None
+            reading = await signals.read(
+                self.http, promotion, namespace, name, self._queries, shared
+            )
             failure = reading.problem.message if reading.problem is not None else None
             running = (
                 await self._call(self.app_replicas, namespace, name) if spec.stage > 1 else None
@@ -540,9 +592,10 @@ class Loop:
         last_time = parse_time((current.get("lastDecision") or {}).get("time")) or 0.0
         stale = now - last_time >= self.refresh_seconds
         if applied or stale or material(new_status) != material(current):
-            await self._call(
+            after = await self._call(
                 self.kube.apply_status, namespace, name, new_status, kube.PROMOTER_MANAGER
             )
+            self._replaced(meta, after)
         self._written[uid] = new_status
         for kind, reason, message in events:
             log.info("%s/%s: %s %s", namespace, name, reason, message)
@@ -558,9 +611,22 @@ class Loop:
         """How many app pods run now (an HPA may run more than the catalog says).
 
         The app Deployment's status.replicas: every pod not shutting down, whichever
-        template it runs. None when there is no app Deployment (yet).
+        template it runs. None when there is no app Deployment (yet). Read from the
+        operator's watches when it has them, else with a GET.
         """
-        app = self.kube.get("apps/v1", "Deployment", namespace, builders.child(name, "app"))
+        wanted = builders.child(name, "app")
+        app: Obj | None
+        if self.kube.watched is not None and ("apps/v1", "Deployment") in self.kube.watched.kinds:
+            app = next(
+                (
+                    c
+                    for c in self.kube.watched.read(namespace, name)
+                    if c["kind"] == "Deployment" and c["metadata"]["name"] == wanted
+                ),
+                None,
+            )
+        else:
+            app = self.kube.get("apps/v1", "Deployment", namespace, wanted)
         if app is None:
             return None
         observed = (app.get("status") or {}).get("replicas")
@@ -606,7 +672,7 @@ class Loop:
             api_version=f"{api.GROUP}/{api.VERSION}", kind=api.KIND
         )
         try:
-            await self._call(
+            after = await self._call(
                 resource.patch,
                 body=body,
                 name=meta["name"],
@@ -616,7 +682,13 @@ class Loop:
         except (ConflictError, NotFoundError):
             log.info("%s/%s changed meanwhile; deciding again", meta["namespace"], meta["name"])
             return False
+        self._replaced(meta, after.to_dict())
         return True
+
+    def _replaced(self, meta: Obj, after: Obj) -> None:
+        """Remember the version a write of ours replaced, if it made a new one."""
+        if (after.get("metadata") or {}).get("resourceVersion") != meta["resourceVersion"]:
+            self._wrote_over[meta["uid"]] = meta["resourceVersion"]
 
 
 def _decision(raw: Any) -> api.Decision | None:
@@ -628,8 +700,14 @@ def _decision(raw: Any) -> api.Decision | None:
         return None
 
 
-async def run_forever(client: kube.Kube, stop: asyncio.Event | None = None) -> None:
+async def run_forever(
+    client: kube.Kube,
+    stop: asyncio.Event | None = None,
+    source: Callable[[], list[Obj]] | None = None,
+) -> None:
     """Run the promotion loop until `stop` is set or the task is cancelled.
+
+    `source` gives the ScalingStages from the operator's watches (see `Loop.source`).
 
     Settings come from the environment: Z2M_PROMOTION_TICK (seconds between
     listings, default 5), Z2M_PROMOTION_CONCURRENCY (evaluations at once,
@@ -648,6 +726,7 @@ async def run_forever(client: kube.Kube, stop: asyncio.Event | None = None) -> N
             tick=float(os.environ.get("Z2M_PROMOTION_TICK", "5")),
             concurrency=int(os.environ.get("Z2M_PROMOTION_CONCURRENCY", "8")),
             refresh_seconds=float(os.environ.get("Z2M_PROMOTION_REFRESH", "60")),
+            source=source,
         )
         try:
             await loop.run(stop)

@@ -18,6 +18,12 @@ apart what can go wrong, because each asks for a different reaction:
   Staleness is Prometheus' own: a series whose target stopped being scraped
   ends with a staleness marker, and `rate()` needs samples inside `$window`.
 
+A fleet is read with one query per signal, not one per object: `fleet_queries`
+are the same defaults grouped `by (namespace, name)`, the ScalingStage's name
+taken from the pod's (`<name>-app-...`, `<name>-worker-...`). `read_fleet` asks
+them once and `read(..., fleet=)` picks one object's values out of the answer;
+a signal an object overrides is still asked for that object alone.
+
 Nothing here decides anything; `z2m.decide` does.
 """
 
@@ -25,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from z2m import api
+from z2m import api, metrics
 
 _APP = 'namespace="$namespace",pod=~"$name-app-.*"'
 _PROBES = 'route=~"/metrics|/healthz|/readyz"'
@@ -60,6 +67,58 @@ DEFAULT_QUERIES: dict[str, str] = {
     + _SERVED,
 }
 """Default PromQL per signal, before substitution."""
+
+_GROUP = "namespace, name"
+_FLEET_PROBES = '"/metrics|/healthz|/readyz"'
+
+
+def _named(selector: str, components: str = "app") -> str:
+    """A selector of the pods of `components` with the ScalingStage's name as label `name`.
+
+    Pod names are `<name>-<component>-<hash>...`; the greedy group takes the
+    name up to the last `-app-`, and generated hashes never hold a vowel.
+    """
+    return f'label_replace({selector}, "name", "$$1", "pod", "(.+)-({components})-.*")'
+
+
+def _fleet_defaults() -> dict[str, str]:
+    app = 'namespace=~"$namespaces",pod=~".+-app-.*"'
+    probes = 'route=~"/metrics|/healthz|/readyz"'
+    not_probes = 'route!~"/metrics|/healthz|/readyz"'
+
+    def total(metric: str, *matchers: str, rate: bool = True) -> str:
+        series = metric + "{" + ",".join((app, *matchers)) + "}"
+        inner = f"rate({series}[$window])" if rate else series
+        return f"sum by ({_GROUP}) ({_named(inner)})"
+
+    every = total("app_http_requests_total")
+    served = total("app_http_requests_total", not_probes)
+    writes = total("app_http_requests_total", 'method!~"GET|HEAD"', not_probes)
+    static = total("app_http_requests_total", 'route="/static"')
+    hits = total("app_cache_requests_total", 'result="hit"')
+    cpu = _named("rate(process_cpu_seconds_total{" + app + "}[$window])")
+    buckets = _named(
+        "rate(app_http_request_duration_seconds_bucket{" + app + "," + not_probes + "}[$window])"
+    )
+    queue = _named(
+        'app_queue_depth{namespace=~"$namespaces",pod=~".+-(app|worker)-.*"}', "app|worker"
+    )
+    return {
+        "rps": f"{every} - ({total('app_http_requests_total', probes)} or 0 * {every})",
+        "app_cpu_percent": f"avg by ({_GROUP}) ({cpu}) * 100",
+        "latency_p95_seconds": f"histogram_quantile(0.95, sum by (le, {_GROUP}) ({buckets}))",
+        "database_connections": total("app_db_pool_connections", 'state="in_use"', rate=False),
+        "database_queries_per_second": total("app_db_queries_total"),
+        "cache_hit_ratio": f"{hits} / {total('app_cache_requests_total')}",
+        "queue_depth": f"max by ({_GROUP}) ({queue})",
+        "write_ratio": f"{writes} / {served}",
+        "static_ratio": f"{static} / {served}",
+    }
+
+
+FLEET_QUERIES: dict[str, str] = _fleet_defaults()
+"""The defaults for every ScalingStage at once, grouped by (namespace, name), before
+`$namespaces` (a regex of the served namespaces) and `$window` are substituted."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +163,16 @@ def queries(promotion: api.Promotion, namespace: str, name: str) -> dict[str, st
     return out
 
 
+def fleet_queries(window: str, namespaces: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every signal's grouped default, for the namespaces given (none: every namespace)."""
+    # Escaped for the regex, then its backslashes for the PromQL string around it.
+    pattern = "|".join(re.escape(n).replace("\\", "\\\\") for n in namespaces) or ".+"
+    return {
+        signal: string.Template(text).substitute(namespaces=pattern, window=window)
+        for signal, text in FLEET_QUERIES.items()
+    }
+
+
 def query_url(base: str) -> str:
     """The instant-query endpoint under a Prometheus base URL (which may carry a path)."""
     return base.rstrip("/") + "/api/v1/query"
@@ -137,8 +206,32 @@ def value_of(body: Any) -> float | None:
     return max(numbers) if numbers else None
 
 
+def grouped_values(body: Any) -> dict[tuple[str, str], float]:
+    """A grouped answer's numbers by (namespace, name); NaN and infinities are left out."""
+    data = body.get("data") or {}
+    if data.get("resultType") != "vector":
+        raise QueryError(Problem("BadQuery", f"the fleet query returns a {data.get('resultType')}"))
+    out: dict[tuple[str, str], float] = {}
+    for series in data.get("result") or []:
+        labels = series.get("metric") or {}
+        key = (str(labels.get("namespace", "")), str(labels.get("name", "")))
+        try:
+            number = float(series["value"][1])
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        if math.isfinite(number):
+            out[key] = max(number, out.get(key, number))
+    return out
+
+
 async def query(client: httpx.AsyncClient, base: str, promql: str, seconds: float) -> float | None:
     """One instant query; raises QueryError with the kind of failure."""
+    metrics.PROMETHEUS_QUERIES.labels("object").inc()
+    return value_of(await _ask(client, base, promql, seconds))
+
+
+async def _ask(client: httpx.AsyncClient, base: str, promql: str, seconds: float) -> Any:
+    """One instant query's successful JSON answer; raises QueryError with the kind of failure."""
     url = query_url(base)
     try:
         response = await client.get(url, params={"query": promql}, timeout=seconds)
@@ -167,7 +260,45 @@ async def query(client: httpx.AsyncClient, base: str, promql: str, seconds: floa
     if response.status_code != 200 or body.get("status") != "success":
         kind = body.get("errorType") or f"HTTP {response.status_code}"
         raise QueryError(Problem("PrometheusError", f"{kind}: {body.get('error') or ''}"))
-    return value_of(body)
+    return body
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """One grouped reading of every signal: values by (namespace, name), or why not."""
+
+    values: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
+    problems: dict[str, Problem] = field(default_factory=dict)
+    queries: int = 0
+
+
+async def read_fleet(
+    client: httpx.AsyncClient,
+    prometheus: api.Prometheus,
+    namespaces: tuple[str, ...] = (),
+    limit: asyncio.Semaphore | None = None,
+) -> Fleet:
+    """Ask every grouped default once: one query per signal, whatever the fleet's size."""
+    limit = limit or asyncio.Semaphore(len(FLEET_QUERIES))
+    wanted = fleet_queries(prometheus.rate_window, namespaces)
+
+    async def limited(promql: str) -> dict[tuple[str, str], float]:
+        metrics.PROMETHEUS_QUERIES.labels("fleet").inc()
+        async with limit:
+            body = await _ask(client, prometheus.url, promql, prometheus.timeout_seconds)
+        return grouped_values(body)
+
+    results = await asyncio.gather(*(limited(q) for q in wanted.values()), return_exceptions=True)
+    values: dict[str, dict[tuple[str, str], float]] = {}
+    problems: dict[str, Problem] = {}
+    for signal, result in zip(wanted, results, strict=True):
+        if isinstance(result, QueryError):
+            problems[signal] = result.problem
+        elif isinstance(result, BaseException):
+            problems[signal] = Problem("PrometheusError", f"{type(result).__name__}: {result}")
+        else:
+            values[signal] = result
+    return Fleet(values, problems, len(wanted))
 
 
 async def read(
@@ -176,12 +307,15 @@ async def read(
     namespace: str,
     name: str,
     limit: asyncio.Semaphore | None = None,
+    fleet: Fleet | None = None,
 ) -> Reading:
     """Read every signal concurrently; one failed query makes the whole reading a Problem.
 
     `limit` bounds queries in flight across readings: sized to the client's
     connection pool, it keeps requests from queueing inside httpcore's pool,
-    whose bookkeeping grows with the queue.
+    whose bookkeeping grows with the queue. With `fleet` (a grouped reading of the
+    same Prometheus and window), every signal left at its default is taken from it
+    and only overridden ones are asked.
     """
     limit = limit or asyncio.Semaphore(len(DEFAULT_QUERIES))
 
@@ -193,13 +327,26 @@ async def read(
         return Reading(problem=Problem("NoPrometheus", "spec.promotion.prometheus.url is not set"))
     base, timeout = promotion.prometheus.url, promotion.prometheus.timeout_seconds
     wanted = queries(promotion, namespace, name)
+    grouped: dict[str, float | BaseException | None] = {}
+    if fleet is not None:
+        for signal in list(wanted):
+            if getattr(promotion.signals, signal):
+                continue  # overridden: asked for this object alone
+            del wanted[signal]
+            problem = fleet.problems.get(signal)
+            grouped[signal] = (
+                QueryError(problem)
+                if problem is not None
+                else fleet.values.get(signal, {}).get((namespace, name))
+            )
     results = await asyncio.gather(
         *(limited(promql) for promql in wanted.values()),
         return_exceptions=True,
     )
     values: dict[str, float | None] = {}
     problems: list[tuple[str, Problem]] = []
-    for signal, result in zip(wanted, results, strict=True):
+    answers = [*zip(wanted, results, strict=True), *grouped.items()]
+    for signal, result in sorted(answers, key=lambda a: list(DEFAULT_QUERIES).index(a[0])):
         if isinstance(result, QueryError):
             problems.append((signal, result.problem))
         elif isinstance(result, BaseException):
