@@ -217,6 +217,9 @@ CHILD_RESOURCES = (
     ("v1", "configmaps", "ConfigMap"),
     ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     ("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("v1", "serviceaccounts", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
 )
 
 

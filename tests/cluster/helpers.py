@@ -203,20 +203,26 @@ def psql(kubeconfig: str, namespace: str, pod: str, sql: str) -> str:
     return pod_exec(kubeconfig, namespace, pod, "psql", "-U", "app", "-d", "app", "-tAc", sql)
 
 
-def crash_container(api_client: ApiClient, namespace: str, pod: str, container: str) -> None:
-    """SIGKILL a container's first process from its node: everything in it dies at once.
+def signal_container(
+    api_client: ApiClient, namespace: str, pod: str, container: str, signal: str
+) -> None:
+    """Send `signal` to every process of a container, from its node (STOP freezes it).
 
-    When a PID namespace's first process dies, the kernel kills the rest; nothing shuts
-    down cleanly, as when a machine fails. kind's node is a container of the engine that
-    runs kind (podman here, docker elsewhere), with crictl inside.
+    A frozen container is a hung machine: its processes hold their sockets and files but
+    answer nothing, and its readiness probe fails. Unlike a crash, the kubelet does not
+    restart it, so what happens next is what the rest of the system does about it.
+    kind's node is a container of the engine that runs kind (podman here, docker
+    elsewhere), with crictl inside.
     """
-    node = (
-        kubernetes.client.CoreV1Api(api_client).read_namespaced_pod(pod, namespace).spec.node_name
-    )
+    core = kubernetes.client.CoreV1Api(api_client)
+    node = core.read_namespaced_pod(pod, namespace).spec.node_name
     engine = os.environ.get("KIND_EXPERIMENTAL_PROVIDER", "docker")
     labels = f"--label io.kubernetes.pod.name={pod} --label io.kubernetes.pod.namespace={namespace}"
     script = (
         f"id=$(crictl ps -q --name {container} {labels}) && "
-        "kill -9 $(crictl inspect -o go-template --template '{{.info.pid}}' $id)"
+        "pid=$(crictl inspect -o go-template --template '{{.info.pid}}' $id) && "
+        "ns=$(readlink /proc/$pid/ns/pid) && for p in /proc/[0-9]*; do "
+        '[ "$(readlink $p/ns/pid 2>/dev/null)" = "$ns" ] && '
+        f'kill -{signal} "${{p#/proc/}}" 2>/dev/null; done; true'
     )
     subprocess.run([engine, "exec", node, "sh", "-c", script], check=True, capture_output=True)

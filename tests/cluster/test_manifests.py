@@ -91,7 +91,7 @@ def test_the_operator_deployment_runs_as_non_root_with_a_read_only_root(installe
 # --- the namespaced install: manifests/namespaced/ -------------------------------------------
 
 NAMESPACED = ROOT / "manifests" / "namespaced"
-CLUSTER_ONLY = {"namespaces", "customresourcedefinitions", "storageclasses"}
+CLUSTER_ONLY = {"namespaces", "customresourcedefinitions", "storageclasses", "nodes"}
 
 
 def docs(path: Path) -> list[dict[str, Any]]:

@@ -63,3 +63,11 @@ def test_a_read_on_the_loop_itself_does_not_wait_for_the_loop() -> None:
         return here.read("ns", "a")
 
     assert asyncio.run(on_loop()) == [child("a")]
+
+
+def test_every_kind_the_operator_prunes_is_watched() -> None:
+    """A prunable kind without a watch would be listed on every pass."""
+    from z2m import builders, handlers
+
+    watched = {(group_version, kind) for group_version, _, kind in handlers.CHILD_RESOURCES}
+    assert watched == builders.PRUNABLE
