@@ -63,9 +63,15 @@ def operator_process(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterato
 
 
 def passwords(api_client: ApiClient, namespace: str) -> dict[str, str]:
-    secret = kubernetes.client.CoreV1Api(api_client).read_namespaced_secret(
-        builders.secret_name(NAME), namespace
-    )
+    """The generated passwords; empty until the operator has made the Secret."""
+    try:
+        secret = kubernetes.client.CoreV1Api(api_client).read_namespaced_secret(
+            builders.secret_name(NAME), namespace
+        )
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise
     return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
 
