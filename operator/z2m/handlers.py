@@ -7,6 +7,13 @@ same object at once. Handlers are `on.event` and a startup task, not timers or
 daemons, so z2m puts no finalizer on anything: a stopped operator never blocks
 a deletion.
 
+With `z2m run --leader-elect` (the chart's and manifests' default, two
+replicas) a `leader.Elector` campaigns for a Lease: every replica watches, only
+the leader runs passes and the promotion loop, and `kube.Kube` refuses writes
+the moment the leader is past its renew deadline. A replica that loses the
+Lease goes back to following in the same process; on shutdown the leader
+releases it.
+
 Scope is decided here too: the child watches send our label selector to the
 apiserver, so foreign objects never reach the operator, and with `--namespace`
 (Z2M_NAMESPACES) every list the operator makes stays inside those namespaces.
@@ -17,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import kubernetes
 
-from z2m import api, builders, kube, metrics, promote, reconcile
+from z2m import api, builders, kube, leader, metrics, promote, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,8 @@ class Scheduler:
 
     reconciler: reconcile.Reconciler
     debounce: float = 0.2
+    active: Callable[[], bool] = lambda: True
+    """Whether passes may run at all (False on a replica that does not lead)."""
     limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     _pending: dict[Key, asyncio.TimerHandle | asyncio.Task[None]] = field(default_factory=dict)
     _running: set[Key] = field(default_factory=set)
@@ -44,6 +53,8 @@ class Scheduler:
 
     def trigger(self, namespace: str, name: str, delay: float | None = None) -> None:
         """Ask for a pass soon; repeated asks before it starts become one pass."""
+        if not self.active():
+            return
         key = (namespace, name)
         if key in self._running:
             self._again.add(key)
@@ -64,8 +75,12 @@ class Scheduler:
         retry: float | None = None
         try:
             async with self.limit:
+                if not self.active():
+                    return
                 result = await asyncio.to_thread(self.reconciler.reconcile, *key)
             retry = result.requeue_after
+        except kube.NotLeadingError:
+            log.info("pass of %s/%s stopped: this replica no longer leads", *key)
         except Exception:
             # Never a crash loop: log, count (in Reconciler), and retry with the same delay.
             log.exception("reconcile of %s/%s failed; retrying", *key)
@@ -86,6 +101,13 @@ class Runtime:
     scheduler: Scheduler | None = None
     resync_seconds: float = 30.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    elector: leader.Elector | None = None
+    """None without leader election: this replica always leads."""
+    promoter: asyncio.Task[None] | None = None
+
+    def leading(self) -> bool:
+        """Whether this replica may reconcile and write now."""
+        return self.elector is None or self.elector.leading
 
 
 RUNTIME = Runtime()
@@ -106,16 +128,88 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # never streams the cluster's other ConfigMaps, Services and Deployments to us.
         settings.watching.label_selectors[group_version, plural] = CHILD_SELECTOR
     client = kube.load_config(os.environ.get("Z2M_KUBECONFIG") or None)
+    RUNTIME.elector = elector(client)
     reconciler = reconcile.Reconciler(
-        kube=kube.Kube.connect(client, namespaces=watched_namespaces()),
+        kube=kube.Kube.connect(client, namespaces=watched_namespaces(), may_write=RUNTIME.leading),
         retry_seconds=float(os.environ.get("Z2M_RETRY_SECONDS", "5")),
         queue_quiet_seconds=float(os.environ.get("Z2M_QUEUE_QUIET_SECONDS", "15")),
     )
-    RUNTIME.scheduler = Scheduler(reconciler)
+    RUNTIME.scheduler = Scheduler(reconciler, active=RUNTIME.leading)
     RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
     RUNTIME.tasks.append(asyncio.create_task(_resync(reconciler.kube)))
-    # Metrics-driven promotion (modes recommend and auto); cancelled by `stop` below.
-    RUNTIME.tasks.append(asyncio.create_task(promote.run_forever(reconciler.kube, asyncio.Event())))
+    if RUNTIME.elector is None:
+        _start_promoter(reconciler.kube)
+    else:
+        RUNTIME.tasks.append(asyncio.create_task(_campaign(RUNTIME.elector, reconciler.kube)))
+
+
+def elector(client: kubernetes.client.ApiClient) -> leader.Elector | None:
+    """The Lease elector `z2m run --leader-elect` asked for (Z2M_LEADER_ELECT), or None."""
+    if os.environ.get("Z2M_LEADER_ELECT") != "true":
+        return None
+    return leader.Elector(
+        client,
+        namespace=os.environ["Z2M_LEASE_NAMESPACE"],
+        name=os.environ["Z2M_LEASE_NAME"],
+        identity=os.environ["Z2M_IDENTITY"],
+        timing=leader.Timing(
+            lease_duration=float(os.environ.get("Z2M_LEASE_DURATION", "10")),
+            renew_deadline=float(os.environ.get("Z2M_RENEW_DEADLINE", "7")),
+            retry_period=float(os.environ.get("Z2M_RETRY_PERIOD", "2")),
+        ),
+    )
+
+
+def _start_promoter(client: kube.Kube) -> None:
+    # Metrics-driven promotion (modes recommend and auto): it writes, so only the leader runs it.
+    if RUNTIME.promoter is None or RUNTIME.promoter.done():
+        RUNTIME.promoter = asyncio.create_task(promote.run_forever(client, asyncio.Event()))
+
+
+async def _campaign(elector: leader.Elector, client: kube.Kube) -> None:
+    """Acquire or renew the Lease every retry period; start and stop leading on the answer."""
+    where = f"Lease {elector.namespace}/{elector.name} as {elector.identity}"
+    log.info("leader election: following until %s can be acquired", where)
+    led = False
+    failing = False
+    while True:
+        try:
+            await asyncio.to_thread(elector.try_acquire_or_renew)
+            if failing:
+                log.info("leader election: the Lease can be read and written again")
+            failing = False
+        except Exception as exc:
+            # One line per outage, not one per retry period (the API watcher says more).
+            if not failing:
+                log.warning("leader election: cannot reach the Lease (%s)", kube.brief(exc))
+            failing = True
+        leads = elector.leading
+        if leads and not led:
+            log.info("leader election: leading (%s)", where)
+            _start_promoter(client)
+            _trigger_all(client)
+        elif led and not leads:
+            log.warning("leader election: lost %s; stopped writing, following again", where)
+            if RUNTIME.promoter is not None:
+                RUNTIME.promoter.cancel()
+        led = leads
+        await asyncio.sleep(elector.timing.retry_period)
+
+
+def _trigger_all(client: kube.Kube) -> None:
+    """A new leader looks at every ScalingStage at once, not at the next periodic re-check."""
+    RUNTIME.tasks.append(asyncio.create_task(_list_and_trigger(client)))
+
+
+async def _list_and_trigger(client: kube.Kube) -> None:
+    try:
+        items = await asyncio.to_thread(client.list_scaling_stages)
+    except Exception as exc:
+        log.warning("listing ScalingStages failed (%s); the re-check will", kube.brief(exc))
+        return
+    for item in items:
+        if RUNTIME.scheduler is not None:
+            RUNTIME.scheduler.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
 
 
 def watched_namespaces() -> tuple[str, ...]:
@@ -125,10 +219,20 @@ def watched_namespaces() -> tuple[str, ...]:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the periodic re-check."""
-    for task in RUNTIME.tasks:
-        task.cancel()
+    """Stop the periodic re-check and the promotion loop; a leader releases its Lease."""
+    for task in [*RUNTIME.tasks, RUNTIME.promoter]:
+        if task is not None:
+            task.cancel()
     RUNTIME.tasks.clear()
+    RUNTIME.promoter = None
+    if RUNTIME.elector is not None and RUNTIME.elector.leading:
+        try:
+            released = await asyncio.to_thread(RUNTIME.elector.release)
+        except Exception as exc:
+            log.warning("leader election: could not release the Lease (%s)", kube.brief(exc))
+        else:
+            if released:
+                log.info("leader election: released the Lease")
 
 
 async def _resync(client: kube.Kube) -> None:

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,21 @@ RECONCILER_MANAGER = "z2m-reconciler"
 """Field manager of the status the reconciler rebuilds every pass."""
 PROMOTER_MANAGER = "z2m-promoter"
 """Field manager of the status the promotion loop writes (decisions, its conditions)."""
+
+
+class NotLeadingError(RuntimeError):
+    """A write refused because this replica does not hold the leader Lease (see `leader`)."""
+
+
+def _always() -> bool:
+    return True
+
+
+def brief(exc: BaseException) -> str:
+    """An exception in one line, without the response headers ApiException carries."""
+    if isinstance(exc, ApiException):
+        return f"{type(exc).__name__} {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
 def load_config(kubeconfig: str | None = None) -> ApiClient:
@@ -61,19 +77,32 @@ class Kube:
     discovery cache is not thread-safe, so lookups go through one lock, and
     kinds the server does not serve are remembered for a while instead of
     re-reading discovery on every miss. With `namespaces`, lists stay inside them.
+    Every write first asks `may_write` (the leader election's fence) and raises
+    `NotLeadingError` when it says no.
     """
 
     client: DynamicClient
     namespaces: tuple[str, ...] = ()
     """The namespaces the operator serves (`z2m run --namespace`); empty: the cluster."""
+    may_write: Callable[[], bool] = _always
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
-    def connect(cls, api_client: ApiClient, namespaces: tuple[str, ...] = ()) -> Kube:
+    def connect(
+        cls,
+        api_client: ApiClient,
+        namespaces: tuple[str, ...] = (),
+        may_write: Callable[[], bool] = _always,
+    ) -> Kube:
         """Wrap an API client; discovery is lazy and cached by the dynamic client."""
-        return cls(DynamicClient(api_client), namespaces)  # type: ignore[no-untyped-call]
+        client = DynamicClient(api_client)  # type: ignore[no-untyped-call]
+        return cls(client, namespaces, may_write=may_write)
+
+    def _fence(self, verb: str, kind: str) -> None:
+        if not self.may_write():
+            raise NotLeadingError(f"not the leader: refusing to {verb} a {kind}")
 
     def _resource(self, api_version: str, kind: str) -> Any:
         with self._lock:
@@ -105,6 +134,7 @@ class Kube:
     def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER) -> Obj:
         """Server-side apply under one field manager, taking ownership of conflicts."""
         meta = obj["metadata"]
+        self._fence("apply", obj["kind"])
         metrics.API_REQUESTS.labels("apply", obj["kind"]).inc()
         result = self._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
             body=obj,
@@ -135,6 +165,7 @@ class Kube:
     def delete(self, obj: Obj) -> None:
         """Delete a child; its pods follow through the garbage collector."""
         meta = obj["metadata"]
+        self._fence("delete", obj["kind"])
         metrics.API_REQUESTS.labels("delete", obj["kind"]).inc()
         with contextlib.suppress(NotFoundError):  # already gone is what we wanted
             self._resource(obj["apiVersion"], obj["kind"]).delete(
@@ -181,6 +212,7 @@ class Kube:
                 return existing
             # Add only what is missing (an older operator version); never overwrite a value.
             patch = {"data": {k: _b64(secrets.token_hex(24)) for k in missing}}
+            self._fence("patch", "Secret")
             metrics.API_REQUESTS.labels("patch", "Secret").inc()
             patched: Obj = core.patch_namespaced_secret(name, namespace, patch).to_dict()
             return patched
@@ -197,6 +229,7 @@ class Kube:
             # Hex keeps every password safe inside a URL without quoting.
             "data": {k: _b64(secrets.token_hex(24)) for k in builders.SECRET_KEYS},
         }
+        self._fence("create", "Secret")
         metrics.API_REQUESTS.labels("create", "Secret").inc()
         try:
             created: Obj = core.create_namespaced_secret(
@@ -251,6 +284,7 @@ class Kube:
 
     def expand_claim(self, namespace: str, name: str, size: str) -> None:
         """Ask for a bigger volume: the claim's request grows, its StorageClass does the rest."""
+        self._fence("patch", "PersistentVolumeClaim")
         metrics.API_REQUESTS.labels("patch", "PersistentVolumeClaim").inc()
         self._resource("v1", "PersistentVolumeClaim").patch(
             name=name,
@@ -280,6 +314,7 @@ class Kube:
         merge patches of older z2m versions; the two writers' fields are disjoint.
         """
         resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        self._fence("apply", f"{api.KIND}/status")
         metrics.API_REQUESTS.labels("apply", f"{api.KIND}/status").inc()
         body: Obj = {
             "apiVersion": f"{api.GROUP}/{api.VERSION}",
@@ -319,6 +354,7 @@ class Kube:
             "count": 1,
         }
         core = kubernetes.client.CoreV1Api(self.client.client)
+        self._fence("create", "Event")
         metrics.API_REQUESTS.labels("create", "Event").inc()
         core.create_namespaced_event(
             meta["namespace"], kubernetes.client.CoreV1Event.model_validate(body)
