@@ -22,16 +22,17 @@ apiserver, so foreign objects never reach the operator, and with `--namespace`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import kubernetes
 
-from z2m import api, builders, kube, leader, metrics, promote, reconcile
+from z2m import api, builders, kube, leader, metrics, outage, promote, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,14 @@ class Scheduler:
                     return
                 result = await asyncio.to_thread(self.reconciler.reconcile, *key)
             retry = result.requeue_after
+            outage.TRACKER.answered()
         except kube.NotLeadingError:
             log.info("pass of %s/%s stopped: this replica no longer leads", *key)
-        except Exception:
+        except Exception as exc:
             # Never a crash loop: log, count (in Reconciler), and retry with the same delay.
-            log.exception("reconcile of %s/%s failed; retrying", *key)
+            # An unreachable API is said once for all (outage), not once per retry.
+            if not outage.failed(exc):
+                log.exception("reconcile of %s/%s failed; retrying", *key)
             retry = self.reconciler.retry_seconds
         finally:
             self._running.discard(key)
@@ -123,6 +127,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # Kopf gives up on a watch after 8 retries (54 s) and its operator then stops; an
+    # apiserver may be away longer (an etcd restore). Retry forever, as client-go's
+    # reflectors do, and log the outage once (z2m.outage) instead of every attempt.
+    settings.networking.error_backoffs = EndlessBackoff()
+    outage.quiet_kopf_retries()
     for group_version, plural in CHILD_RESOURCES:
         # Server-side filtering: the watch itself carries the selector, so the apiserver
         # never streams the cluster's other ConfigMaps, Services and Deployments to us.
@@ -171,18 +180,13 @@ async def _campaign(elector: leader.Elector, client: kube.Kube) -> None:
     where = f"Lease {elector.namespace}/{elector.name} as {elector.identity}"
     log.info("leader election: following until %s can be acquired", where)
     led = False
-    failing = False
     while True:
         try:
             await asyncio.to_thread(elector.try_acquire_or_renew)
-            if failing:
-                log.info("leader election: the Lease can be read and written again")
-            failing = False
+            outage.TRACKER.answered()
         except Exception as exc:
-            # One line per outage, not one per retry period (the API watcher says more).
-            if not failing:
-                log.warning("leader election: cannot reach the Lease (%s)", kube.brief(exc))
-            failing = True
+            if not outage.failed(exc):
+                log.exception("leader election: acquiring or renewing the Lease failed")
         leads = elector.leading
         if leads and not led:
             log.info("leader election: leading (%s)", where)
@@ -205,11 +209,19 @@ async def _list_and_trigger(client: kube.Kube) -> None:
     try:
         items = await asyncio.to_thread(client.list_scaling_stages)
     except Exception as exc:
-        log.warning("listing ScalingStages failed (%s); the re-check will", kube.brief(exc))
+        if not outage.failed(exc):
+            log.warning("listing ScalingStages failed (%s); the re-check will", kube.brief(exc))
         return
     for item in items:
         if RUNTIME.scheduler is not None:
             RUNTIME.scheduler.trigger(item["metadata"]["namespace"], item["metadata"]["name"])
+
+
+class EndlessBackoff:
+    """1, 1, 2, 3, 5, 8, then 10 s forever; a fresh sequence for every request."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8), itertools.repeat(10))
 
 
 def watched_namespaces() -> tuple[str, ...]:
@@ -241,9 +253,11 @@ async def _resync(client: kube.Kube) -> None:
         await asyncio.sleep(RUNTIME.resync_seconds)
         try:
             items = await asyncio.to_thread(client.list_scaling_stages)
-        except Exception:
-            log.exception("listing ScalingStages for the periodic re-check failed")
+        except Exception as exc:
+            if not outage.failed(exc):
+                log.exception("listing ScalingStages for the periodic re-check failed")
             continue
+        outage.TRACKER.answered()
         for item in items:
             if RUNTIME.scheduler is not None:
                 RUNTIME.scheduler.trigger(item["metadata"]["namespace"], item["metadata"]["name"])

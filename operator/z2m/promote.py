@@ -55,7 +55,7 @@ import httpx
 import pydantic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from z2m import api, builders, decide, kube, metrics, signals, status
+from z2m import api, builders, decide, kube, metrics, outage, signals, status
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +304,10 @@ class Loop:
                 listed_at = time.monotonic()
                 try:
                     items = await self._call(self.kube.list_scaling_stages)
-                except Exception:
+                except Exception as exc:
                     listing_failures += 1
-                    log.exception("listing ScalingStages for promotion failed")
+                    if not outage.failed(exc):  # an unreachable API is logged once, there
+                        log.exception("listing ScalingStages for promotion failed")
                     items = []
                 else:
                     listing_failures = 0
