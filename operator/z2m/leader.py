@@ -172,13 +172,19 @@ class Elector:
         """Who holds the Lease, as last read."""
         return self._seen.record.holder if self._seen and self._seen.record else None
 
+    @property
+    def _timeout(self) -> float:
+        # A hung request must not hold the loop past the renew deadline (etcd away: the
+        # apiserver answers only after its own 60 s).
+        return self.timing.renew_deadline / 2
+
     def _api(self) -> kubernetes.client.CoordinationV1Api:
         return kubernetes.client.CoordinationV1Api(self.api_client)
 
     def _read(self) -> kubernetes.client.V1Lease | None:
         try:
             lease: kubernetes.client.V1Lease = self._api().read_namespaced_lease(
-                self.name, self.namespace
+                self.name, self.namespace, _request_timeout=self._timeout
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -241,8 +247,12 @@ class Elector:
                 metadata=kubernetes.client.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=spec,
             )
-            self._api().create_namespaced_lease(self.namespace, body)
+            self._api().create_namespaced_lease(
+                self.namespace, body, _request_timeout=self._timeout
+            )
             return
         # replace carries the resourceVersion we read: a compare-and-swap.
         lease.spec = spec
-        self._api().replace_namespaced_lease(self.name, self.namespace, lease)
+        self._api().replace_namespaced_lease(
+            self.name, self.namespace, lease, _request_timeout=self._timeout
+        )

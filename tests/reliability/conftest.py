@@ -106,6 +106,14 @@ class OperatorProcess:
             if s.name == metric
         ]
 
+    def serving(self) -> bool:
+        """Whether it is up far enough to serve its metrics."""
+        try:
+            httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5)
+        except httpx.HTTPError:
+            return False
+        return True
+
     def total(self, metric: str) -> float:
         return sum(v for _, v in self.samples(metric))
 

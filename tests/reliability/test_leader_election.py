@@ -108,7 +108,7 @@ def test_one_replica_writes_and_a_killed_leader_hands_over(
         handovers.append((acquired - killed_at).total_seconds())
         # The killed replica comes back as a pod would, and follows.
         leading.start()
-        eventually(lambda o=leading: o.alive() and o.total("z2m_reconciles_total") == 0)
+        eventually(lambda o=leading: o.serving(), timeout=60)
 
     assert apply_managers(k, namespace) == {builders.FIELD_MANAGER}
     assert lease(api_client, namespace).spec.lease_transitions >= 3
