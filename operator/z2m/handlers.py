@@ -127,9 +127,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    # Kopf gives up on a watch after 8 retries (54 s) and its operator then stops; an
-    # apiserver may be away longer (an etcd restore). Retry forever, as client-go's
-    # reflectors do, and log the outage once (z2m.outage) instead of every attempt.
+    # By default Kopf escalates a watch's connection error out of its watch loop after
+    # 8 retries (54 s); an apiserver may be away longer (an etcd restore). Retry forever,
+    # as client-go's reflectors do, and log the outage once (z2m.outage), not each attempt.
     settings.networking.error_backoffs = EndlessBackoff()
     outage.quiet_kopf_retries()
     for group_version, plural in CHILD_RESOURCES:
