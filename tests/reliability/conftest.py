@@ -22,13 +22,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import services
 
 # The real RabbitMQ and Sentinel the walk's demotions ask (see tests/cluster/conftest.py).
 from tests.cluster.conftest import broker, empty_queue, sentinel_watching
-from tests.conftest import eventually
+from tests.conftest import eventually, report
 
 __all__ = ["broker", "empty_queue", "sentinel_watching"]
 
@@ -148,12 +149,18 @@ class Component:
         return int(self._pid_file.read_text().strip())
 
     def alive(self) -> bool:
-        return Path(f"/proc/{self.pid}").exists() and not _zombie(self.pid)
+        with contextlib.suppress(OSError, ValueError):
+            return Path(f"/proc/{self.pid}").exists() and not _zombie(self.pid)
+        return False
 
     def command(self) -> tuple[list[str], Path]:
-        """Its command line and working directory, read from /proc while it runs."""
-        argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        return [a.decode() for a in argv], Path(os.readlink(f"/proc/{self.pid}/cwd"))
+        """Its command line and working directory, as kwokctl's kwok.yaml records them."""
+        with (self.cluster / "kwok.yaml").open() as f:
+            for doc in yaml.safe_load_all(f):
+                for c in (doc or {}).get("components") or []:
+                    if c["name"] == self.name:
+                        return [c["binary"], *c.get("args", [])], Path(c["workDir"])
+        raise LookupError(f"kwok.yaml has no component {self.name}")
 
     def stop(self) -> tuple[list[str], Path]:
         """SIGKILL the component; returns its command line and working directory."""
@@ -195,6 +202,7 @@ class ControlPlane:
     cluster: Path
     kubeconfig: str
     held: set[str] = field(default_factory=set)
+    restarted: list[str] = field(default_factory=list)
 
     def component(self, name: str) -> Component:
         return Component(self.cluster, name)
@@ -237,6 +245,7 @@ class ControlPlane:
                 for name, (argv, cwd) in commands.items():
                     if name not in self.held and not self.component(name).alive():
                         self.component(name).start(argv, cwd)
+                        self.restarted.append(name)
 
         thread = threading.Thread(target=watch, daemon=True)
         thread.start()
@@ -247,11 +256,26 @@ class ControlPlane:
             thread.join()
 
 
-@pytest.fixture
-def control_plane(kubeconfig: str) -> Iterator[ControlPlane]:
-    """The local control plane, supervised; skipped against a cluster given by --kubeconfig."""
-    clusters = list((Path(kubeconfig).parent / "kwok" / "clusters").glob("*/pids"))
+@pytest.fixture(autouse=True)
+def supervised(kubeconfig: str) -> Iterator[ControlPlane | None]:
+    """Every reliability test runs with the local control plane supervised, if it is ours.
+
+    On a loaded machine kube-scheduler or kube-controller-manager may miss their own
+    renew deadline and exit; on a real node kubelet would restart them, and so does this.
+    """
+    clusters = list((Path(kubeconfig).parent / "kwok" / "clusters").glob("*/kwok.yaml"))
     if len(clusters) != 1:
-        pytest.skip("needs the local control plane that this session started")
+        yield None
+        return
     with ControlPlane(clusters[0].parent, kubeconfig).supervise() as plane:
         yield plane
+    if plane.restarted:
+        report(f"  control plane: restarted {', '.join(plane.restarted)} (exited on their own)")
+
+
+@pytest.fixture
+def control_plane(supervised: ControlPlane | None) -> ControlPlane:
+    """The local control plane's processes; skipped against a cluster given by --kubeconfig."""
+    if supervised is None:
+        pytest.skip("needs the local control plane that this session started")
+    return supervised
