@@ -10,6 +10,7 @@ starts it again with the same command line, as a crash and a supervisor would.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
@@ -216,6 +217,27 @@ class ControlPlane:
         answer = kubectl("get", "--raw", "/readyz", kubeconfig=self.kubeconfig, check=False)
         return answer.returncode == 0
 
+    def settled(self) -> bool:
+        """The API is ready and the scheduler and controller manager lead again (renewed now)."""
+        if not self.ready():
+            return False
+        from tests.conftest import kubectl
+
+        now = datetime.datetime.now(datetime.UTC)
+        for lease in ("kube-scheduler", "kube-controller-manager"):
+            out = kubectl(
+                *("get", "lease", lease, "-n", "kube-system"),
+                *("-o", "jsonpath={.spec.renewTime}"),
+                kubeconfig=self.kubeconfig,
+                check=False,
+            )
+            if out.returncode != 0 or not out.stdout:
+                return False
+            renewed = datetime.datetime.fromisoformat(out.stdout.replace("Z", "+00:00"))
+            if (now - renewed).total_seconds() > 10:
+                return False
+        return True
+
     def outage(self, name: str, seconds_down: float) -> float:
         """Kill `name`, keep it down until `seconds_down` passed, start it, wait for /readyz.
 
@@ -268,6 +290,8 @@ def supervised(kubeconfig: str) -> Iterator[ControlPlane | None]:
         yield None
         return
     with ControlPlane(clusters[0].parent, kubeconfig).supervise() as plane:
+        # A fault left by the test before (components restarted, Leases re-acquired) is over.
+        eventually(plane.settled, timeout=180, interval=1)
         yield plane
     if plane.restarted:
         report(f"  control plane: restarted {', '.join(plane.restarted)} (exited on their own)")
