@@ -2,7 +2,9 @@
 
 The package is layered: `catalog`, `api`, `plan`, `builders` and `decide` are
 pure (no client, no Kopf, no clock); `kube` does the I/O; `reconcile` ties
-them together; `handlers` wires that into Kopf; `cli` is the command line.
+them together; `handlers` wires that into Kopf, gated by `leader` (a Lease
+election) and quieted by `outage` (one line per lost API); `cli` is the command
+line.
 """
 
 __version__ = "0.1.0"

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from z2m import api, builders, catalog, crd, plan, transition
+from z2m import api, builders, catalog, crd, leader, plan, transition
 
 Obj = dict[str, Any]
 OFFLINE_UID = "00000000-0000-0000-0000-000000000000"
@@ -240,6 +242,17 @@ def run(args: argparse.Namespace) -> int:
     given = args.namespace or os.environ.get("Z2M_NAMESPACES", "").split(",")
     namespaces = sorted({n for n in given if n})
     os.environ["Z2M_NAMESPACES"] = ",".join(namespaces)
+    if args.leader_elect:
+        leader.Timing(args.lease_duration, args.renew_deadline, args.retry_period)  # validates
+        os.environ.update(
+            Z2M_LEADER_ELECT="true",
+            Z2M_LEASE_NAME=args.lease_name,
+            Z2M_LEASE_NAMESPACE=args.lease_namespace,
+            Z2M_IDENTITY=args.identity,
+            Z2M_LEASE_DURATION=str(args.lease_duration),
+            Z2M_RENEW_DEADLINE=str(args.renew_deadline),
+            Z2M_RETRY_PERIOD=str(args.retry_period),
+        )
     start_http_server(args.metrics_port, addr=args.bind)
     kopf.configure(verbose=args.verbose)
     kopf.run(
@@ -269,6 +282,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_run.add_argument("--health-port", type=int, default=8080)
     p_run.add_argument("--metrics-port", type=int, default=9090)
     p_run.add_argument("--verbose", action="store_true")
+    election = p_run.add_argument_group(
+        "leader election", "run several replicas: only the holder of a Lease reconciles"
+    )
+    election.add_argument("--leader-elect", action="store_true")
+    election.add_argument("--lease-name", default="z2m-operator")
+    election.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="default $POD_NAMESPACE, else default",
+    )
+    election.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+        help="this replica's name in the Lease (default $POD_NAME, else host and a random suffix)",
+    )
+    election.add_argument("--lease-duration", type=float, default=leader.Timing.lease_duration)
+    election.add_argument("--renew-deadline", type=float, default=leader.Timing.renew_deadline)
+    election.add_argument("--retry-period", type=float, default=leader.Timing.retry_period)
 
     p_render = sub.add_parser("render", help="print the manifests of a stage")
     p_render.add_argument("-f", "--file", required=True)

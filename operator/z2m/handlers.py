@@ -12,6 +12,13 @@ same watches, makes `cache.Children`, and the periodic re-check walks an index
 of ScalingStages. So a pass over a settled object lists nothing. Passes wait
 until Kopf has filled the indices from its initial listings.
 
+With `z2m run --leader-elect` (the chart's and manifests' default, two
+replicas) a `leader.Elector` campaigns for a Lease: every replica watches, only
+the leader runs passes and the promotion loop, and `kube.Kube` refuses writes
+the moment the leader is past its renew deadline. A replica that loses the
+Lease goes back to following in the same process; on shutdown the leader
+releases it.
+
 Scope is decided here too: the child watches send our label selector to the
 apiserver, so foreign objects never reach the operator, and with `--namespace`
 (Z2M_NAMESPACES) every list the operator makes stays inside those namespaces.
@@ -20,16 +27,17 @@ apiserver, so foreign objects never reach the operator, and with `--namespace`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import kubernetes
 
-from z2m import api, builders, cache, kube, metrics, promote, reconcile
+from z2m import api, builders, cache, kube, leader, metrics, outage, promote, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,8 @@ class Scheduler:
 
     reconciler: reconcile.Reconciler
     debounce: float = 0.2
+    active: Callable[[], bool] = lambda: True
+    """Whether passes may run at all (False on a replica that does not lead)."""
     limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     indexed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once Kopf has filled its indices (it runs no handler before that)."""
@@ -52,6 +62,8 @@ class Scheduler:
 
     def trigger(self, namespace: str, name: str, delay: float | None = None) -> None:
         """Ask for a pass soon; repeated asks before it starts become one pass."""
+        if not self.active():
+            return
         key = (namespace, name)
         if key in self._running:
             self._again.add(key)
@@ -73,11 +85,18 @@ class Scheduler:
         try:
             await self.indexed.wait()  # an empty index is not "no children"
             async with self.limit:
+                if not self.active():
+                    return
                 result = await asyncio.to_thread(self.reconciler.reconcile, *key)
             retry = result.requeue_after
-        except Exception:
+            outage.TRACKER.answered()
+        except kube.NotLeadingError:
+            log.info("pass of %s/%s stopped: this replica no longer leads", *key)
+        except Exception as exc:
             # Never a crash loop: log, count (in Reconciler), and retry with the same delay.
-            log.exception("reconcile of %s/%s failed; retrying", *key)
+            # An unreachable API is said once for all (outage), not once per retry.
+            if not outage.failed(exc):
+                log.exception("reconcile of %s/%s failed; retrying", *key)
             retry = self.reconciler.retry_seconds
         finally:
             self._running.discard(key)
@@ -97,6 +116,13 @@ class Runtime:
     scaling_stages: Mapping[Key, Any] | None = None
     """Kopf's index of the ScalingStages the operator serves, for the periodic re-check."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    elector: leader.Elector | None = None
+    """None without leader election: this replica always leads."""
+    promoter: asyncio.Task[None] | None = None
+
+    def leading(self) -> bool:
+        """Whether this replica may reconcile and write now."""
+        return self.elector is None or self.elector.leading
 
 
 RUNTIME = Runtime()
@@ -116,12 +142,17 @@ async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # By default Kopf escalates a watch's connection error out of its watch loop after
+    # 8 retries (54 s); an apiserver may be away longer (an etcd restore). Retry forever,
+    # as client-go's reflectors do, and log the outage once (z2m.outage), not each attempt.
+    settings.networking.error_backoffs = EndlessBackoff()
+    outage.quiet_kopf_retries()
     for group_version, plural, _ in CHILD_RESOURCES:
         # Server-side filtering: the watch itself carries the selector, so the apiserver
         # never streams the cluster's other ConfigMaps, Services and Deployments to us.
         settings.watching.label_selectors[group_version, plural] = CHILD_SELECTOR
     client = kube.load_config(os.environ.get("Z2M_KUBECONFIG") or None)
-    k = kube.Kube.connect(client, namespaces=watched_namespaces())
+    k = kube.Kube.connect(client, namespaces=watched_namespaces(), may_write=RUNTIME.leading)
     k.watched = cache.Children(
         asyncio.get_running_loop(),
         {
@@ -130,18 +161,85 @@ async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         },
     )
     RUNTIME.scaling_stages = kwargs["scaling_stages"]
+    RUNTIME.elector = elector(client)
     reconciler = reconcile.Reconciler(
         kube=k,
         retry_seconds=float(os.environ.get("Z2M_RETRY_SECONDS", "5")),
         queue_quiet_seconds=float(os.environ.get("Z2M_QUEUE_QUIET_SECONDS", "15")),
     )
-    RUNTIME.scheduler = Scheduler(reconciler)
+    RUNTIME.scheduler = Scheduler(reconciler, active=RUNTIME.leading)
     RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
     RUNTIME.tasks.append(asyncio.create_task(_resync()))
-    # Metrics-driven promotion (modes recommend and auto); cancelled by `stop` below.
-    RUNTIME.tasks.append(
-        asyncio.create_task(promote.run_forever(reconciler.kube, asyncio.Event(), _stages))
+    if RUNTIME.elector is None:
+        _start_promoter(reconciler.kube)
+    else:
+        RUNTIME.tasks.append(asyncio.create_task(_campaign(RUNTIME.elector, reconciler.kube)))
+
+
+def elector(client: kubernetes.client.ApiClient) -> leader.Elector | None:
+    """The Lease elector `z2m run --leader-elect` asked for (Z2M_LEADER_ELECT), or None."""
+    if os.environ.get("Z2M_LEADER_ELECT") != "true":
+        return None
+    return leader.Elector(
+        client,
+        namespace=os.environ["Z2M_LEASE_NAMESPACE"],
+        name=os.environ["Z2M_LEASE_NAME"],
+        identity=os.environ["Z2M_IDENTITY"],
+        timing=leader.Timing(
+            lease_duration=float(os.environ.get("Z2M_LEASE_DURATION", "10")),
+            renew_deadline=float(os.environ.get("Z2M_RENEW_DEADLINE", "7")),
+            retry_period=float(os.environ.get("Z2M_RETRY_PERIOD", "2")),
+        ),
     )
+
+
+def _start_promoter(client: kube.Kube) -> None:
+    # Metrics-driven promotion (modes recommend and auto): it writes, so only the leader runs it.
+    if RUNTIME.promoter is None or RUNTIME.promoter.done():
+        RUNTIME.promoter = asyncio.create_task(promote.run_forever(client, asyncio.Event(), _stages))
+
+
+async def _campaign(elector: leader.Elector, client: kube.Kube) -> None:
+    """Acquire or renew the Lease every retry period; start and stop leading on the answer."""
+    where = f"Lease {elector.namespace}/{elector.name} as {elector.identity}"
+    log.info("leader election: following until %s can be acquired", where)
+    led = False
+    while True:
+        try:
+            await asyncio.to_thread(elector.try_acquire_or_renew)
+            outage.TRACKER.answered()
+        except Exception as exc:
+            if not outage.failed(exc):
+                log.exception("leader election: acquiring or renewing the Lease failed")
+        leads = elector.leading
+        if leads and not led:
+            log.info("leader election: leading (%s)", where)
+            _start_promoter(client)
+            _trigger_all(client)
+        elif led and not leads:
+            log.warning("leader election: lost %s; stopped writing, following again", where)
+            if RUNTIME.promoter is not None:
+                RUNTIME.promoter.cancel()
+        led = leads
+        await asyncio.sleep(elector.timing.retry_period)
+
+
+def _trigger_all(client: kube.Kube) -> None:
+    """A new leader looks at every ScalingStage at once, not at the next periodic re-check.
+
+    They come from Kopf's index of ScalingStages (this runs on Kopf's loop): no LIST.
+    """
+    if RUNTIME.scheduler is None or RUNTIME.scaling_stages is None:
+        return
+    for namespace, name in list(RUNTIME.scaling_stages):
+        RUNTIME.scheduler.trigger(namespace, name)
+
+
+class EndlessBackoff:
+    """1, 1, 2, 3, 5, 8, then 10 s forever; a fresh sequence for every request."""
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8), itertools.repeat(10))
 
 
 def watched_namespaces() -> tuple[str, ...]:
@@ -151,10 +249,20 @@ def watched_namespaces() -> tuple[str, ...]:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the periodic re-check."""
-    for task in RUNTIME.tasks:
-        task.cancel()
+    """Stop the periodic re-check and the promotion loop; a leader releases its Lease."""
+    for task in [*RUNTIME.tasks, RUNTIME.promoter]:
+        if task is not None:
+            task.cancel()
     RUNTIME.tasks.clear()
+    RUNTIME.promoter = None
+    if RUNTIME.elector is not None and RUNTIME.elector.leading:
+        try:
+            released = await asyncio.to_thread(RUNTIME.elector.release)
+        except Exception as exc:
+            log.warning("leader election: could not release the Lease (%s)", kube.brief(exc))
+        else:
+            if released:
+                log.info("leader election: released the Lease")
 
 
 async def _resync() -> None:

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,21 @@ RECONCILER_MANAGER = "z2m-reconciler"
 """Field manager of the status the reconciler rebuilds every pass."""
 PROMOTER_MANAGER = "z2m-promoter"
 """Field manager of the status the promotion loop writes (decisions, its conditions)."""
+
+
+class NotLeadingError(RuntimeError):
+    """A write refused because this replica does not hold the leader Lease (see `leader`)."""
+
+
+def _always() -> bool:
+    return True
+
+
+def brief(exc: BaseException) -> str:
+    """An exception in one line, without the response headers ApiException carries."""
+    if isinstance(exc, ApiException):
+        return f"{type(exc).__name__} {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
 def load_config(kubeconfig: str | None = None) -> ApiClient:
@@ -65,6 +81,8 @@ class Kube:
     re-reading discovery on every miss. With `namespaces`, lists stay inside them.
     With `watched` (the operator's watch-fed indices), children of the kinds it
     holds are read from memory instead of listed.
+    Every write first asks `may_write` (the leader election's fence) and raises
+    `NotLeadingError` when it says no.
     """
 
     client: DynamicClient
@@ -72,15 +90,26 @@ class Kube:
     """The namespaces the operator serves (`z2m run --namespace`); empty: the cluster."""
     watched: cache.Children | None = None
     """Children from the operator's watches; None: every child kind is listed."""
+    may_write: Callable[[], bool] = _always
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
     _zones: tuple[float, int | None] | None = None
 
     @classmethod
-    def connect(cls, api_client: ApiClient, namespaces: tuple[str, ...] = ()) -> Kube:
+    def connect(
+        cls,
+        api_client: ApiClient,
+        namespaces: tuple[str, ...] = (),
+        may_write: Callable[[], bool] = _always,
+    ) -> Kube:
         """Wrap an API client; discovery is lazy and cached by the dynamic client."""
-        return cls(DynamicClient(api_client), namespaces)  # type: ignore[no-untyped-call]
+        client = DynamicClient(api_client)  # type: ignore[no-untyped-call]
+        return cls(client, namespaces, may_write=may_write)
+
+    def _fence(self, verb: str, kind: str) -> None:
+        if not self.may_write():
+            raise NotLeadingError(f"not the leader: refusing to {verb} a {kind}")
 
     def _resource(self, api_version: str, kind: str) -> Any:
         with self._lock:
@@ -115,6 +144,7 @@ class Kube:
         With `dry_run`, the apiserver validates and admits the object but stores nothing.
         """
         meta = obj["metadata"]
+        self._fence("apply", obj["kind"])
         metrics.API_REQUESTS.labels("apply", obj["kind"]).inc()
         result = self._resource(obj["apiVersion"], obj["kind"]).server_side_apply(
             body=apply_body(obj),
@@ -129,6 +159,7 @@ class Kube:
 
     def annotate(self, obj: Obj, annotations: dict[str, str]) -> Obj:
         """Merge-patch some annotations of an existing object, and nothing else."""
+        self._fence("patch", obj["kind"])
         meta = obj["metadata"]
         metrics.API_REQUESTS.labels("patch", obj["kind"]).inc()
         result = self._resource(obj["apiVersion"], obj["kind"]).patch(
@@ -166,6 +197,7 @@ class Kube:
     def delete(self, obj: Obj) -> None:
         """Delete a child; its pods follow through the garbage collector."""
         meta = obj["metadata"]
+        self._fence("delete", obj["kind"])
         metrics.API_REQUESTS.labels("delete", obj["kind"]).inc()
         with contextlib.suppress(NotFoundError):  # already gone is what we wanted
             self._resource(obj["apiVersion"], obj["kind"]).delete(
@@ -208,6 +240,7 @@ class Kube:
                 return existing
             # Add only what is missing (an older operator version); never overwrite a value.
             patch = {"data": {k: _b64(secrets.token_hex(24)) for k in missing}}
+            self._fence("patch", "Secret")
             metrics.API_REQUESTS.labels("patch", "Secret").inc()
             patched: Obj = core.patch_namespaced_secret(name, namespace, patch).to_dict()
             return patched
@@ -224,6 +257,7 @@ class Kube:
             # Hex keeps every password safe inside a URL without quoting.
             "data": {k: _b64(secrets.token_hex(24)) for k in builders.SECRET_KEYS},
         }
+        self._fence("create", "Secret")
         metrics.API_REQUESTS.labels("create", "Secret").inc()
         try:
             created: Obj = core.create_namespaced_secret(
@@ -311,6 +345,7 @@ class Kube:
 
     def expand_claim(self, namespace: str, name: str, size: str) -> None:
         """Ask for a bigger volume: the claim's request grows, its StorageClass does the rest."""
+        self._fence("patch", "PersistentVolumeClaim")
         metrics.API_REQUESTS.labels("patch", "PersistentVolumeClaim").inc()
         self._resource("v1", "PersistentVolumeClaim").patch(
             name=name,
@@ -340,6 +375,7 @@ class Kube:
         merge patches of older z2m versions; the two writers' fields are disjoint.
         """
         resource = self._resource(f"{api.GROUP}/{api.VERSION}", api.KIND)
+        self._fence("apply", f"{api.KIND}/status")
         metrics.API_REQUESTS.labels("apply", f"{api.KIND}/status").inc()
         body: Obj = {
             "apiVersion": f"{api.GROUP}/{api.VERSION}",
@@ -379,6 +415,7 @@ class Kube:
             "count": 1,
         }
         core = kubernetes.client.CoreV1Api(self.client.client)
+        self._fence("create", "Event")
         metrics.API_REQUESTS.labels("create", "Event").inc()
         core.create_namespaced_event(
             meta["namespace"], kubernetes.client.CoreV1Event.model_validate(body)

@@ -56,7 +56,7 @@ import httpx
 import pydantic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from z2m import api, builders, decide, kube, metrics, signals, status
+from z2m import api, builders, decide, kube, metrics, outage, signals, status
 
 log = logging.getLogger(__name__)
 
@@ -313,9 +313,10 @@ class Loop:
                         items = self.source()
                     else:
                         items = await self._call(self.kube.list_scaling_stages)
-                except Exception:
+                except Exception as exc:
                     listing_failures += 1
-                    log.exception("listing ScalingStages for promotion failed")
+                    if not outage.failed(exc):  # an unreachable API is logged once, there
+                        log.exception("listing ScalingStages for promotion failed")
                     items = []
                 else:
                     listing_failures = 0

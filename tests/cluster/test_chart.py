@@ -130,7 +130,16 @@ def test_chart_rbac_is_the_same_as_the_plain_manifests(helm: Helm) -> None:
         )
 
     assert rules(rendered, "ClusterRole") == rules(manifests, "ClusterRole")
-    assert [o["roleRef"]["kind"] for o in rendered if o["kind"] == "RoleBinding"] == ["ClusterRole"]
+    # The Lease's Role names the Lease, whose name differs: the chart's follows the release.
+    lease_role = [
+        {**r, "resourceNames": ["z2m-x"]} if "resourceNames" in r else r
+        for r in rules(manifests, "Role")[0]
+    ]
+    assert rules(rendered, "Role") == [lease_role]
+    assert sorted(o["roleRef"]["kind"] for o in rendered if o["kind"] == "RoleBinding") == [
+        "ClusterRole",
+        "Role",
+    ]
 
 
 def test_lint_strict(helm: Helm) -> None:
@@ -145,6 +154,8 @@ def test_defaults_render_one_of_each_kind_with_release_specific_names(helm: Helm
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "RoleBinding",
         "Service",
         "ServiceAccount",
@@ -156,7 +167,16 @@ def test_defaults_render_one_of_each_kind_with_release_specific_names(helm: Helm
     [deployment] = [o for o in objects if o["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "z2m/operator:0.1.0"
-    assert container["args"] == ["run", "--health-port=8080", "--metrics-port=9090"]
+    assert container["args"] == [
+        "run",
+        "--health-port=8080",
+        "--metrics-port=9090",
+        "--leader-elect",
+        "--lease-name=mine-z2m",
+        "--lease-duration=10",
+        "--renew-deadline=7",
+        "--retry-period=2",
+    ]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
@@ -186,19 +206,59 @@ def test_values_become_z2m_run_flags_and_rolebindings(helm: Helm) -> None:
         "--metrics-port=9100",
         "--namespace=shop",
         "--namespace=blog",
+        "--leader-elect",
+        "--lease-name=r-z2m",
+        "--lease-duration=10",
+        "--renew-deadline=7",
+        "--retry-period=2",
         "--verbose",
     ]
-    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    bindings = [
+        o
+        for o in objects
+        if o["kind"] == "RoleBinding" and o["metadata"]["name"] != "r-z2m-leader-election"
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["blog", "shop"]
     [service] = [o for o in objects if o["kind"] == "Service"]
     assert service["spec"]["ports"][0]["port"] == 9100
+
+
+def test_two_replicas_elect_a_leader_and_roll_by_default(helm: Helm) -> None:
+    [deployment] = [
+        o
+        for o in docs(helm.template("r", "--namespace", "ops").stdout)
+        if o["kind"] == "Deployment"
+    ]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--leader-elect" in container["args"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+
+
+def test_one_replica_without_election_is_recreated_and_two_without_it_are_refused(
+    helm: Helm,
+) -> None:
+    off = ("--set", "leaderElection.enabled=false")
+    [deployment] = [
+        o
+        for o in docs(helm.template("r", *off, "--set", "replicaCount=1").stdout)
+        if o["kind"] == "Deployment"
+    ]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-elect" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    refused = helm.template("r", *off, check=False)
+    assert refused.returncode != 0
+    assert "replicaCount above 1 needs leaderElection.enabled" in refused.stderr
 
 
 def test_empty_namespace_lists_watch_everything_and_bind_nothing(helm: Helm) -> None:
     objects = docs(
         helm.template("r", "--set", "watchNamespaces=null", "--set", "appNamespaces=null").stdout
     )
-    assert "RoleBinding" not in [o["kind"] for o in objects]
+    bindings = [o["metadata"]["name"] for o in objects if o["kind"] == "RoleBinding"]
+    assert bindings == ["r-z2m-leader-election"]  # the Lease's, in the release namespace
     [deployment] = [o for o in objects if o["kind"] == "Deployment"]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not [a for a in args if a.startswith("--namespace")]
@@ -226,11 +286,12 @@ def test_namespaced_scope_gives_a_role_per_watched_namespace_and_no_cluster_wide
         by_kind.setdefault(o["kind"], []).append(o)
     assert sorted((o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind["Role"]) == [
         ("blog", "r-z2m"),
+        ("ops", "r-z2m-leader-election"),
         ("shop", "r-z2m"),
     ]
     assert sorted(
         (b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in by_kind["RoleBinding"]
-    ) == [("blog", "Role"), ("shop", "Role")]
+    ) == [("blog", "Role"), ("ops", "Role"), ("shop", "Role")]
     [cluster_role] = by_kind["ClusterRole"]
     assert not [r for r in cluster_role["rules"] if WRITES & set(r["verbs"])], cluster_role
     # The Role holds the cluster-wide rules on namespaced objects, and may read its Secrets.
@@ -238,7 +299,11 @@ def test_namespaced_scope_gives_a_role_per_watched_namespace_and_no_cluster_wide
     [cluster_wide] = [
         o for o in full if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "r-z2m"
     ]
-    role = by_kind["Role"][0]["rules"]
+    [role] = [
+        o["rules"]
+        for o in by_kind["Role"]
+        if o["metadata"]["namespace"] == "shop" and o["metadata"]["name"] == "r-z2m"
+    ]
     secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "patch"]}
     assert secrets in role
     assert [r for r in role if r != secrets] == [
@@ -401,7 +466,7 @@ def test_install_creates_the_operator_and_its_rbac(release: Release, kubeconfig:
         "jsonpath={.status.readyReplicas}",
         kubeconfig=kubeconfig,
     )
-    assert ready.stdout == "1"
+    assert ready.stdout == "2"  # two replicas behind the Lease
 
 
 def test_install_meets_the_restricted_pod_security_standard(
@@ -440,6 +505,9 @@ def test_install_meets_the_restricted_pod_security_standard(
         ("get", "secrets", "app", True),
         ("patch", "secrets", "app", True),
         ("list", "namespaces", "cluster", True),
+        ("create", "leases.coordination.k8s.io", "release", True),
+        ("create", "leases.coordination.k8s.io", "other", False),
+        ("delete", "leases.coordination.k8s.io", "release", False),
         ("delete", "persistentvolumeclaims", "app", False),
         ("delete", "persistentvolumeclaims", "all", False),
         ("delete", "secrets", "app", False),
@@ -462,6 +530,7 @@ def can_i(release: Release, kubeconfig: str, verb: str, resource: str, where: st
     """Ask the apiserver, impersonating the release's ServiceAccount."""
     scope = {
         "app": ["--namespace", release.app_namespace],
+        "release": ["--namespace", release.namespace],
         "other": ["--namespace", "default"],
         "kube-system": ["--namespace", "kube-system"],
         "all": ["--all-namespaces"],

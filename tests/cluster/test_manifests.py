@@ -49,6 +49,8 @@ def can(kubeconfig: str, *args: str) -> bool:
         ("create", "persistentvolumeclaims", "-n", "shop"),
         ("create", "events", "-n", "shop"),
         ("get", "secrets", "-n", "default"),
+        ("create", "leases.coordination.k8s.io", "-n", "z2m-system"),
+        ("update", "leases.coordination.k8s.io/z2m-operator", "-n", "z2m-system"),
     ],
 )
 def test_the_operator_may_do_its_job(installed: str, args: tuple[str, ...]) -> None:
@@ -67,10 +69,29 @@ def test_the_operator_may_do_its_job(installed: str, args: tuple[str, ...]) -> N
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
         ("create", "pods", "-n", "shop"),
         ("delete", "nodes"),
+        ("update", "leases.coordination.k8s.io/kube-scheduler", "-n", "kube-system"),
+        ("update", "leases.coordination.k8s.io/someone-else", "-n", "z2m-system"),
+        ("create", "leases.coordination.k8s.io", "-n", "shop"),
     ],
 )
 def test_the_operator_may_not_go_beyond_it(installed: str, args: tuple[str, ...]) -> None:
     assert not can(installed, *args)
+
+
+def test_the_operator_runs_two_replicas_behind_a_lease_and_rolls(installed: str) -> None:
+    out = kubectl(
+        "get",
+        "deployment",
+        "z2m-operator",
+        "-n",
+        "z2m-system",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.strategy.type} {.spec.template.spec.containers[0].args}",
+        kubeconfig=installed,
+    )
+    replicas, strategy, args = out.stdout.split(" ", 2)
+    assert (replicas, strategy) == ("2", "RollingUpdate")
+    assert "--leader-elect" in args
 
 
 def test_the_operator_deployment_runs_as_non_root_with_a_read_only_root(installed: str) -> None:
