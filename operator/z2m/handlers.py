@@ -196,7 +196,9 @@ def elector(client: kubernetes.client.ApiClient) -> leader.Elector | None:
 def _start_promoter(client: kube.Kube) -> None:
     # Metrics-driven promotion (modes recommend and auto): it writes, so only the leader runs it.
     if RUNTIME.promoter is None or RUNTIME.promoter.done():
-        RUNTIME.promoter = asyncio.create_task(promote.run_forever(client, asyncio.Event(), _stages))
+        RUNTIME.promoter = asyncio.create_task(
+            promote.run_forever(client, asyncio.Event(), _stages)
+        )
 
 
 async def _campaign(elector: leader.Elector, client: kube.Kube) -> None:
