@@ -22,8 +22,8 @@ def everything(k: kube.Kube, namespace: str) -> dict[tuple[str, str], dict[str, 
             .to_dict()["items"]
         ):
             name = item["metadata"]["name"]
-            if kind == "ConfigMap" and name == "kube-root-ca.crt":
-                continue  # every namespace has it
+            if (kind, name) in (("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")):
+                continue  # every namespace has them
             found[kind, name] = item
     return found
 
