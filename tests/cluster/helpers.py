@@ -147,6 +147,18 @@ def helm_namespace(api_client: ApiClient, kubeconfig: str, prefix: str) -> Itera
     finally:
         subprocess.run([helm, "--kubeconfig", kubeconfig, "uninstall", release, "-n", name])
         core.delete_namespace(name)
+        # The next real-pod test starts on a quiet node, not beside dozens of pods draining.
+        eventually(lambda: not _namespace_exists(core, name), timeout=600)
+
+
+def _namespace_exists(core: kubernetes.client.CoreV1Api, name: str) -> bool:
+    try:
+        core.read_namespace(name)
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
 
 
 def restricted_pod(name: str, command: list[str], cpu: str = "50m") -> dict[str, Any]:
