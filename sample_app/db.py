@@ -145,9 +145,7 @@ async def _run(
 
 def _pool(url: str, name: str, max_size: int, timeout: float) -> AsyncConnectionPool[Any]:
     # autocommit: a plain read is one round trip, with no BEGIN/COMMIT around
-    # it; writes open an explicit transaction. Each connection is checked as it
-    # is handed out: after a failover the pool's connections to the old primary
-    # are dead, and a request should get a fresh one rather than an error.
+    # it; writes open an explicit transaction.
     return AsyncConnectionPool(
         url,
         min_size=1,
@@ -155,7 +153,6 @@ def _pool(url: str, name: str, max_size: int, timeout: float) -> AsyncConnection
         timeout=timeout,
         name=name,
         open=False,
-        check=AsyncConnectionPool.check_connection,
         kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 2},
     )
 
