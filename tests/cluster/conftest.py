@@ -22,6 +22,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiClient
 
+from tests import prometheus as prom
 from tests import services
 from z2m import api, builders, kube
 
@@ -33,6 +34,26 @@ REDIS_PASSWORD = "redis-password-test"  # what make_credentials stores
 def kind_api(kind_kubeconfig: str) -> ApiClient:
     """An API client for the real-pod (kind) cluster."""
     return kube.load_config(kind_kubeconfig)
+
+
+@pytest.fixture
+def exporter() -> Iterator[prom.Exporter]:
+    """A /metrics endpoint whose app signals the test sets (quiet to begin with)."""
+    e = prom.Exporter()
+    e.set(rps=0.0, cpu_percent=1.0, latency_seconds=0.02)
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def prometheus(
+    exporter: prom.Exporter, namespace: str, tmp_path: Path
+) -> Iterator[prom.Prometheus]:
+    """A real Prometheus scraping `exporter` as the app pod `shop-app-0` of the namespace."""
+    target = prom.Target(exporter.target, namespace, "shop-app-0")
+    with prom.prometheus(tmp_path / "prometheus", [target]) as server:
+        server.wait_for_value(f'up{{namespace="{namespace}"}} == 1')
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ The schedule waits on the process and on the conditions, not on sleeps alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,24 +26,6 @@ NAME = "shop"
 FLAPPING_SECONDS = 180
 HALF_PERIOD = 10.0
 PROMOTE, DEMOTE, COOLDOWN = 3, 6, 2
-
-
-@pytest.fixture
-def exporter() -> Iterator[prom.Exporter]:
-    e = prom.Exporter()
-    e.set(rps=0.0, cpu_percent=1.0, latency_seconds=0.02)
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def prometheus(
-    exporter: prom.Exporter, namespace: str, tmp_path: Path
-) -> Iterator[prom.Prometheus]:
-    target = prom.Target(exporter.target, namespace, f"{NAME}-app-0")
-    with prom.prometheus(tmp_path / "prometheus", [target]) as server:
-        server.wait_for_value(f'up{{namespace="{namespace}"}} == 1')
-        yield server
 
 
 @pytest.fixture
