@@ -3,17 +3,18 @@
 Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop lists ScalingStages and
 evaluates each one whose `spec.promotion.mode` is `recommend` or `auto` and
 whose `intervalSeconds` has passed. An evaluation reads the signals
-(`z2m.signals`) and how many app pods run now (the HPA's count, not the
-catalog's, is what demotion must divide the CPU by), asks the pure
-`z2m.decide`, and writes:
+(`z2m.signals`) from `spec.promotion.prometheus.url`, or where that is unset
+from the Prometheus z2m runs at stage 5 (`prometheus_url`), and how many app
+pods run now (the HPA's count, not the catalog's, is what demotion must divide
+the CPU by), asks the pure `z2m.decide`, and writes:
 
 - `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
   windows' memory, so a restarted operator resumes its windows),
 - `status.recommendedStage`, `status.history` (the last `HISTORY_LIMIT` stage
   changes, by the operator or by a user),
 - conditions `MetricsAvailable` (reasons SignalsRead, PrometheusUnreachable,
-  BadQuery, PrometheusError, NoData) and `Recommendation` (True while a change
-  is recommended or was just made),
+  BadQuery, PrometheusError, NoData, NoPrometheus) and `Recommendation` (True
+  while a change is recommended or was just made),
 - an Event whenever a decision changes something or recommends a change, and
   whenever metrics become unavailable or available again.
 
@@ -55,7 +56,7 @@ import httpx
 import pydantic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from z2m import api, builders, decide, kube, metrics, signals, status
+from z2m import api, builders, decide, kube, metrics, plan, signals, status
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,26 @@ def condition(
     return api.Condition(
         type=ctype, status=value, reason=reason, message=message[:2048], last_transition_time=since
     ).model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def prometheus_url(
+    spec: api.ScalingStageSpec, namespace: str, name: str, prometheus_operator: bool
+) -> str | None:
+    """The Prometheus the loop asks: the spec's URL, else z2m's own where the stage runs one.
+
+    z2m runs a Prometheus at a monitoring stage (5) where the cluster does not serve the
+    Prometheus Operator's kinds (`builders.runs_prometheus`). None: no Prometheus is known.
+    """
+    given = spec.promotion.prometheus.url if spec.promotion.prometheus else None
+    if given is not None:
+        return given
+    try:
+        the_plan = plan.resolve(spec, name=name, namespace=namespace)
+    except plan.PlanError:
+        return None
+    if not builders.runs_prometheus(the_plan, prometheus_operator):
+        return None
+    return builders.prometheus_url(name, namespace)
 
 
 RECOMMENDATION_REASONS = {
@@ -431,7 +452,13 @@ class Loop:
             )
             reading = None
         else:
-            reading = await signals.read(self.http, promotion, namespace, name, self._queries)
+            served = False
+            if promotion.prometheus is None or promotion.prometheus.url is None:
+                served = await self._call(self.kube.prometheus_operator)
+            url = prometheus_url(spec, namespace, name, served)
+            reading = await signals.read(
+                self.http, promotion, namespace, name, self._queries, url=url
+            )
             failure = reading.problem.message if reading.problem is not None else None
             running = (
                 await self._call(self.app_replicas, namespace, name) if spec.stage > 1 else None

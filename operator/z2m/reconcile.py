@@ -169,7 +169,9 @@ class Reconciler:
         current = self.kube.children(namespace, name)
         by_key = {builders.key(o): o for o in current}
 
-        desired = builders.build(the_plan, owner)
+        # Stage 5 writes the Prometheus Operator's kinds where the cluster serves them.
+        served = the_plan.monitoring and self.kube.prometheus_operator()
+        desired = builders.build(the_plan, owner, prometheus_operator=served)
         desired, growth = keep_claim_templates(desired, by_key)
         notices = self._grow_claims(body, previous, growth)
         gates = _Gates(self, body, the_plan, desired)

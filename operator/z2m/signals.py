@@ -170,28 +170,41 @@ async def query(client: httpx.AsyncClient, base: str, promql: str, seconds: floa
     return value_of(body)
 
 
+NO_PROMETHEUS = (
+    "spec.promotion.prometheus.url is not set, and z2m runs no Prometheus of its own here: "
+    "it runs one at stage 5, unless the cluster serves the Prometheus Operator's PodMonitor "
+    "(then give the URL of the Prometheus that selects it)"
+)
+
+
 async def read(
     client: httpx.AsyncClient,
     promotion: api.Promotion,
     namespace: str,
     name: str,
     limit: asyncio.Semaphore | None = None,
+    *,
+    url: str | None = None,
 ) -> Reading:
     """Read every signal concurrently; one failed query makes the whole reading a Problem.
 
-    `limit` bounds queries in flight across readings: sized to the client's
-    connection pool, it keeps requests from queueing inside httpcore's pool,
-    whose bookkeeping grows with the queue.
+    `url` is the Prometheus to ask; by default `spec.promotion.prometheus.url`
+    (`promote.prometheus_url` chooses z2m's own where that is unset). `limit`
+    bounds queries in flight across readings: sized to the client's connection
+    pool, it keeps requests from queueing inside httpcore's pool, whose
+    bookkeeping grows with the queue.
     """
     limit = limit or asyncio.Semaphore(len(DEFAULT_QUERIES))
+    settings = promotion.prometheus or api.Prometheus()
+    found, timeout = url or settings.url, settings.timeout_seconds
+    if found is None:
+        return Reading(problem=Problem("NoPrometheus", NO_PROMETHEUS))
+    base: str = found
 
     async def limited(promql: str) -> float | None:
         async with limit:
             return await query(client, base, promql, timeout)
 
-    if promotion.prometheus is None:
-        return Reading(problem=Problem("NoPrometheus", "spec.promotion.prometheus.url is not set"))
-    base, timeout = promotion.prometheus.url, promotion.prometheus.timeout_seconds
     wanted = queries(promotion, namespace, name)
     results = await asyncio.gather(
         *(limited(promql) for promql in wanted.values()),
