@@ -1,9 +1,9 @@
 """Pure builders: a plan in, the Kubernetes objects of its stage out.
 
 No client, no Kopf, no clock: `build(plan, owner)` is a function of its
-arguments (and of one fact the caller looked up: whether the cluster serves the
-Prometheus Operator's kinds), so every stage can be rendered and unit-tested without a cluster
-(`z2m render` prints exactly this). Names and labels come from the helpers at
+arguments (one of them a fact the caller looked up: whether the cluster serves
+the Prometheus Operator's kinds), so every stage can be rendered and unit-tested
+without a cluster (`z2m render` prints exactly this). Names and labels come from the helpers at
 the top, so every other module agrees with them.
 """
 
@@ -916,9 +916,9 @@ def _queue(p: plan.Plan, owner: Owner) -> list[Obj]:
 # --- monitoring ------------------------------------------------------------------------
 # Stage 5 scrapes the app and worker pods and loads z2m's alert rules. Where the cluster
 # serves the Prometheus Operator's kinds, a PodMonitor and a PrometheusRule say so to the
-# cluster's Prometheus; elsewhere z2m runs its own: a Prometheus StatefulSet with
-# Alertmanager beside it, finding the pods through the Kubernetes API (pod role, this
-# namespace, our labels) under a Role of its own. The dashboard is a ConfigMap either way.
+# cluster's Prometheus; elsewhere z2m runs its own: a StatefulSet of Prometheus, its pod
+# discovery (a sidecar listing this namespace's pods by our labels, under a Role of its
+# own) and Alertmanager. The dashboard is a ConfigMap either way.
 
 
 def alert_rules(p: plan.Plan) -> list[Obj]:
