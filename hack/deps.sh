@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need, if any is missing:
-# PostgreSQL and Patroni, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus, envsubst and openssl,
+# PostgreSQL and Patroni, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus and Alertmanager,
+# curl and jq (the Prometheus pod's discovery), envsubst and openssl,
 # started on loopback by the tests; podman, runc, CNI plugins and debootstrap for the
 # kind cluster and our images where Docker is not running. Runs apt-get only when
 # something is missing.
@@ -13,6 +14,9 @@ declare -A want=(
   [/usr/sbin/rabbitmq-server]=rabbitmq-server
   [/usr/sbin/nginx]=nginx-light
   [/usr/bin/prometheus]=prometheus
+  [/usr/bin/prometheus-alertmanager]=prometheus-alertmanager
+  [/usr/bin/jq]=jq
+  [/usr/bin/curl]=curl
   [/usr/bin/envsubst]=gettext-base
   [/usr/bin/openssl]=openssl
   [/usr/bin/podman]=podman
@@ -32,6 +36,6 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install where an init system runs; the tests start their own.
-for svc in postgresql patroni redis-server rabbitmq-server nginx prometheus; do
+for svc in postgresql patroni redis-server rabbitmq-server nginx prometheus prometheus-alertmanager; do
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -22,13 +22,14 @@ SINGULAR = "scalingstage"
 SHORT_NAMES = ("sstage",)
 
 # Images z2m builds (hack/images.sh; `make images` loads them into kind). Debian's
-# PostgreSQL 15, RabbitMQ 3.10, Redis 7.0 and nginx 1.22 inside.
+# PostgreSQL 15, RabbitMQ 3.10, Redis 7.0, nginx 1.22, Prometheus 2.42 and Alertmanager 0.25 inside.
 IMAGE_TAG = "0.1.0"
 DEFAULT_APP_IMAGE = f"z2m/sample-app:{IMAGE_TAG}"
 DEFAULT_POSTGRES_IMAGE = f"z2m/postgres:{IMAGE_TAG}"
 DEFAULT_REDIS_IMAGE = f"z2m/redis:{IMAGE_TAG}"
 DEFAULT_RABBITMQ_IMAGE = f"z2m/rabbitmq:{IMAGE_TAG}"
 DEFAULT_NGINX_IMAGE = f"z2m/nginx:{IMAGE_TAG}"
+DEFAULT_PROMETHEUS_IMAGE = f"z2m/prometheus:{IMAGE_TAG}"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 DNS_LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -315,6 +316,39 @@ class CacheSpec(Model):
     )
 
 
+class MonitoringSpec(Model):
+    """Stage 5's Prometheus and Alertmanager, or a PodMonitor and PrometheusRule instead.
+
+    The latter where the cluster serves the Prometheus Operator's kinds: z2m then runs no
+    Prometheus, and `labels` lets the cluster's Prometheus select what z2m writes.
+    """
+
+    image: str = Field(
+        default=DEFAULT_PROMETHEUS_IMAGE,
+        min_length=1,
+        max_length=512,
+        description="An image with `prometheus`, `prometheus-alertmanager`, `curl` and `jq` "
+        "on PATH (z2m's: hack/images/prometheus).",
+    )
+    storage: Storage = Storage()
+    resources: Resources | None = Field(
+        default=None,
+        description="Requests and limits of Prometheus; the catalog's small defaults when unset.",
+    )
+    retention: str = Field(
+        default="7d",
+        pattern=r"^[0-9]+(h|d|w|y)$",
+        max_length=16,
+        description="How long Prometheus keeps samples (--storage.tsdb.retention.time).",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Extra labels on the PodMonitor and PrometheusRule, for a Prometheus that "
+        "selects them by label (kube-prometheus-stack's `release: <name>`).",
+    )
+
+
 class Thresholds(Model):
     """When a signal says the current stage is the bottleneck, or oversized."""
 
@@ -374,7 +408,13 @@ class Signals(Model):
 class Prometheus(Model):
     """Where metrics come from."""
 
-    url: str = Field(pattern=r"^https?://", max_length=512)
+    url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        max_length=512,
+        description="Prometheus' base URL. Unset: the Prometheus z2m runs at stage 5 "
+        "(http://<name>-prometheus.<namespace>.svc:9090), where z2m runs one.",
+    )
     timeout_seconds: float = Field(default=5, gt=0, le=60)
     rate_window: str = Field(
         default="2m",
@@ -407,8 +447,10 @@ class Promotion(Model):
                 ".minStage",
             ),
             (
-                "self.mode == 'manual' || has(self.prometheus)",
-                "promotion.prometheus.url is required when promotion.mode is recommend or auto",
+                "self.mode == 'manual' || self.maxStage >= 5 "
+                "|| (has(self.prometheus) && has(self.prometheus.url))",
+                "promotion.prometheus.url is required when promotion.mode is recommend or auto "
+                "and maxStage is below 5 (z2m runs a Prometheus of its own only at stage 5)",
                 ".mode",
             ),
             (
@@ -505,7 +547,7 @@ def _storage_rules(component: str) -> list[tuple[str, str, str]]:
 
 _SPEC_RULES["x-kubernetes-validations"] += [
     {"rule": r, "message": m, "fieldPath": f}
-    for component in ("database", "cache", "queue")
+    for component in ("database", "cache", "queue", "monitoring")
     for r, m, f in _storage_rules(component)
 ]
 
@@ -524,6 +566,7 @@ class ScalingStageSpec(Model):
     database: DatabaseSpec = DatabaseSpec()
     cache: CacheSpec = CacheSpec()
     queue: QueueSpec = QueueSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     promotion: Promotion = Promotion()
     paused: bool = Field(
         default=False,

@@ -225,7 +225,9 @@ STAGES: tuple[Stage, ...] = (
             "a PostgreSQL standby in another zone, promoted by Patroni within about 30 s "
             "when the primary dies; a third read replica",
             "Redis gets a replica and Sentinel",
-            "monitoring: scrape config, alert rules and a dashboard",
+            "monitoring: Prometheus and Alertmanager scrape the app and workers and load "
+            "z2m's alert rules (a PodMonitor and a PrometheusRule instead where the "
+            "Prometheus Operator runs); a Grafana dashboard; auto-promotion needs no URL",
         ),
         topology=Topology(
             app_replicas=4,
@@ -367,10 +369,19 @@ FOOTPRINTS: dict[str, Footprint] = {
     "cache-sentinel": Footprint(cpu="10m", memory="16Mi", memory_limit="64Mi"),
     "queue": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
     "edge": Footprint(cpu="10m", memory="16Mi", memory_limit="128Mi"),
+    "prometheus": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
+    "alertmanager": Footprint(cpu="10m", memory="32Mi", memory_limit="128Mi"),
+    "prometheus-discovery": Footprint(cpu="5m", memory="8Mi", memory_limit="64Mi"),
 }
 
 # The user each of our server images runs as (their Dockerfiles' USER).
-SERVER_UIDS: dict[str, int] = {"postgres": 999, "redis": 999, "rabbitmq": 999, "nginx": 101}
+SERVER_UIDS: dict[str, int] = {
+    "postgres": 999,
+    "redis": 999,
+    "rabbitmq": 999,
+    "nginx": 101,
+    "prometheus": 999,
+}
 
 MIN_STAGE = STAGES[0].number
 MAX_STAGE = STAGES[-1].number

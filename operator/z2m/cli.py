@@ -35,12 +35,13 @@ def _load(path: str) -> tuple[str, str, api.ScalingStageSpec]:
     )
 
 
-def _objects(path: str, stage: int | None) -> list[Obj]:
+def _objects(path: str, stage: int | None, prometheus_operator: bool = False) -> list[Obj]:
     name, namespace, spec = _load(path)
     if stage is not None:
         spec = spec.model_copy(update={"stage": stage})
     the_plan = plan.resolve(spec, name=name, namespace=namespace)
-    return builders.build(the_plan, builders.Owner(name=name, uid=OFFLINE_UID))
+    owner = builders.Owner(name=name, uid=OFFLINE_UID)
+    return builders.build(the_plan, owner, prometheus_operator=prometheus_operator)
 
 
 def _plan(path: str | None, from_stage: int | None, to_stage: int) -> list[str]:
@@ -177,8 +178,10 @@ def diagram(number: int) -> str:
         lines.append(f'    mq[["RabbitMQ"]]\n    workers["{workers}"]')
         lines.append("    app -- jobs --> mq --> workers\n    workers --> db")
     if p.monitoring:
-        lines.append('    mon["Monitoring: scrape config, alerts, dashboard"]')
-        lines.append("    mon -.-> app")
+        lines.append('    mon["Prometheus + Alertmanager (alert rules; Grafana dashboard)"]')
+        lines.append("    mon -. scrapes .-> app")
+        if p.queue:
+            lines.append("    mon -. scrapes .-> workers")
     return "\n".join(lines)
 
 
@@ -304,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_render = sub.add_parser("render", help="print the manifests of a stage")
     p_render.add_argument("-f", "--file", required=True)
     p_render.add_argument("--stage", type=int)
+    p_render.add_argument(
+        "--prometheus-operator",
+        action="store_true",
+        help="as on a cluster that serves the Prometheus Operator's PodMonitor and "
+        "PrometheusRule: stage 5 writes those instead of running a Prometheus",
+    )
 
     p_plan = sub.add_parser("plan", help="what changes between two stages")
     p_plan.add_argument("-f", "--file", help="a ScalingStage (needed unless --to is plan only)")
@@ -321,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run(args)
         if args.command == "render":
-            print(yaml.safe_dump_all(_objects(args.file, args.stage), sort_keys=False), end="")
+            objs = _objects(args.file, args.stage, args.prometheus_operator)
+            print(yaml.safe_dump_all(objs, sort_keys=False), end="")
         elif args.command == "plan":
             print("\n".join(_plan(args.file, args.from_stage, args.to_stage)))
         elif args.command == "diagram":

@@ -185,9 +185,15 @@ class Kube:
             if (api_version, kind) in held or not self.has_kind(api_version, kind):
                 continue
             metrics.API_REQUESTS.labels("list", kind).inc()
-            listing = self._resource(api_version, kind).get(
-                namespace=namespace, label_selector=builders.child_selector(owner_name)
-            )
+            try:
+                listing = self._resource(api_version, kind).get(
+                    namespace=namespace, label_selector=builders.child_selector(owner_name)
+                )
+            except NotFoundError:
+                # Discovery still names a kind whose CRD is gone (the Prometheus
+                # Operator's, uninstalled): no such children can exist any more.
+                self._forget(api_version, kind)
+                continue
             for item in listing.to_dict()["items"]:
                 item.setdefault("apiVersion", api_version)
                 item.setdefault("kind", kind)
@@ -206,6 +212,12 @@ class Kube:
                 body={"propagationPolicy": "Background"},
             )
 
+    def _forget(self, api_version: str, kind: str) -> None:
+        """Re-read discovery, and remember the kind as missing for a while."""
+        with self._lock:
+            self.client.resources.invalidate_cache()
+        self._missing[(api_version, kind)] = time.monotonic()
+
     def has_kind(self, api_version: str, kind: str) -> bool:
         """Whether the apiserver serves a kind (a CRD's, for one)."""
         key = (api_version, kind)
@@ -218,6 +230,10 @@ class Kube:
             return False
         self._missing.pop(key, None)
         return True
+
+    def prometheus_operator(self) -> bool:
+        """Whether the cluster serves the Prometheus Operator's PodMonitor and PrometheusRule."""
+        return all(self.has_kind(v, k) for v, k in builders.PROMETHEUS_OPERATOR_KINDS)
 
     def ensure_credentials(self, namespace: str, owner_name: str) -> Obj | None:
         """Create the credentials Secret once; an existing one is never rotated or logged.

@@ -4,17 +4,18 @@ Every `Z2M_PROMOTION_TICK` seconds (default 5) the loop takes the ScalingStages
 (from the operator's watch-fed index, or else a LIST) and evaluates each one
 whose `spec.promotion.mode` is `recommend` or `auto` and whose
 `intervalSeconds` has passed. An evaluation reads the signals
-(`z2m.signals`) and how many app pods run now (the HPA's count, not the
-catalog's, is what demotion must divide the CPU by), asks the pure
-`z2m.decide`, and writes:
+(`z2m.signals`) from `spec.promotion.prometheus.url`, or where that is unset
+from the Prometheus z2m runs at stage 5 (`prometheus_url`), and how many app
+pods run now (the HPA's count, not the catalog's, is what demotion must divide
+the CPU by), asks the pure `z2m.decide`, and writes:
 
 - `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
   windows' memory, so a restarted operator resumes its windows),
 - `status.recommendedStage`, `status.history` (the last `HISTORY_LIMIT` stage
   changes, by the operator or by a user),
 - conditions `MetricsAvailable` (reasons SignalsRead, PrometheusUnreachable,
-  BadQuery, PrometheusError, NoData) and `Recommendation` (True while a change
-  is recommended or was just made),
+  BadQuery, PrometheusError, NoData, NoPrometheus) and `Recommendation` (True
+  while a change is recommended or was just made),
 - an Event whenever a decision changes something or recommends a change, and
   whenever metrics become unavailable or available again.
 
@@ -56,7 +57,7 @@ import httpx
 import pydantic
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from z2m import api, builders, decide, kube, metrics, outage, signals, status
+from z2m import api, builders, decide, kube, metrics, outage, plan, signals, status
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,26 @@ def condition(
     return api.Condition(
         type=ctype, status=value, reason=reason, message=message[:2048], last_transition_time=since
     ).model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def prometheus_url(
+    spec: api.ScalingStageSpec, namespace: str, name: str, prometheus_operator: bool
+) -> str | None:
+    """The Prometheus the loop asks: the spec's URL, else z2m's own where the stage runs one.
+
+    z2m runs a Prometheus at a monitoring stage (5) where the cluster does not serve the
+    Prometheus Operator's kinds (`builders.runs_prometheus`). None: no Prometheus is known.
+    """
+    given = spec.promotion.prometheus.url if spec.promotion.prometheus else None
+    if given is not None:
+        return given
+    try:
+        the_plan = plan.resolve(spec, name=name, namespace=namespace)
+    except plan.PlanError:
+        return None
+    if not builders.runs_prometheus(the_plan, prometheus_operator):
+        return None
+    return builders.prometheus_url(name, namespace)
 
 
 RECOMMENDATION_REASONS = {
@@ -380,8 +401,8 @@ class Loop:
         except pydantic.ValidationError:
             return None
         prometheus, chosen = spec.promotion.prometheus, spec.promotion.signals
-        if spec.paused or prometheus is None:
-            return None
+        if spec.paused or prometheus is None or prometheus.url is None:
+            return None  # z2m's own Prometheus is one per object: nothing to share
         if all(getattr(chosen, s) for s in signals.DEFAULT_QUERIES):
             return None  # every signal overridden: nothing to share
         key = (prometheus.url, prometheus.rate_window, prometheus.timeout_seconds)
@@ -482,8 +503,12 @@ class Loop:
         else:
             # Shielded: one object's timeout must not cancel the reading others share.
             shared = await asyncio.shield(fleet) if fleet is not None else None
+            served = False
+            if promotion.prometheus is None or promotion.prometheus.url is None:
+                served = await self._call(self.kube.prometheus_operator)
+            url = prometheus_url(spec, namespace, name, served)
             reading = await signals.read(
-                self.http, promotion, namespace, name, self._queries, shared
+                self.http, promotion, namespace, name, self._queries, shared, url=url
             )
             failure = reading.problem.message if reading.problem is not None else None
             running = (

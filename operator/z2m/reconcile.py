@@ -170,7 +170,9 @@ class Reconciler:
         current = self.kube.children(namespace, name)
         by_key = {builders.key(o): o for o in current}
 
-        desired = builders.build(the_plan, owner)
+        # Stage 5 writes the Prometheus Operator's kinds where the cluster serves them.
+        served = the_plan.monitoring and self.kube.prometheus_operator()
+        desired = builders.build(the_plan, owner, prometheus_operator=served)
         taken = self.taken(desired, by_key, meta["uid"])
         desired = [o for o in desired if builders.key(o) not in taken]
         desired, growth = keep_claim_templates(desired, by_key)

@@ -279,13 +279,16 @@ async def read_fleet(
     limit: asyncio.Semaphore | None = None,
 ) -> Fleet:
     """Ask every grouped default once: one query per signal, whatever the fleet's size."""
+    if prometheus.url is None:
+        raise ValueError("a fleet reading needs spec.promotion.prometheus.url")
+    base = prometheus.url
     limit = limit or asyncio.Semaphore(len(FLEET_QUERIES))
     wanted = fleet_queries(prometheus.rate_window, namespaces)
 
     async def limited(promql: str) -> dict[tuple[str, str], float]:
         metrics.PROMETHEUS_QUERIES.labels("fleet").inc()
         async with limit:
-            body = await _ask(client, prometheus.url, promql, prometheus.timeout_seconds)
+            body = await _ask(client, base, promql, prometheus.timeout_seconds)
         return grouped_values(body)
 
     results = await asyncio.gather(*(limited(q) for q in wanted.values()), return_exceptions=True)
@@ -301,6 +304,13 @@ async def read_fleet(
     return Fleet(values, problems, len(wanted))
 
 
+NO_PROMETHEUS = (
+    "spec.promotion.prometheus.url is not set, and z2m runs no Prometheus of its own here: "
+    "it runs one at stage 5, unless the cluster serves the Prometheus Operator's PodMonitor "
+    "(then give the URL of the Prometheus that selects it)"
+)
+
+
 async def read(
     client: httpx.AsyncClient,
     promotion: api.Promotion,
@@ -308,24 +318,30 @@ async def read(
     name: str,
     limit: asyncio.Semaphore | None = None,
     fleet: Fleet | None = None,
+    *,
+    url: str | None = None,
 ) -> Reading:
     """Read every signal concurrently; one failed query makes the whole reading a Problem.
 
-    `limit` bounds queries in flight across readings: sized to the client's
-    connection pool, it keeps requests from queueing inside httpcore's pool,
-    whose bookkeeping grows with the queue. With `fleet` (a grouped reading of the
+    `url` is the Prometheus to ask; by default `spec.promotion.prometheus.url`
+    (`promote.prometheus_url` chooses z2m's own where that is unset). `limit`
+    bounds queries in flight across readings: sized to the client's connection
+    pool, it keeps requests from queueing inside httpcore's pool, whose
+    bookkeeping grows with the queue. With `fleet` (a grouped reading of the
     same Prometheus and window), every signal left at its default is taken from it
     and only overridden ones are asked.
     """
     limit = limit or asyncio.Semaphore(len(DEFAULT_QUERIES))
+    settings = promotion.prometheus or api.Prometheus()
+    found, timeout = url or settings.url, settings.timeout_seconds
+    if found is None:
+        return Reading(problem=Problem("NoPrometheus", NO_PROMETHEUS))
+    base: str = found
 
     async def limited(promql: str) -> float | None:
         async with limit:
             return await query(client, base, promql, timeout)
 
-    if promotion.prometheus is None:
-        return Reading(problem=Problem("NoPrometheus", "spec.promotion.prometheus.url is not set"))
-    base, timeout = promotion.prometheus.url, promotion.prometheus.timeout_seconds
     wanted = queries(promotion, namespace, name)
     grouped: dict[str, float | BaseException | None] = {}
     if fleet is not None:

@@ -63,7 +63,11 @@ def apply(kubeconfig: str, namespace: str, spec: dict[str, object]) -> tuple[int
             "with autoscaling the HPA owns the replica count",
         ),
         ({"stage": 2, "overrides": {"workers": 2}}, "workers need the queue"),
-        ({"stage": 2, "promotion": {"mode": "auto"}}, "promotion.prometheus.url is required"),
+        (
+            {"stage": 2, "promotion": {"mode": "auto", "maxStage": 4}},
+            "promotion.prometheus.url is required when promotion.mode is recommend or auto "
+            "and maxStage is below 5",
+        ),
         (
             {"stage": 2, "promotion": {"minStage": 4, "maxStage": 3}},
             "promotion.minStage must not be above promotion.maxStage",
@@ -113,6 +117,18 @@ def test_a_valid_scaling_stage_is_accepted_and_defaulted(kubeconfig: str, namesp
     assert got["spec"]["promotion"]["cooldownSeconds"] == 600
 
 
+def test_promotion_up_to_stage_5_may_leave_the_url_to_z2ms_own_prometheus(
+    kubeconfig: str, namespace: str
+) -> None:
+    code, stderr = apply(kubeconfig, namespace, {"stage": 3, "promotion": {"mode": "auto"}})
+    assert code == 0, stderr
+    got = json.loads(
+        kubectl("get", "sstage", "bad", "-n", namespace, "-o", "json", kubeconfig=kubeconfig).stdout
+    )
+    assert got["spec"]["promotion"]["maxStage"] == 5
+    assert "prometheus" not in got["spec"]["promotion"]
+
+
 def db(**storage: str) -> dict[str, object]:
     return {"database": {"storage": storage}}
 
@@ -128,6 +144,11 @@ def db(**storage: str) -> dict[str, object]:
         ({}, {"queue": {"storage": {"size": "512Mi"}}}, "spec.queue.storage.size cannot shrink"),
         (
             {},
+            {"monitoring": {"storage": {"size": "512Mi"}}},
+            "spec.monitoring.storage.size cannot shrink",
+        ),
+        (
+            {},
             {"cache": {"storage": {"storageClassName": "fast"}}},
             "spec.cache.storage.storageClassName cannot change (nor be set or unset) once the "
             "ScalingStage exists: its claims keep the class they were made with",
@@ -139,7 +160,14 @@ def db(**storage: str) -> dict[str, object]:
         ),
         (db(storageClassName="slow"), {}, "spec.database.storage.storageClassName cannot change"),
     ],
-    ids=["shrink", "shrink-from-default", "set-class", "change-class", "unset-class"],
+    ids=[
+        "shrink",
+        "shrink-from-default",
+        "prometheus-shrink",
+        "set-class",
+        "change-class",
+        "unset-class",
+    ],
 )
 def test_storage_edits_the_volumes_cannot_follow_are_refused_at_admission(
     kubeconfig: str,

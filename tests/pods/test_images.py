@@ -22,11 +22,11 @@ import pytest
 
 from z2m import builders
 
-# A cold build of all six images takes minutes; later sessions find them cached.
+# A cold build of all seven images takes minutes; later sessions find them cached.
 pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("operator", "sample-app", "postgres", "redis", "rabbitmq", "nginx")
+NAMES = ("operator", "sample-app", "postgres", "redis", "rabbitmq", "nginx", "prometheus")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 T = TypeVar("T")
 
@@ -273,6 +273,25 @@ def test_nginx_edge_conf_as_101(images: dict[str, str], container: str, tmp_path
     assert (answer.status_code, answer.text) == (200, "ok\n")
     # Nothing listens upstream: the edge proxies and says so.
     assert httpx.get(f"{edge}/static/app.css", timeout=5).status_code == 502
+
+
+def test_prometheus_image_has_both_servers_and_the_discovery_tools_as_999(
+    images: dict[str, str],
+) -> None:
+    out = run(
+        images["prometheus"],
+        "set -e; id -u; prometheus --version 2>&1 | head -1;"
+        " prometheus-alertmanager --version 2>&1 | head -1;"
+        " for c in promtool amtool curl jq; do command -v $c; done",
+    )
+    assert out[0] == "999"
+    assert out[1].startswith("prometheus, version 2.")
+    assert out[2].startswith("alertmanager, version 0.")
+    assert [Path(p).name for p in out[3:7]] == ["promtool", "amtool", "curl", "jq"]
+    entrypoint = podman(
+        "image", "inspect", "--format", "{{.Config.Entrypoint}}", images["prometheus"]
+    ).stdout.strip()
+    assert entrypoint in ("[]", "")
 
 
 # --- z2m's own -----------------------------------------------------------------------------

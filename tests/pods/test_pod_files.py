@@ -1,10 +1,9 @@
 """Every script and config file z2m mounts into pods, run against the real program.
 
 Pods only pretend to run on the local control plane, so these tests are where
-the files meet Redis, Sentinel, nginx and RabbitMQ for real (PostgreSQL's are in
-test_postgres_pods.py). They
-read the files through `builders.script`, the same call that fills the
-ConfigMap the pods mount: no copies.
+the files meet Redis, Sentinel, nginx, RabbitMQ, Prometheus and Alertmanager for
+real (PostgreSQL's are in test_postgres_pods.py). They read the files through
+`builders.script`, the same call that fills the ConfigMap the pods mount: no copies.
 """
 
 from __future__ import annotations
@@ -292,3 +291,93 @@ def test_rabbitmq_takes_our_config_and_serves_the_management_api(tmp_path: Path)
             timeout=60,
         )
         assert "1800000" in env.stdout
+
+
+# --- Prometheus and Alertmanager --------------------------------------------------------------
+
+
+def _prometheus_pod(tmp: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Stage 5's Prometheus ConfigMap and its containers' commands, pointed at `tmp` and free
+    ports: the same text and flags the pod gets."""
+    from z2m import api, plan
+
+    the_plan = plan.resolve(api.ScalingStageSpec(stage=5), name="shop", namespace="ns")
+    objs = builders.build(the_plan, builders.Owner("shop", "uid"))
+    (config,) = [
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shop-prometheus"
+    ]
+    (sts,) = [
+        o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "shop-prometheus"
+    ]
+    ports = {
+        builders.PROMETHEUS_PORT: services.free_port(),
+        builders.ALERTMANAGER_PORT: services.free_port(),
+    }
+
+    def local(text: str) -> str:
+        text = text.replace(builders.MONITORING_DIR, str(tmp / "config"))
+        text = text.replace(builders.MONITORING_DATA, str(tmp / "data"))
+        text = text.replace(builders.SD_DIR, str(tmp / "sd"))
+        for port, free in ports.items():
+            text = text.replace(f":{port}", f":{free}")
+        return text
+
+    files = {name: local(text) for name, text in config["data"].items()}
+    (tmp / "config").mkdir()
+    for name, text in files.items():
+        (tmp / "config" / name).write_text(text)
+    commands = {
+        c["name"]: [local(arg) for arg in c["command"]]
+        for c in sts["spec"]["template"]["spec"]["containers"]
+    }
+    return files, commands
+
+
+def test_promtool_and_amtool_accept_the_prometheus_pods_files(tmp_path: Path) -> None:
+    _prometheus_pod(tmp_path)
+    config = tmp_path / "config"
+    checks = [
+        ["promtool", "check", "config", str(config / "prometheus.yml")],
+        ["promtool", "check", "rules", str(config / "alerts.yml")],
+        ["amtool", "check-config", str(config / "alertmanager.yml")],
+    ]
+    for argv in checks:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    rules = subprocess.run(checks[1], capture_output=True, text=True, timeout=60).stdout
+    assert "SUCCESS: 3 rules found" in rules
+
+
+def test_prometheus_and_alertmanager_start_with_the_pods_flags_and_load_the_rules(
+    tmp_path: Path,
+) -> None:
+    _, commands = _prometheus_pod(tmp_path)
+    (tmp_path / "sd").mkdir()
+    env = {"PATH": os.environ["PATH"]}
+    prometheus = next(a for a in commands["prometheus"] if a.startswith("--web.listen-address"))
+    alertmanager = next(a for a in commands["alertmanager"] if a.startswith("--web.listen-address"))
+    urls = {
+        name: f"http://127.0.0.1{flag.rpartition('=')[2]}"
+        for name, flag in (("prometheus", prometheus), ("alertmanager", alertmanager))
+    }
+    with (
+        _run(commands["alertmanager"], env, tmp_path / "alertmanager.log"),
+        _run(commands["prometheus"], env, tmp_path / "prometheus.log"),
+    ):
+        for name, url in urls.items():
+            services.wait_for(lambda url=url: _answers(f"{url}/-/ready"), 30, f"{name} ready")
+        groups = httpx.get(f"{urls['prometheus']}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        assert sorted(r["name"] for g in groups for r in g["rules"]) == [
+            "Z2MHighErrorRate",
+            "Z2MHighLatency",
+            "Z2MQueueBacklog",
+        ]
+        status = httpx.get(f"{urls['alertmanager']}/api/v2/status", timeout=5).json()
+        assert status["cluster"]["status"] == "disabled"  # one Alertmanager, no gossip
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -113,18 +113,24 @@ ClusterRole and the namespaced mode's Roles. Call with
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, update, delete]
-# PostgreSQL's Patroni runs under a ServiceAccount and Role the operator makes per
-# ScalingStage; granting that Role needs the operator to hold its rules (pods below).
+# PostgreSQL's Patroni and stage 5's Prometheus run under a ServiceAccount and Role the
+# operator makes per ScalingStage; granting a Role needs the operator to hold its rules
+# (pods below).
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch, update, delete]
-# Patroni's members (who leads) before the failover standby goes; and its Role's rules.
+# Patroni's members (who leads) before the failover standby goes; and its Role's rules,
+# and Prometheus' (list and watch, for its pod discovery).
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, update, patch]
+# Stage 5 where the Prometheus Operator's kinds are served: a PodMonitor and a PrometheusRule.
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors, prometheusrules]
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
