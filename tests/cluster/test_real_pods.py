@@ -4,13 +4,17 @@ The sample app serves a read-heavy mix with writes (each write queues a fan-out 
 from a load generator pod for the whole walk, through the app's Service, in a namespace
 that enforces the `restricted` Pod Security level. Along the way the read replica must
 stream, the edge cache must serve static files, Redis must answer hits and the HPA must
-add pods on real CPU. After the walk every write the app acknowledged must be in the
-primary and every job must have been done exactly once in effect. The failed requests
-of each transition are reported.
+add pods on real CPU. The step 5->4 is not the test's: auto mode with no Prometheus
+URL must take it, from the Prometheus z2m runs at stage 5 scraping the real pods. After
+the walk every write the app acknowledged must be in the primary, every job must have
+been done exactly once in effect, and no generated password may appear in any log,
+Event, status or `kubectl describe` output of the namespace. The failed requests of
+each transition are reported.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import re
 import time
@@ -22,7 +26,8 @@ import pytest
 from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
-from tests.conftest import eventually, report
+from tests.conftest import eventually, kubectl, report
+from z2m import api, builders
 
 # The first kind test also pays for the session's cluster, image builds and loads.
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
@@ -119,6 +124,66 @@ def _hpa_scales_up(api_client: ApiClient, kubeconfig: str, namespace: str) -> in
     return ready
 
 
+def _demoted_by_z2ms_own_prometheus(api_client: ApiClient, namespace: str) -> dict[str, Any]:
+    """Turn on auto mode without a Prometheus URL at stage 5; wait for z2m to demote to 4.
+
+    The windows are short so that the test does not wait half an hour; the signals are
+    the defaults, read from `<name>-prometheus`, which scrapes the app and worker pods.
+    Returns the ScalingStage as the demotion left it; auto mode is turned off again.
+    """
+    promotion = {
+        "mode": "auto",
+        "minStage": 4,
+        "intervalSeconds": 5,
+        "promoteWindowSeconds": 0,
+        "demoteWindowSeconds": 30,
+        "cooldownSeconds": 0,
+        "prometheus": {"rateWindow": "1m"},
+        # A 2-core machine running the whole suite answers slowly whatever the stage; the
+        # subject here is where the signals come from, not this node's latency.
+        "thresholds": {"latencyP95Seconds": 30},
+    }
+    crd = (api.GROUP, api.VERSION, namespace, api.PLURAL, NAME)
+    h.custom(api_client).patch_namespaced_custom_object(*crd, {"spec": {"promotion": promotion}})
+
+    def demoted() -> dict[str, Any]:
+        obj = h.get(api_client, namespace, NAME)
+        decision = (obj.get("status") or {}).get("lastDecision")
+        assert obj["spec"]["stage"] == 4, f"still at 5; last decision: {decision}"
+        history = (obj.get("status") or {}).get("history") or [{}]
+        return obj if history[-1].get("toStage") == 4 else None
+
+    try:
+        return dict(eventually(demoted, timeout=600, interval=5))
+    finally:
+        h.custom(api_client).patch_namespaced_custom_object(*crd, {"spec": {"promotion": None}})
+
+
+def _passwords_seen(api_client: ApiClient, kubeconfig: str, namespace: str) -> list[str]:
+    """Where any generated password shows: every pod's logs, Events, status, `describe`."""
+    secret = kubernetes.client.CoreV1Api(api_client).read_namespaced_secret(
+        builders.secret_name(NAME), namespace
+    )
+    passwords = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+    assert passwords and all(len(p) >= 32 for p in passwords.values()), sorted(passwords)
+    kinds = "all,scalingstages,configmaps,pvc,pdb,hpa,roles,rolebindings,serviceaccounts"
+    texts = {
+        "events": ["get", "events", "-o", "yaml"],
+        "scalingstages": ["get", "scalingstages", "-o", "yaml"],
+        "describe": ["describe", kinds],
+    }
+    pods = kubernetes.client.CoreV1Api(api_client).list_namespaced_pod(namespace)
+    for pod in pods.items:
+        texts[f"logs of {pod.metadata.name}"] = ["logs", pod.metadata.name, "--all-containers"]
+    seen = []
+    for where, argv in texts.items():
+        out = kubectl(*argv, "-n", namespace, kubeconfig=kubeconfig, check=False)
+        assert out.returncode == 0 or "logs" in where, (where, out.stderr)
+        seen += [f"{key} in {where}" for key, p in passwords.items() if p in out.stdout]
+    report(f"  passwords: {len(passwords)} searched in {len(texts)} outputs, {len(seen)} found")
+    return seen
+
+
 def _memory_mib(api_client: ApiClient, namespace: str) -> tuple[float, float]:
     """The node's memory in use and the app namespace's pods' share, from metrics-server."""
     metrics = kubernetes.client.CustomObjectsApi(api_client)
@@ -146,7 +211,10 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
     seen: dict[str, Any] = {}
     for before, stage in itertools.pairwise(WALK):
         started = time.time()
-        h.set_stage(kind_api, ns, NAME, stage)
+        if (before, stage) == (5, 4):
+            seen["demotion"] = _demoted_by_z2ms_own_prometheus(kind_api, ns)
+        else:
+            h.set_stage(kind_api, ns, NAME, stage)
         h.wait_ready(kind_api, ns, NAME, stage, timeout=900)
         # Traffic keeps flowing a little after Ready, so late failures are counted too.
         mark = _acked(kc, ns)
@@ -183,6 +251,11 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
     report(f"  stage 5 HPA on real CPU: {seen['hpa']} app pods ready (minimum 4)")
     node, ours = seen["memory"]
     report(f"  stage 5 memory: node {node:.0f} MiB in use, the app's pods {ours:.0f} MiB")
+    demotion = seen["demotion"]["status"]
+    decision, last = demotion["lastDecision"], demotion["history"][-1]
+    report(f"  5->4 by z2m from its own Prometheus: {decision['reason']}")
+    assert (last["fromStage"], last["toStage"], last["by"]) == (5, 4, "operator"), last
+    assert decision["action"] == "demote" and decision["signals"], decision
 
     ids = ",".join(map(str, acked))
     stored = _psql(kc, ns, f"SELECT count(*) FROM posts WHERE id IN ({ids})")
@@ -200,3 +273,4 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
     jobs = _psql(kc, ns, "SELECT count(*) FROM processed_jobs")
     report(f"  jobs: {jobs} processed, {undone} posts whose fan-out is missing or doubled")
     assert undone == "0"
+    assert _passwords_seen(kind_api, kc, ns) == []
