@@ -108,35 +108,49 @@ class Relister:
     resources: frozenset[Resource]
     streams: dict[tuple[Resource, str | None], Seen] = field(default_factory=dict)
 
-    async def continuous_watch(self, **kwargs: Any) -> AsyncIterator[Any]:
+    def continuous_watch(self, **kwargs: Any) -> AsyncIterator[Any]:
         """Kopf's stream, plus a DELETED event for each object a relisting lacks."""
         resource = kwargs["resource"]
         key: Resource = (resource.group, resource.version, resource.plural)
         if key not in self.resources:
-            async for item in self.original(**kwargs):
-                yield item
-            return
+            return self.original(**kwargs)
+        return self._completed(key, kwargs)
+
+    async def _completed(self, key: Resource, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         namespace: str | None = kwargs.get("namespace")
         seen = self.streams.setdefault((key, namespace), Seen())
         seen.listing()  # every call of continuous_watch starts with a LIST
-        async for item in self.original(**kwargs):
-            if item is self.listed_mark:
-                gone = seen.listed()
-                if gone:
-                    where = f"in {namespace}" if namespace else "cluster-wide"
-                    log.info(
-                        "relisted %s %s: %d gone while the watch was away (%s)",
-                        resource.plural,
-                        where,
-                        len(gone),
-                        ", ".join(sorted(e["object"]["metadata"].get("name", "?") for e in gone)),
-                    )
-                    metrics.RELIST_DELETIONS.labels(resource.plural).inc(len(gone))
-                for event in gone:
-                    yield event
-            elif isinstance(item, Mapping):
-                seen.event(item)
-            yield item
+        stream = self.original(**kwargs)
+        try:
+            async for item in stream:
+                if item is self.listed_mark:
+                    gone = seen.listed()
+                    if gone:
+                        _say(key[2], namespace, gone)
+                    for event in gone:
+                        yield event
+                elif isinstance(item, Mapping):
+                    seen.event(item)
+                yield item
+        finally:
+            # Closed with us (a pause, a cancelled watcher): its HTTP stream is released now.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _say(plural: str, namespace: str | None, gone: list[Obj]) -> None:
+    names = sorted(e["object"]["metadata"].get("name", "?") for e in gone)
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    log.info(
+        "relisted %s %s: %d gone while the watch was away (%s%s)",
+        plural,
+        f"in {namespace}" if namespace else "cluster-wide",
+        len(gone),
+        ", ".join(names[:10]),
+        more,
+    )
+    metrics.RELIST_DELETIONS.labels(plural).inc(len(gone))
 
 
 INSTALLED: Relister | None = None

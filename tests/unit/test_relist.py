@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -195,6 +195,29 @@ def test_the_wrap_keeps_namespaces_apart_and_leaves_other_resources_alone() -> N
     assert run(relister, PODS, "one") == [LISTED]  # not a wrapped resource: as Kopf said
     assert names(run(relister, CONFIGMAPS, "one")[:-1]) == ["a"]
     assert run(relister, CONFIGMAPS, "one") == [LISTED]
+
+
+def test_closing_the_wrap_closes_kopfs_stream_at_once() -> None:
+    """A pause or a cancelled watcher closes the stream: its HTTP response must go with it."""
+    closed = []
+
+    async def kopfs(**_: Any) -> AsyncIterator[Any]:
+        try:
+            yield listed(obj("a"))[0]
+            yield LISTED
+        finally:
+            closed.append(True)
+
+    relister = relist.Relister(kopfs, LISTED, frozenset({("", "v1", "configmaps")}))
+
+    async def first_only() -> None:
+        stream = relister.continuous_watch(resource=CONFIGMAPS, namespace="ns")
+        assert isinstance(stream, AsyncGenerator)
+        await anext(stream)
+        await stream.aclose()
+
+    asyncio.run(first_only())
+    assert closed == [True]
 
 
 # --- the hook in the installed Kopf ------------------------------------------------------
