@@ -11,6 +11,10 @@ so `Children.read` takes its snapshot on the loop and hands it back: a pass sees
 the indices between two events, never half-way through one. An entry is never
 changed in place (each event stores a new dict), so a snapshot needs no copy.
 
+After a watch gap (410 Gone) Kopf relists but makes no DELETED event for what
+the new listing lacks; `relist` makes them, so an index never keeps a child
+that was deleted while the watch was away.
+
 What a pass has just written may not be here yet. That is the informer's usual
 trade: the watch event of that write wakes another pass, which sees it.
 Not here: any write, and kinds that are not watched (`kube.Kube.children` lists those).

@@ -10,7 +10,8 @@ a deletion.
 Children are read from memory: one `@kopf.index` per child kind, fed by the
 same watches, makes `cache.Children`, and the periodic re-check walks an index
 of ScalingStages. So a pass over a settled object lists nothing. Passes wait
-until Kopf has filled the indices from its initial listings.
+until Kopf has filled the indices from its initial listings. After a watch gap
+(410 Gone) Kopf relists; `relist` adds the deletions that relisting leaves out.
 
 With `z2m run --leader-elect` (the chart's and manifests' default, two
 replicas) a `leader.Elector` campaigns for a Lease: every replica watches, only
@@ -37,7 +38,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from z2m import api, builders, cache, kube, leader, metrics, outage, promote, reconcile
+from z2m import api, builders, cache, kube, leader, metrics, outage, promote, reconcile, relist
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +378,13 @@ for _group_version, _plural, _kind in CHILD_RESOURCES:
     _group, _, _version = _group_version.rpartition("/")
     kopf.on.event(_group, _version, _plural, id=f"child-{_plural}")(_child_changed)
     kopf.index(_group, _version, _plural, id=f"children_{_plural}")(_indexer(_group_version, _kind))
+
+# After a watch gap (410 Gone) Kopf relists but says nothing of what the listing lacks;
+# relist makes those DELETED events, so the indices above never keep a child that is gone.
+relist.install(
+    [(api.GROUP, api.VERSION, api.PLURAL)]
+    + [(gv.rpartition("/")[0], gv.rpartition("/")[2], plural) for gv, plural, _ in CHILD_RESOURCES]
+)
 
 
 @kopf.on.probe(id="scheduler")

@@ -30,6 +30,11 @@ CHILD_EVENTS = Counter(
     "Watch events received for child kinds, by resource and whether the object is ours.",
     ["resource", "ours"],
 )
+RELIST_DELETIONS = Counter(
+    "z2m_relist_deletions_total",
+    "Objects a watch's relisting (after 410 Gone) no longer held: deleted while it was away.",
+    ["resource"],
+)
 STAGE = Gauge("z2m_stage", "The stage each ScalingStage is at.", ["namespace", "name"])
 RECOMMENDED_STAGE = Gauge(
     "z2m_recommended_stage",

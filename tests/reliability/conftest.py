@@ -9,6 +9,7 @@ starts it again with the same command line, as a crash and a supervisor would.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import os
@@ -243,19 +244,42 @@ class ControlPlane:
 
         Returns how long the API was unavailable, as measured here.
         """
-        component = self.component(name)
         started = time.monotonic()
+        with self.down(name):
+            # The fault itself lasts a set time: this wait is the outage, not a synchronisation.
+            time.sleep(max(0.0, seconds_down - (time.monotonic() - started)))
+        return time.monotonic() - started
+
+    @contextlib.contextmanager
+    def down(self, name: str) -> Iterator[None]:
+        """Kill `name` and wait until the API is not ready; start it again and wait for /readyz."""
+        component = self.component(name)
         self.held.add(name)
         try:
             argv, cwd = component.stop()
             eventually(lambda: not self.ready(), timeout=30)
-            # The fault itself lasts a set time: this wait is the outage, not a synchronisation.
-            time.sleep(max(0.0, seconds_down - (time.monotonic() - started)))
-            component.start(argv, cwd)
+            try:
+                yield
+            finally:
+                component.start(argv, cwd)
         finally:
             self.held.discard(name)
         eventually(self.ready, timeout=120, interval=0.5)
-        return time.monotonic() - started
+
+    def etcd_delete(self, key: str) -> int:
+        """Delete one key from etcd itself (its v3 JSON gateway), behind the apiserver's back.
+
+        Returns how many keys were deleted.
+        """
+        argv, _ = self.component("kube-apiserver").command()
+        servers = next(a.split("=", 1)[1] for a in argv if a.startswith("--etcd-servers="))
+        answer = httpx.post(
+            f"{servers.split(',')[0]}/v3/kv/deleterange",
+            json={"key": base64.b64encode(key.encode()).decode()},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        return int(answer.json().get("deleted", 0))
 
     @contextlib.contextmanager
     def supervise(self) -> Iterator[ControlPlane]:
