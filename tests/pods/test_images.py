@@ -238,7 +238,7 @@ def test_nginx_edge_conf_as_101(images: dict[str, str], container: str, tmp_path
         "--user",
         "101",
     ]
-    # What the edge pod's command does before it starts nginx (builders._edge).
+    # What the edge pod's command does before it starts nginx (builders.edge.objects).
     render = (
         "envsubst '$UPSTREAM $STATIC_PATH $LISTEN_PORT'"
         " < /etc/z2m/nginx-edge.conf > /tmp/nginx.conf"

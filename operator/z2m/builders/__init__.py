@@ -1,0 +1,157 @@
+"""Pure builders: a plan in, the Kubernetes objects of its stage out.
+
+No client, no Kopf, no clock: `build(plan, owner)` is a function of its
+arguments (one of them a fact the caller looked up: whether the cluster serves
+the Prometheus Operator's kinds), so every stage can be rendered and unit-tested
+without a cluster (`z2m render` prints exactly this).
+
+One module per component, as CloudNativePG's `pkg/specs`: `postgres`, `app` (web
+and workers), `edge`, `redis`, `queue` and `monitoring`, each made from the shapes
+in `workloads` and named and labelled by `meta`, so every other module agrees with
+them. This module is the package's public face: `build` and `key`, how children are
+applied and pruned, and, listed in `__all__`, the names the rest of z2m and its
+tests use. Everything else belongs to its component's module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from z2m import plan
+from z2m.builders import app, edge, monitoring, postgres, queue, redis, workloads
+from z2m.builders.meta import (
+    COMPONENT,
+    MANAGED_BY,
+    PART_OF,
+    RETAINED,
+    SECRET_KEYS,
+    ZONE,
+    Owner,
+    child,
+    child_selector,
+    labels,
+    secret_name,
+)
+from z2m.builders.monitoring import (
+    ALERTMANAGER_PORT,
+    CONFIG_HASH,
+    MONITORING_API,
+    MONITORING_DATA,
+    MONITORING_DIR,
+    PROMETHEUS_OPERATOR_KINDS,
+    PROMETHEUS_PORT,
+    SCRAPED,
+    SD_DIR,
+    alert_rules,
+    prometheus_url,
+    runs_prometheus,
+)
+from z2m.builders.postgres import (
+    PATRONI_API_USER,
+    PATRONI_DCS,
+    POSTGRES_CLUSTER,
+    patroni_scope,
+    shared_with_patroni,
+)
+from z2m.builders.queue import AMQP_MANAGEMENT_PORT
+from z2m.builders.redis import REDIS_MASTER_NAME, SENTINEL_PORT
+from z2m.builders.workloads import script
+
+__all__ = [
+    "ALERTMANAGER_PORT",
+    "AMQP_MANAGEMENT_PORT",
+    "COMPONENT",
+    "CONFIG_HASH",
+    "FIELD_MANAGER",
+    "KIND_ORDER",
+    "MANAGED_BY",
+    "MONITORING_API",
+    "MONITORING_DATA",
+    "MONITORING_DIR",
+    "PART_OF",
+    "PATRONI_API_USER",
+    "PATRONI_DCS",
+    "POSTGRES_CLUSTER",
+    "PROMETHEUS_OPERATOR_KINDS",
+    "PROMETHEUS_PORT",
+    "PRUNABLE",
+    "REDIS_MASTER_NAME",
+    "RETAINED",
+    "SCRAPED",
+    "SD_DIR",
+    "SECRET_KEYS",
+    "SENTINEL_PORT",
+    "ZONE",
+    "Owner",
+    "alert_rules",
+    "build",
+    "child",
+    "child_selector",
+    "key",
+    "labels",
+    "patroni_scope",
+    "prometheus_url",
+    "runs_prometheus",
+    "script",
+    "secret_name",
+    "shared_with_patroni",
+]
+
+Obj = dict[str, Any]
+
+FIELD_MANAGER = "z2m"
+"""The field manager the operator applies its children with (server-side apply)."""
+
+# Applied in this order: what others mount or call comes before who mounts or calls it.
+KIND_ORDER = (
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Service",
+    "StatefulSet",
+    "Deployment",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "PodMonitor",
+    "PrometheusRule",
+)
+# Kinds the operator prunes. PVCs and the credentials Secret are never in it: they outlive
+# demotions and the ScalingStage itself, so that a later promotion finds its data again.
+PRUNABLE = {
+    ("v1", "ServiceAccount"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    *monitoring.PROMETHEUS_OPERATOR_KINDS,
+}
+
+
+def build(p: plan.Plan, owner: Owner, *, prometheus_operator: bool = False) -> list[Obj]:
+    """Every object of the plan's stage, in the order they should be applied.
+
+    `prometheus_operator`: the cluster serves the Prometheus Operator's PodMonitor and
+    PrometheusRule (`PROMETHEUS_OPERATOR_KINDS`), so stage 5 writes those instead of
+    running a Prometheus of its own.
+    """
+    objs: list[Obj] = [workloads.scripts_config_map(p, owner)]
+    objs += postgres.database(p, owner)
+    objs += postgres.read_replicas(p, owner)
+    objs += app.web(p, owner)
+    objs += edge.objects(p, owner)
+    objs += redis.objects(p, owner)
+    objs += queue.objects(p, owner)
+    objs += app.workers(p, owner)
+    objs += monitoring.objects(p, owner, prometheus_operator)
+    return sorted(objs, key=lambda o: KIND_ORDER.index(o["kind"]))
+
+
+def key(obj: Obj) -> tuple[str, str, str]:
+    """Identity of an object within its namespace: (apiVersion, kind, name)."""
+    return obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
