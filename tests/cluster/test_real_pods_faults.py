@@ -215,7 +215,7 @@ def test_stage_4_loses_no_job_and_no_write_to_a_killed_worker_a_broker_restart_a
     pods = sorted(p.metadata.name for p in core.list_namespaced_pod(ns).items)
     pods.remove("load")  # the measuring instrument; a bare pod a drain would refuse anyway
     started = time.time()
-    refused = sum(_evict(core, ns, pod) for pod in pods)
+    refusals = [_evict(core, ns, pod) for pod in pods]
     h.wait_ready(kind_api, ns, NAME, 4, timeout=900)
     mark = len(_acked(kc, ns))
     eventually(lambda: len(_acked(kc, ns)) > mark + 3, timeout=120)
@@ -226,9 +226,10 @@ def test_stage_4_loses_no_job_and_no_write_to_a_killed_worker_a_broker_restart_a
     failed = [e for e in h.journal(kc, ns) if "error" in e and started <= e["t"] <= ended]
     kinds = sorted({e["error"] for e in failed})
     report(
-        f"eviction of {len(pods)} pods: {refused} refused by PDBs (429),"
+        f"eviction of {len(pods)} pods: {sum(refusals)} refused by PDBs (429,"
+        f" {sum(1 for n in refusals if n)} pods waited),"
         f" {len(posts) - int(stored or 0)} acknowledged writes lost,"
         f" failed requests {len(failed)} {kinds}"
     )
     assert stored == str(len(posts)), f"{len(posts)} acknowledged, {stored} stored"
-    assert refused > 0, "no eviction was refused: the PodDisruptionBudgets did not hold"
+    assert any(refusals), "no eviction was refused: the PodDisruptionBudgets did not hold"
