@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo need, if any is missing:
 # PostgreSQL and Patroni, Redis (+ Sentinel), RabbitMQ, nginx, Prometheus and Alertmanager,
-# curl and jq (the Prometheus pod's discovery), envsubst and openssl,
+# curl and jq (the Prometheus pod's discovery), envsubst and openssl, Java and Maven
+# (Kafka and OpenSearch from Maven Central, hack/maven.sh),
 # started on loopback by the tests; podman, runc, CNI plugins and debootstrap for the
 # kind cluster and our images where Docker is not running. Runs apt-get only when
 # something is missing.
@@ -25,6 +26,8 @@ declare -A want=(
   [/usr/sbin/debootstrap]=debootstrap
   [/usr/sbin/iptables]=iptables
   [/usr/include/stdio.h]=libc6-dev
+  [/usr/bin/java]=openjdk-17-jre-headless
+  [/usr/bin/mvn]=maven
 )
 missing=()
 for path in "${!want[@]}"; do [ -e "$path" ] || missing+=("${want[$path]}"); done

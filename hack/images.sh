@@ -77,6 +77,12 @@ build_one() {
     tar -C "$dir" -cf - -T - | tar -C "$ctx" -xf -
   }
   cp "$(dockerfile "$name")" "$ctx/Dockerfile"
+  # An image made of Maven Central artifacts gets them as jars/ (hack/maven.sh); the pom
+  # is part of the hashed context, so the key follows the versions it names.
+  if [ -f "$ctx/pom.xml" ]; then
+    mkdir -p "$ctx/jars"
+    cp "$("$z2m_root/hack/maven.sh" "$name")"/*.jar "$ctx/jars/"
+  fi
   local args=(build -t "$(ref "$name")" --label "z2m.key=$key" -f "$ctx/Dockerfile")
   if [ "$engine" = podman ]; then
     # Docker's format keeps HEALTHCHECK, which the OCI format drops.
