@@ -154,6 +154,7 @@ def test_defaults_render_one_of_each_kind_with_release_specific_names(helm: Helm
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
         "Role",
         "RoleBinding",
         "RoleBinding",
@@ -224,11 +225,12 @@ def test_values_become_z2m_run_flags_and_rolebindings(helm: Helm) -> None:
 
 
 def test_two_replicas_elect_a_leader_and_roll_by_default(helm: Helm) -> None:
-    [deployment] = [
-        o
-        for o in docs(helm.template("r", "--namespace", "ops").stdout)
-        if o["kind"] == "Deployment"
-    ]
+    objects = docs(helm.template("r", "--namespace", "ops").stdout)
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    # A drain evicts one replica at a time: the budget selects exactly the operator's pods.
+    [budget] = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -247,6 +249,9 @@ def test_one_replica_without_election_is_recreated_and_two_without_it_are_refuse
         if o["kind"] == "Deployment"
     ]
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # One replica gets no budget: one that allowed no eviction would block every drain.
+    single = docs(helm.template("r", *off, "--set", "replicaCount=1").stdout)
+    assert "PodDisruptionBudget" not in [o["kind"] for o in single]
     assert "--leader-elect" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     refused = helm.template("r", *off, check=False)
     assert refused.returncode != 0

@@ -142,6 +142,10 @@ def test_the_namespaced_role_has_the_cluster_roles_rules_and_no_cluster_wide_wri
     assert args == [*wide_op["spec"]["template"]["spec"]["containers"][0].pop("args"),
                     "--namespace=shop"]  # fmt: skip
     assert scoped_op == wide_op
+    # Both keep a follower through a drain: a budget over exactly the operator's pods.
+    for objs, op in ((cluster, wide_op), (namespaced, scoped_op)):
+        budget = one(objs, "PodDisruptionBudget", "z2m-operator")
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": op["spec"]["selector"]}
 
 
 def rewritten(operator_ns: str, app_ns: str, suffix: str) -> list[dict[str, Any]]:
