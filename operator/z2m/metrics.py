@@ -35,6 +35,11 @@ RELIST_DELETIONS = Counter(
     "Objects a watch's relisting (after 410 Gone) no longer held: deleted while it was away.",
     ["resource"],
 )
+RELIST_GONE = Counter(
+    "z2m_relist_gone_total",
+    "Watch requests refused with HTTP 410 Gone, each ended so that the watch lists again.",
+    ["resource"],
+)
 STAGE = Gauge("z2m_stage", "The stage each ScalingStage is at.", ["namespace", "name"])
 RECOMMENDED_STAGE = Gauge(
     "z2m_recommended_stage",

@@ -22,6 +22,12 @@ deletion: the indices drop the object and `on.event` handlers run (z2m's
 wake a pass of the owner). An object created or changed during the gap needs
 nothing more: the new listing holds it.
 
+Kopf handles the in-stream 410 (an ERROR event, which is how the apiserver
+answers a resumed watch). A watch request refused with HTTP status 410 itself
+would instead raise out of Kopf's loop and end that watcher for good; the wrap
+ends the stream quietly then, so `infinite_watch` relists as for the in-stream
+kind.
+
 No request is added: this reads the stream Kopf already receives, so a settled
 resync still lists nothing. The wrap replaces `watching.continuous_watch`, a
 private Kopf function that `infinite_watch` calls once per listing; `install`
@@ -35,6 +41,8 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from kopf._cogs.clients.errors import APIClientError
 
 from z2m import metrics
 
@@ -132,6 +140,13 @@ class Relister:
                 elif isinstance(item, Mapping):
                     seen.event(item)
                 yield item
+        except APIClientError as e:
+            if e.status != 410:
+                raise
+            # Gone as an HTTP status, not in-stream: Kopf would let it end the watcher.
+            # Ending the stream instead makes infinite_watch start over with a LIST.
+            log.info("watch of %s answered 410 Gone (%s); relisting", key[2], e)
+            metrics.RELIST_GONE.labels(key[2]).inc()
         finally:
             # Closed with us (a pause, a cancelled watcher): its HTTP stream is released now.
             close = getattr(stream, "aclose", None)

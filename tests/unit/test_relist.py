@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from kopf._cogs.clients import watching
+from kopf._cogs.clients import errors, watching
 from kopf._cogs.configs import configuration
 from kopf._cogs.structs import bodies, references
 from kopf._core.engines import indexing
@@ -270,3 +270,52 @@ def test_the_operator_wraps_the_streams_of_every_child_kind_and_of_scaling_stage
     wanted |= {("apps", "v1", "deployments"), ("rbac.authorization.k8s.io", "v1", "roles")}
     assert wanted <= relist.INSTALLED.resources
     assert len(relist.INSTALLED.resources) == len(handlers.CHILD_RESOURCES) + 1
+
+
+def test_an_http_410_on_the_watch_request_relists_instead_of_ending_the_watcher(
+    installed: relist.Relister,
+) -> None:
+    """A watch refused with HTTP status 410 (not the in-stream ERROR): the next listing runs."""
+    a, b = obj("a"), obj("b")
+    settings = configuration.OperatorSettings()
+    settings.watching.reconnect_backoff = 0
+    gone = errors.APIClientError({"code": 410, "message": "too old"}, status=410, headers={})
+
+    class Streams(FakeStreams):
+        async def __call__(self, **_: Any) -> AsyncIterator[Any]:
+            for item in self.streams.pop(0):
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+
+    installed.original = Streams(
+        [*listed(a, b), watching.Bookmark.LISTED, gone],
+        [*listed(a), watching.Bookmark.LISTED],
+    )
+
+    async def collect() -> list[Any]:
+        stream = watching.infinite_watch(
+            settings=settings, resource=CONFIGMAPS, namespace="ns", _iterations=2
+        )
+        return [item async for item in stream]
+
+    out = asyncio.run(collect())  # Kopf's own loop: without the wrap, the 410 would raise here
+    deleted = [e for e in out if isinstance(e, dict) and e["type"] == "DELETED"]
+    assert names(deleted) == ["b"]
+
+
+def test_other_client_errors_still_end_the_watch(installed: relist.Relister) -> None:
+    forbidden = errors.APIClientError({"code": 403, "message": "no"}, status=403, headers={})
+
+    async def kopfs(**_: Any) -> AsyncIterator[Any]:
+        yield watching.Bookmark.LISTED
+        raise forbidden
+
+    installed.original = kopfs
+
+    async def collect() -> list[Any]:
+        stream = installed.continuous_watch(resource=CONFIGMAPS, namespace="ns")
+        return [item async for item in stream]
+
+    with pytest.raises(errors.APIClientError):
+        asyncio.run(collect())
