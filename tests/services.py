@@ -628,6 +628,8 @@ APP_VARIABLES = (
     "ROLE",
     "PORT",
     "SECRET_KEY",
+    "SEARCH_URL",
+    "SEARCH_INDEX",
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
