@@ -31,12 +31,14 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from opensearchpy import AsyncOpenSearch, helpers
-from opensearchpy.exceptions import NotFoundError, OpenSearchException, TransportError
+from opensearchpy.exceptions import OpenSearchException, TransportError
 
 from sample_app import metrics
 from sample_app.db import Database, Row
 
 log = logging.getLogger(__name__)
+# The client logs every failed request with its traceback; ours say it once, shorter.
+logging.getLogger("opensearch").setLevel(logging.ERROR)
 
 Backend = Literal["opensearch", "postgres"]
 
@@ -186,9 +188,7 @@ class SearchEngine:
     async def check(self) -> None:
         """One pass: health, index, backfill when needed, then the pending posts."""
         try:
-            await self.client.cluster.health(index=self.index, wait_for_status="yellow")
-        except NotFoundError:
-            pass  # the engine answers; the index is missing (made below)
+            await self.client.cluster.health()
         except (TimeoutError, OpenSearchException, OSError) as exc:
             if self.reachable:
                 log.warning("search engine unreachable (%r); searching PostgreSQL", exc)

@@ -3,6 +3,7 @@
 # lib/ with the server's jars, one folder per module under modules/ with its jars, a
 # plugin-descriptor.properties and a plugin-security.policy (the Maven artifacts carry
 # neither), and config/ with log4j2.properties and an opensearch.yml for one node.
+# Whoever runs the node must be able to write config/ (the keystore is made there).
 # The image runs it at build time; the tests run it into a temporary directory.
 #
 #   layout.sh <jars-dir> <home>
@@ -78,10 +79,5 @@ discovery.type: single-node
 network.host: 0.0.0.0
 http.port: 9200
 transport.port: 9300
-path.data: data
 action.auto_create_index: false
 YML
-cat >"$home/config/jvm.options" <<'JVM'
--Xms256m
--Xmx256m
-JVM
