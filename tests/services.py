@@ -762,21 +762,21 @@ class OpenSearch:
         """Where the node's output goes."""
         return self.root / "opensearch.log"
 
+    def env(self) -> dict[str, str]:
+        """What the image's entrypoint.sh is told: the home, where data and logs go, the heap."""
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "OPENSEARCH_HOME": str(self.home),
+            "OPENSEARCH_DATA": str(self.root / "data"),
+            "OPENSEARCH_LOGS": str(self.root / "logs"),
+            "OPENSEARCH_JAVA_OPTS": f"-Xms{OPENSEARCH_HEAP} -Xmx{OPENSEARCH_HEAP}",
+        }
+
     def argv(self) -> list[str]:
-        """The java command line, as the image's entrypoint runs it."""
+        """The image's own entrypoint.sh, on loopback ports."""
         return [
-            "java",
-            f"-Xms{OPENSEARCH_HEAP}",
-            f"-Xmx{OPENSEARCH_HEAP}",
-            f"-Dopensearch.path.home={self.home}",
-            f"-Dopensearch.path.conf={self.home / 'config'}",
-            "-Dopensearch.distribution.type=tar",
-            "-Djava.security.manager=allow",
-            "-cp",
-            f"{self.home / 'lib'}/*",
-            "org.opensearch.bootstrap.OpenSearch",
-            f"-Epath.data={self.root / 'data'}",
-            f"-Epath.logs={self.root / 'logs'}",
+            str(OPENSEARCH_DIR / "entrypoint.sh"),
             "-Enetwork.host=127.0.0.1",
             f"-Ehttp.port={self.port}",
             f"-Etransport.port={self.transport_port}",
@@ -788,6 +788,7 @@ class OpenSearch:
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(
                 _as_user(self.user, self.argv()),
+                env=self.env(),
                 cwd=self.root,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -837,8 +838,9 @@ class OpenSearch:
 def opensearch(tmp: Path) -> Iterator[OpenSearch]:
     """Run OpenSearch on free loopback ports, from Maven Central's jars.
 
-    The home is laid out by the image's own layout.sh; as root the node runs as
-    the unprivileged test user, because OpenSearch refuses to run as root.
+    The home is laid out and the node started by the image's own layout.sh and
+    entrypoint.sh; as root the node runs as the unprivileged test user, because
+    OpenSearch refuses to run as root.
     """
     jars = opensearch_jars()
     user = _unprivileged_user()
