@@ -14,8 +14,12 @@ IFS='
 '
 for setting in $settings; do set -- "$@" "-E$setting"; done
 IFS=$old_ifs
+# One log4j context for the whole JVM: with log4j's default, per-class-loader look-up, the
+# shutdown hook was refused getClassLoader by the security manager in a container (java
+# as pid 1), and the node ignored SIGTERM until it was killed 30 s later.
 # shellcheck disable=SC2086 # the options are words, as the official image splits them
 exec java ${OPENSEARCH_JAVA_OPTS:--Xms256m -Xmx256m} \
+  -Dlog4j2.contextSelector=org.apache.logging.log4j.core.selector.BasicContextSelector \
   -Dopensearch.path.home="$home" -Dopensearch.path.conf="$home/config" \
   -Dopensearch.distribution.type=tar -Djava.security.manager=allow \
   -Djava.io.tmpdir="${TMPDIR:-/tmp}" \
