@@ -22,7 +22,7 @@ import pytest
 
 from z2m import api, builders, plan
 
-# A cold build of all seven images takes minutes; later sessions find them cached.
+# A cold build of all eight images takes minutes; later sessions find them cached.
 pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
