@@ -113,7 +113,6 @@ class SearchEngine:
         self.complete = False
         """The index holds every post written before the last backfill began."""
         self.pending: set[int] = set()
-        self.backfills = 0
 
     @property
     def usable(self) -> bool:
@@ -174,7 +173,6 @@ class SearchEngine:
             total += len(rows)
             after = int(rows[-1]["id"])
         await self.client.indices.refresh(index=self.index)
-        self.backfills += 1
         metrics.SEARCH_INDEXED.labels("backfilled").inc(total)
         log.info("search index backfilled: %d posts in %.1fs", total, time.perf_counter() - started)
         return total
