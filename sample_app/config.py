@@ -20,6 +20,7 @@ MIN_SECRET_KEY_LENGTH = 16
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 _AMQP_SCHEMES = frozenset({"amqp", "amqps"})
+_HTTP_SCHEMES = frozenset({"http", "https"})
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,10 @@ class Config:
     queue_name: str = "z2m.jobs"
     """QUEUE_NAME: the jobs queue, as the operator names it (spec.queue.queueName)."""
     secret_key: str | None = None
+    search_url: str | None = None
+    """SEARCH_URL: an OpenSearch node (the search stage); unset means PostgreSQL search."""
+    search_index: str = "posts"
+    """SEARCH_INDEX: the index the posts are copied into."""
 
     @property
     def stage_features(self) -> list[str]:
@@ -66,6 +71,8 @@ class Config:
             features.append(f"cache(sentinels={len(self.redis_sentinels)})")
         if self.broker_url:
             features.append("queue")
+        if self.search_url:
+            features.append("search")
         if self.secret_key:
             features.append("secret_key")
         return features
@@ -173,6 +180,12 @@ def parse_env(env: Mapping[str, str]) -> Config:
     broker_url = _get(env, "BROKER_URL")
     if broker_url is not None:
         _check_url("BROKER_URL", broker_url, _AMQP_SCHEMES)
+    search_url = _get(env, "SEARCH_URL")
+    if search_url is not None:
+        _check_url("SEARCH_URL", search_url, _HTTP_SCHEMES)
+    search_index = _get(env, "SEARCH_INDEX") or Config.search_index
+    if not search_index.islower() or search_index.startswith(("_", "-")) or "/" in search_index:
+        raise ConfigError("SEARCH_INDEX", f"is not a valid index name: {search_index!r}")
     secret_key = _get(env, "SECRET_KEY")
     if secret_key is not None and len(secret_key) < MIN_SECRET_KEY_LENGTH:
         raise ConfigError("SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters long")
@@ -188,4 +201,6 @@ def parse_env(env: Mapping[str, str]) -> Config:
         broker_url=broker_url,
         queue_name=_get(env, "QUEUE_NAME") or Config.queue_name,
         secret_key=secret_key,
+        search_url=search_url,
+        search_index=search_index,
     )

@@ -68,6 +68,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        # Full-text search over posts (sample_app/search.py). An expression index, not
+        # a generated column: creating it reads the table but does not rewrite it.
+        """
+        CREATE INDEX IF NOT EXISTS posts_body_fts_idx
+            ON posts USING gin (to_tsvector('english', body));
+        """,
+    ),
 )
 
 # How far behind a replica is, in seconds, or NULL when that cannot be known.

@@ -33,3 +33,13 @@ QUEUE_DEPTH = Gauge("app_queue_depth", "Messages ready in the jobs queue.")
 JOBS_PUBLISHED = Counter("app_jobs_published", "Jobs confirmed by the broker.")
 JOBS_PROCESSED = Counter("app_jobs_processed", "Jobs handled by a worker.", ["outcome"])
 JOB_DURATION = Histogram("app_job_duration_seconds", "Job processing time.")
+
+SEARCH_REQUESTS = Counter(
+    "app_search_requests", "Searches, by the backend that answered.", ["backend"]
+)
+SEARCH_DURATION = Histogram(
+    "app_search_duration_seconds", "Search latency by backend.", ["backend"], buckets=_FAST_BUCKETS
+)
+SEARCH_INDEXED = Counter(
+    "app_search_indexed_posts", "Posts written to the search index, by how.", ["how"]
+)

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sample_app import metrics, policy
+from sample_app import metrics, policy, search
 from sample_app.cache import Cache
 from sample_app.config import Config
 from sample_app.db import Database, Row
@@ -87,6 +87,7 @@ class State:
     broker: Broker | None = None
     jobs: Jobs | None = None
     sessions: SessionCodec | None = None
+    search_engine: search.SearchEngine | None = None
     schema_ready: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     draining: bool = False
@@ -156,6 +157,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             state.tasks.append(asyncio.create_task(state.broker.connect_forever()))
     if config.role == "web" and state.db is not None:
         state.jobs = Jobs(state.db, state.broker)
+        if config.search_url is not None:
+            state.search_engine = search.SearchEngine(
+                config.search_url, state.db, config.search_index
+            )
+            state.tasks.append(asyncio.create_task(_keep_search_index(state)))
     if config.role == "worker":
         if state.db is not None and state.broker is not None:
             state.tasks.append(asyncio.create_task(_run_worker(state)))
@@ -168,10 +174,16 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         for task in state.tasks:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)
-        for closable in (state.broker, state.cache, state.db):
+        for closable in (state.broker, state.cache, state.search_engine, state.db):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     await closable.close()
+
+
+async def _keep_search_index(state: State) -> None:
+    assert state.search_engine is not None
+    await state.schema_ready.wait()
+    await state.search_engine.watch()
 
 
 async def _run_worker(state: State) -> None:
@@ -364,6 +376,8 @@ async def create_post(request: Request) -> Response:
     state = _state(request)
     if state.cache is not None:
         await state.cache.invalidate(f"user_posts:{session.user_id}")
+    if state.search_engine is not None:
+        await state.search_engine.index_post(post)
     assert state.jobs is not None
     how = await state.jobs.submit(FanoutJob.new(post_id=post["id"], author_id=session.user_id))
     return _wrote(request, JSONResponse({**post, "fanout": how}, status_code=201), session.user_id)
@@ -406,6 +420,26 @@ async def notifications(request: Request) -> Response:
     return JSONResponse([_jsonable(r) for r in rows])
 
 
+async def search_posts(request: Request) -> Response:
+    """``GET /api/search?q=...&limit=N``: posts matching every word of ``q``.
+
+    Answered by OpenSearch when it is configured and usable, by PostgreSQL
+    full-text search otherwise; ``backend`` (and ``X-Search-Backend``) says which.
+    """
+    db = _db(request)
+    q = request.query_params.get("q", "").strip()
+    if not 0 < len(q) <= search.MAX_QUERY_LENGTH:
+        raise HTTPError(400, f"'q' must be 1 to {search.MAX_QUERY_LENGTH} characters")
+    raw_limit = request.query_params.get("limit", str(search.DEFAULT_LIMIT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= search.MAX_LIMIT:
+        raise HTTPError(400, f"'limit' must be an integer from 1 to {search.MAX_LIMIT}")
+    backend, rows = await search.search(
+        db, _state(request).search_engine, q, int(raw_limit), primary=_sticky(request)
+    )
+    body = {"backend": backend, "q": q, "results": [_jsonable(r) for r in rows]}
+    return JSONResponse(body, headers={"X-Search-Backend": backend})
+
+
 async def healthz(request: Request) -> Response:
     """Liveness: the process serves HTTP.  Checks no dependency on purpose."""
     return JSONResponse({"status": "ok"})
@@ -415,10 +449,11 @@ async def readyz(request: Request) -> Response:
     """Readiness: each configured dependency, by name.
 
     The primary database is required: without it the app can do nothing, so
-    it answers 503.  Replicas, Redis and the broker are optional (the app
-    degrades to the primary, to no cache, to inline jobs): if one is down the
-    answer is 200 with ``"status": "degraded"``, so losing Redis doesn't pull
-    every app pod out of the load balancer.  ``?strict=1`` makes any
+    it answers 503.  Replicas, Redis, the broker and the search engine are
+    optional (the app degrades to the primary, to no cache, to inline jobs, to
+    PostgreSQL search): if one is down the answer is 200 with ``"status":
+    "degraded"``, so losing Redis doesn't pull every app pod out of the load
+    balancer.  ``?strict=1`` makes any
     configured dependency that is down a 503.
     """
     state = _state(request)
@@ -443,6 +478,9 @@ async def readyz(request: Request) -> Response:
     if state.broker is not None:
         connected = state.broker.channel is not None and not state.broker.channel.is_closed
         checks["broker"] = "ok" if connected else "down"
+    if state.search_engine is not None:
+        engine = state.search_engine
+        checks["search"] = "ok" if engine.usable else ("indexing" if engine.reachable else "down")
     down = sorted(name for name, status in checks.items() if status != "ok")
     strict = request.query_params.get("strict") in {"1", "true"}
     failed = required_down or (strict and bool(down))
@@ -558,6 +596,7 @@ def create_app(config: Config) -> Starlette:
             Route("/api/posts", create_post, methods=["POST"]),
             Route("/api/posts/{post_id:int}", get_post),
             Route("/api/notifications", notifications),
+            Route("/api/search", search_posts),
             Mount("/static", ImmutableStaticFiles(directory=static_dir), name="static"),
         ]
     app = Starlette(

@@ -628,6 +628,8 @@ APP_VARIABLES = (
     "ROLE",
     "PORT",
     "SECRET_KEY",
+    "SEARCH_URL",
+    "SEARCH_INDEX",
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -715,3 +717,146 @@ def sample_app(tmp: Path, ready: str = "/readyz", **variables: str) -> Iterator[
                 process.send_signal(signal.SIGTERM)
             app.kill(signal.SIGINT)
         app.kill(signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- OpenSearch
+
+OPENSEARCH_DIR = REPO_ROOT / "hack" / "images" / "opensearch"
+OPENSEARCH_HEAP = "256m"
+
+
+def opensearch_jars() -> Path:
+    """The directory of OpenSearch's Maven Central jars (fetched once, then cached)."""
+    out = subprocess.run(
+        [str(REPO_ROOT / "hack" / "maven.sh"), "opensearch"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class OpenSearch:
+    """A running single OpenSearch node, started by its real bootstrap from the jars."""
+
+    root: Path
+    port: int
+    transport_port: int
+    user: str | None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def home(self) -> Path:
+        """The OpenSearch home laid out by hack/images/opensearch/layout.sh."""
+        return self.root / "home"
+
+    @property
+    def url(self) -> str:
+        """Its HTTP URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the node's output goes."""
+        return self.root / "opensearch.log"
+
+    def env(self) -> dict[str, str]:
+        """What the image's entrypoint.sh is told: the home, where data and logs go, the heap."""
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "OPENSEARCH_HOME": str(self.home),
+            "OPENSEARCH_DATA": str(self.root / "data"),
+            "OPENSEARCH_LOGS": str(self.root / "logs"),
+            "OPENSEARCH_JAVA_OPTS": f"-Xms{OPENSEARCH_HEAP} -Xmx{OPENSEARCH_HEAP}",
+        }
+
+    def argv(self) -> list[str]:
+        """The image's own entrypoint.sh, on loopback ports."""
+        return [
+            str(OPENSEARCH_DIR / "entrypoint.sh"),
+            "-Enetwork.host=127.0.0.1",
+            f"-Ehttp.port={self.port}",
+            f"-Etransport.port={self.transport_port}",
+            "-Enode.name=z2m-test",
+        ]
+
+    def start(self) -> None:
+        """Start the node and wait until it answers HTTP (the doc measured ~3 s)."""
+        with self.log_file.open("ab") as out:
+            self.process = subprocess.Popen(
+                _as_user(self.user, self.argv()),
+                env=self.env(),
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self._answers, 120, f"opensearch on {self.port}", interval=0.2)
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            tail = self.log_file.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"opensearch exited with {self.process.returncode}:\n{tail}")
+        return httpx.get(self.url, timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM, a clean shutdown) and wait until its port is free."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+        wait_for(lambda: not _port_open(self.port), 15, "opensearch port released")
+
+    def rss_bytes(self) -> int:
+        """The node's resident memory (the java process, below runuser if any)."""
+        assert self.process is not None
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
+
+@contextlib.contextmanager
+def opensearch(tmp: Path) -> Iterator[OpenSearch]:
+    """Run OpenSearch on free loopback ports, from Maven Central's jars.
+
+    The home is laid out and the node started by the image's own layout.sh and
+    entrypoint.sh; as root the node runs as the unprivileged test user, because
+    OpenSearch refuses to run as root.
+    """
+    jars = opensearch_jars()
+    user = _unprivileged_user()
+    root = _private_dir(tmp, "opensearch", user)
+    node = OpenSearch(root=root, port=free_port(), transport_port=free_port(), user=user)
+    try:
+        subprocess.run(
+            [str(OPENSEARCH_DIR / "layout.sh"), str(jars), str(node.home)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        if user is not None:
+            subprocess.run(["chown", "-R", f"{user}:", str(root)], check=True, timeout=60)
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(root, ignore_errors=True)

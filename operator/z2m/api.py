@@ -30,6 +30,8 @@ DEFAULT_REDIS_IMAGE = f"z2m/redis:{IMAGE_TAG}"
 DEFAULT_RABBITMQ_IMAGE = f"z2m/rabbitmq:{IMAGE_TAG}"
 DEFAULT_NGINX_IMAGE = f"z2m/nginx:{IMAGE_TAG}"
 DEFAULT_PROMETHEUS_IMAGE = f"z2m/prometheus:{IMAGE_TAG}"
+# OpenSearch 2.19.6 from its Maven Central jars (hack/images/opensearch).
+DEFAULT_OPENSEARCH_IMAGE = f"z2m/opensearch:{IMAGE_TAG}"
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 DNS_LABEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -349,6 +351,40 @@ class MonitoringSpec(Model):
     )
 
 
+class SearchSpec(Model):
+    """An opt-in OpenSearch node for the app's search, at the stages that offer it (5).
+
+    Off, or below such a stage, the app searches with PostgreSQL's full-text search.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="Run OpenSearch and tell the app where it is (SEARCH_URL) at the stages "
+        "that offer search (5). Off by default: only an app that has search needs it.",
+    )
+    image: str = Field(
+        default=DEFAULT_OPENSEARCH_IMAGE,
+        pattern=IMAGE_PATTERN,
+        max_length=512,
+        description="An OpenSearch 2.x image: z2m's (hack/images/opensearch), or the "
+        "official opensearchproject/opensearch:2.19.x, which works as it is (z2m sets "
+        "DISABLE_SECURITY_PLUGIN and DISABLE_INSTALL_DEMO_CONFIG for it: the node has no "
+        "TLS and no users, and only a ClusterIP Service leads to it).",
+    )
+    storage: Storage = Storage()
+    resources: Resources | None = Field(
+        default=None,
+        description="Requests and limits of OpenSearch; the catalog's defaults when unset.",
+    )
+    heap: str = Field(
+        default="256m",
+        pattern=r"^[0-9]+[mg]$",
+        max_length=16,
+        description="The JVM heap (-Xms and -Xmx, OPENSEARCH_JAVA_OPTS); keep it at about "
+        "half the memory limit.",
+    )
+
+
 class Thresholds(Model):
     """When a signal says the current stage is the bottleneck, or oversized."""
 
@@ -547,7 +583,7 @@ def _storage_rules(component: str) -> list[tuple[str, str, str]]:
 
 _SPEC_RULES["x-kubernetes-validations"] += [
     {"rule": r, "message": m, "fieldPath": f}
-    for component in ("database", "cache", "queue", "monitoring")
+    for component in ("database", "cache", "queue", "monitoring", "search")
     for r, m, f in _storage_rules(component)
 ]
 
@@ -567,6 +603,7 @@ class ScalingStageSpec(Model):
     cache: CacheSpec = CacheSpec()
     queue: QueueSpec = QueueSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    search: SearchSpec = SearchSpec()
     promotion: Promotion = Promotion()
     paused: bool = Field(
         default=False,
@@ -614,6 +651,7 @@ class PlanStatus(Model):
         description="How PostgreSQL fails over: none, patroni, or patroni, synchronous.",
     )
     monitoring: bool = False
+    search: bool = False
 
 
 class PlannedAddition(Model):

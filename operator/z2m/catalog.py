@@ -59,6 +59,8 @@ class Topology:
     worker_autoscaling: Autoscaling | None
     database_failover: bool
     monitoring: bool
+    search: bool
+    """The stage offers a search engine (OpenSearch) the user may switch on (spec.search)."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ STAGES: tuple[Stage, ...] = (
             worker_autoscaling=None,
             database_failover=False,
             monitoring=False,
+            search=False,
         ),
     ),
     Stage(
@@ -160,6 +163,7 @@ STAGES: tuple[Stage, ...] = (
             worker_autoscaling=None,
             database_failover=False,
             monitoring=False,
+            search=False,
         ),
     ),
     Stage(
@@ -186,6 +190,7 @@ STAGES: tuple[Stage, ...] = (
             worker_autoscaling=None,
             database_failover=False,
             monitoring=False,
+            search=False,
         ),
     ),
     Stage(
@@ -212,6 +217,7 @@ STAGES: tuple[Stage, ...] = (
             worker_autoscaling=None,
             database_failover=False,
             monitoring=False,
+            search=False,
         ),
     ),
     Stage(
@@ -228,6 +234,9 @@ STAGES: tuple[Stage, ...] = (
             "monitoring: Prometheus and Alertmanager scrape the app and workers and load "
             "z2m's alert rules (a PodMonitor and a PrometheusRule instead where the "
             "Prometheus Operator runs); a Grafana dashboard; auto-promotion needs no URL",
+            "search, if your app has search: an OpenSearch node the app indexes posts into "
+            "and searches (opt-in, spec.search.enabled); below this stage, and whenever the "
+            "engine is away, the app searches with PostgreSQL's full-text search",
         ),
         topology=Topology(
             app_replicas=4,
@@ -242,6 +251,7 @@ STAGES: tuple[Stage, ...] = (
             worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
             database_failover=True,
             monitoring=True,
+            search=True,
         ),
     ),
     Stage(
@@ -372,6 +382,8 @@ FOOTPRINTS: dict[str, Footprint] = {
     "prometheus": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
     "alertmanager": Footprint(cpu="10m", memory="32Mi", memory_limit="128Mi"),
     "prometheus-discovery": Footprint(cpu="5m", memory="8Mi", memory_limit="64Mi"),
+    # A 256 MiB heap (builders/search.py); the JVM around it measured 350-510 MiB.
+    "search": Footprint(cpu="100m", memory="512Mi", memory_limit="1Gi"),
 }
 
 # The user each of our server images runs as (their Dockerfiles' USER).
@@ -381,6 +393,7 @@ SERVER_UIDS: dict[str, int] = {
     "rabbitmq": 999,
     "nginx": 101,
     "prometheus": 999,
+    "opensearch": 1000,
 }
 
 MIN_STAGE = STAGES[0].number

@@ -182,6 +182,9 @@ def diagram(number: int) -> str:
         lines.append("    mon -. scrapes .-> app")
         if p.queue:
             lines.append("    mon -. scrapes .-> workers")
+    if p.stage.topology is not None and p.stage.topology.search:
+        offered = "OpenSearch" if p.search else "OpenSearch (opt-in: spec.search.enabled)"
+        lines.append(f'    search[("{offered}")]\n    app -. search, indexing .-> search')
     return "\n".join(lines)
 
 

@@ -56,6 +56,8 @@ class Plan:
     zones: int | None
     """How many zones the cluster's nodes are in (None: not known); 2+ separates the standby."""
     monitoring: bool
+    search: bool = False
+    """OpenSearch runs: the user enabled it (spec.search) and the stage offers it."""
 
     @property
     def sentinel(self) -> bool:
@@ -84,6 +86,7 @@ class Plan:
                 else "none"
             ),
             monitoring=self.monitoring,
+            search=self.search,
         )
 
 
@@ -159,4 +162,5 @@ def resolve(
         synchronous=bool(standbys) and spec.database.synchronous,
         zones=zones,
         monitoring=entry.monitoring,
+        search=entry.search and spec.search.enabled,
     )

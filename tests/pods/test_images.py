@@ -20,13 +20,22 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from z2m import builders
+from z2m import api, builders, plan
 
-# A cold build of all seven images takes minutes; later sessions find them cached.
+# A cold build of all eight images takes minutes; later sessions find them cached.
 pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ("operator", "sample-app", "postgres", "redis", "rabbitmq", "nginx", "prometheus")
+NAMES = (
+    "operator",
+    "sample-app",
+    "postgres",
+    "redis",
+    "rabbitmq",
+    "nginx",
+    "prometheus",
+    "opensearch",
+)
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 T = TypeVar("T")
 
@@ -222,6 +231,70 @@ def test_rabbitmq_default_user_and_management_api(
     assert podman("exec", container, "id", "-u").stdout.strip() == "999"
     # The node made its own Erlang cookie in the empty volume (HOME is /var/lib/rabbitmq).
     podman("exec", container, "test", "-s", "/var/lib/rabbitmq/.erlang.cookie")
+
+
+def test_opensearch_as_1000_with_its_pods_env_searches_stops_on_sigterm_and_keeps_its_index(
+    images: dict[str, str], container: str, tmp_path: Path
+) -> None:
+    spec = api.ScalingStageSpec(stage=5, search=api.SearchSpec(enabled=True))
+    objs = builders.build(plan.resolve(spec, name="shop", namespace="ns"), builders.Owner("s", "u"))
+    sts = next(
+        o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "shop-search"
+    )
+    pod_container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = [arg for e in pod_container["env"] for arg in ("--env", f"{e['name']}={e['value']}")]
+    data = tmp_path / "data"
+    data.mkdir()
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        container,
+        "--user",
+        "1000",
+        *env,
+        "--volume",
+        f"{data}:/usr/share/opensearch/data:U",
+        "--publish",
+        "127.0.0.1::9200",
+        images["opensearch"],
+    )
+    base = f"http://{_host_port(container, 9200)}"
+    ready = pod_container["readinessProbe"]["httpGet"]["path"]
+
+    def answers() -> httpx.Response | None:
+        _running(container)
+        try:
+            return httpx.get(f"{base}{ready}", timeout=2)
+        except httpx.TransportError:
+            return None
+
+    assert poll(answers, 180, "OpenSearch's readiness path").status_code == 200
+    mapping = {"mappings": {"properties": {"body": {"type": "text", "analyzer": "english"}}}}
+    assert httpx.put(f"{base}/posts", json=mapping, timeout=30).status_code == 200
+    doc = httpx.put(f"{base}/posts/_doc/1?refresh=true", json={"body": "Foxes jumping"}, timeout=30)
+    assert doc.status_code == 201, doc.text
+    hits = httpx.post(
+        f"{base}/posts/_search", json={"query": {"match": {"body": "fox"}}}, timeout=30
+    ).json()["hits"]["hits"]
+    assert [hit["_id"] for hit in hits] == ["1"]
+    assert podman("exec", container, "id", "-u").stdout.strip() == "1000"
+
+    podman("stop", "--time", "60", container)
+    # Stopped by SIGTERM itself (128 + 15), not killed at the end of the grace period.
+    assert podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "143"
+    podman("start", container)
+    base = f"http://{_host_port(container, 9200)}"
+
+    def counted() -> int | None:
+        _running(container)
+        try:
+            response = httpx.get(f"{base}/posts/_count", timeout=2)
+        except httpx.TransportError:
+            return None
+        return int(response.json()["count"]) if response.status_code == 200 else None
+
+    assert poll(counted, 180, "the index after a restart") == 1
 
 
 def test_nginx_edge_conf_as_101(images: dict[str, str], container: str, tmp_path: Path) -> None:

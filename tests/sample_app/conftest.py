@@ -1,9 +1,9 @@
 """Fixtures for the sample app tests: real services and real app processes.
 
-PostgreSQL (primary + streaming replica), Redis and RabbitMQ are started once
-per session; each test gets a fresh database on them, an empty Redis and an
-empty jobs queue.  The app runs as ``python -m sample_app`` subprocesses on
-free ports, driven over HTTP.
+PostgreSQL (primary + streaming replica), Redis, RabbitMQ and OpenSearch are
+started once per session, each when a test first asks for it; each test gets a
+fresh database on them, an empty Redis and an empty jobs queue.  The app runs
+as ``python -m sample_app`` subprocesses on free ports, driven over HTTP.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.services import (  # noqa: E402
+    OpenSearch,
     Postgres,
     RabbitMQ,
     Redis,
     SampleApp,
     ScratchDatabase,
+    opensearch,
     postgres_primary,
     postgres_replica,
     rabbitmq,
@@ -58,6 +60,22 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 def rabbitmq_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     with rabbitmq(tmp_path_factory.mktemp("rabbitmq")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def opensearch_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearch]:
+    with opensearch(tmp_path_factory.mktemp("opensearch")) as node:
+        yield node
+
+
+@pytest.fixture
+def search_node(opensearch_service: OpenSearch) -> Iterator[OpenSearch]:
+    """The OpenSearch node, running (a test may stop it; it is started again after)."""
+    if opensearch_service.process is None:
+        opensearch_service.start()
+    yield opensearch_service
+    if opensearch_service.process is None:
+        opensearch_service.start()
 
 
 @pytest.fixture

@@ -80,6 +80,10 @@ def test_stage_one_localhost_database_url_is_accepted() -> None:
         ({"PORT": "0"}, "PORT"),
         ({"PORT": "65536"}, "PORT"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"SEARCH_URL": "opensearch:9200"}, "SEARCH_URL"),
+        ({"SEARCH_URL": "ftp://search:9200"}, "SEARCH_URL"),
+        ({"SEARCH_INDEX": "Posts"}, "SEARCH_INDEX"),
+        ({"SEARCH_INDEX": "_posts"}, "SEARCH_INDEX"),
     ],
 )
 def test_malformed_variable_is_rejected_naming_that_variable(
@@ -89,6 +93,14 @@ def test_malformed_variable_is_rejected_naming_that_variable(
         parse_env(env)
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable}: ")
+
+
+def test_search_url_turns_search_on_with_the_default_index() -> None:
+    config = parse_env({"SEARCH_URL": "http://shop-search:9200"})
+    assert config.search_url == "http://shop-search:9200"
+    assert config.search_index == "posts"
+    assert "search" in config.stage_features
+    assert parse_env({}).search_url is None
 
 
 def test_stage_five_sentinel_list_is_parsed_with_the_master_name_and_password() -> None:

@@ -1,9 +1,9 @@
 """The app's pods: the web Deployment with its Service, HPA and PDB, and the workers.
 
-Both run the user's image, told by `app_env` where the database, Redis and the
-queue are. The workers (a Deployment, and its HPA at stage 5) exist only beside the
-queue they consume; they are built here, not in `queue`, because they are the app's
-container in another role.
+Both run the user's image, told by `app_env` where the database, Redis, the
+queue and the search engine are. The workers (a Deployment, and its HPA at stage 5)
+exist only beside the queue they consume; they are built here, not in `queue`,
+because they are the app's container in another role.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from z2m import plan
-from z2m.builders import meta, postgres, queue, redis, workloads
+from z2m.builders import meta, postgres, queue, redis, search, workloads
 
 Obj = dict[str, Any]
 
@@ -53,6 +53,8 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
         )
         env.append({"name": "BROKER_URL", "value": broker})
         env.append({"name": "QUEUE_NAME", "value": p.spec.queue.queue_name})
+    if p.search:
+        env.append({"name": "SEARCH_URL", "value": search.search_url(p)})
     ours = {e["name"] for e in env}
     user = [e.model_dump(by_alias=True) for e in p.spec.app.env]
     # The user's value wins over ours: drop ours rather than send a duplicate key.
