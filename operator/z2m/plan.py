@@ -56,11 +56,25 @@ class Plan:
     zones: int | None
     """How many zones the cluster's nodes are in (None: not known); 2+ separates the standby."""
     monitoring: bool
+    gateway: bool = False
+    """Stage 6: one entry point (Gateway API, or an nginx gateway) in front of the services."""
+    microservices: tuple[catalog.Microservice, ...] = ()
+    redis_cluster: catalog.RedisCluster | None = None
+    """Stage 6: Redis in cluster mode instead of one Redis (with Sentinel at stage 5)."""
+    regions: int | None = None
+    """How many regions the nodes are in (None: not known or not asked); 2+ spreads by region."""
 
     @property
     def sentinel(self) -> bool:
         """Redis replicas are watched by Sentinel, which fails the primary over."""
-        return self.redis and self.redis_replicas > 0
+        return self.redis and self.redis_cluster is None and self.redis_replicas > 0
+
+    @property
+    def region_spread(self) -> bool:
+        """The stage spreads pods over regions, and the nodes are in two or more."""
+        return (
+            bool(self.stage.topology and self.stage.topology.regions) and (self.regions or 0) >= 2
+        )
 
     def status(self) -> api.PlanStatus:
         """The plan as shown in the ScalingStage's status."""
@@ -84,6 +98,17 @@ class Plan:
                 else "none"
             ),
             monitoring=self.monitoring,
+            gateway=self.gateway,
+            services=[m.role for m in self.microservices],
+            redis_cluster=(
+                f"{self.redis_cluster.primaries} primaries + "
+                f"{self.redis_cluster.primaries * self.redis_cluster.replicas_per_primary} "
+                "replicas"
+                if self.redis_cluster
+                else None
+            ),
+            regions=self.regions if self.region_spread else None,
+            sharded_database=False,
         )
 
 
@@ -93,6 +118,7 @@ def resolve(
     name: str,
     namespace: str,
     zones: int | None = None,
+    regions: int | None = None,
 ) -> Plan:
     """Lay the spec's overrides over its stage's defaults.
 
@@ -159,4 +185,8 @@ def resolve(
         synchronous=bool(standbys) and spec.database.synchronous,
         zones=zones,
         monitoring=entry.monitoring,
+        gateway=entry.gateway,
+        microservices=entry.microservices,
+        redis_cluster=entry.redis_cluster if redis else None,
+        regions=regions if entry.regions else None,
     )

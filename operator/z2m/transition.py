@@ -12,7 +12,13 @@ and runs each step whose gates hold; a step that waits is reported, with why.
    provider that is still starting as down and degrades, so the one gate is:
    - `redis-master-kept`: when Redis shrinks from its Sentinel-watched pods,
      ordinal 0 (the pod that stays) must be the master first; the app keeps
-     following Sentinel until then (see `redis_handover`).
+     following Sentinel until then (see `redis_handover`). Not at 5 -> 6: there
+     Redis Cluster takes the cache over and starts cold, so nothing of the pair
+     is carried on (a cache warm-up, not a data migration).
+
+   Stage 6's services (`service-<role>`) are consumers too: their Deployments,
+   HPAs and PDBs move in this phase, and at 6 -> 5 they must be gone (like any
+   old consumer pod) before what only they used is retired.
 3. **retire**: what the stage drops is deleted, and stateful servers that shrink are
    scaled down, each only once its gates hold (and every step of the phases
    before has run):
@@ -39,7 +45,11 @@ Gate = Literal["rewired", "queue-empty", "redis-master-kept", "postgres-leader-k
 PhaseName = Literal["provide", "rewire", "retire"]
 
 CONSUMERS = frozenset({"app", "worker"})
-"""Components whose pods hold the stage's wiring (env) and so must move before a provider."""
+"""Components whose pods hold the stage's wiring (env) and so must move before a provider.
+
+Stage 6's services (`is_consumer`) are consumers as well."""
+SERVICE_PREFIX = builders.workloads.SERVICE_PREFIX
+"""The component prefix of stage 6's services."""
 QUEUE_SIDE = frozenset({"queue", "worker"})
 """Components that go only once the queue is empty: RabbitMQ and the workers draining it."""
 STANDBY = "database-standby"
@@ -82,9 +92,14 @@ def shrinks(obj: Obj, live: Obj | None) -> bool:
     return obj["kind"] == "StatefulSet" and live is not None and _replicas(obj) < _replicas(live)
 
 
+def is_consumer(name: str) -> bool:
+    """Whether a component's pods hold the stage's wiring: the app, workers, services."""
+    return name in CONSUMERS or name.startswith(SERVICE_PREFIX)
+
+
 def _is_consumer_side(obj: Obj) -> bool:
     """Consumer Deployments and what refers to them (their HPAs and PDBs)."""
-    if component(obj) not in CONSUMERS:
+    if not is_consumer(component(obj)):
         return False
     return obj["kind"] in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 
@@ -119,6 +134,9 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         max((_replicas(o) for o in live_redis), default=0),
         max((_replicas(o) for o in redis), default=0),
     )
+    # At 5 -> 6 Redis Cluster replaces the pair and starts cold: nothing to hand over.
+    cluster = any(o["kind"] == "StatefulSet" and component(o) == "cache-cluster" for o in desired)
+    handover = handover and not cluster
     consumer_gates: frozenset[Gate] = frozenset({"redis-master-kept"}) if handover else frozenset()
     # Only a stage without RabbitMQ drains the queue: at 5 -> 4 the workers' HPA goes and
     # the queue stays, so nothing waits for it to empty.
