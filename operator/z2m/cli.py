@@ -96,6 +96,7 @@ def plan_lines(before: list[Obj], after: list[Obj], owner_uid: str = OFFLINE_UID
             shown.append(f"  {line}{gates}")
         if shown:
             lines += [f"{phase.name}:", *shown]
+    lines += [f"note: {note}" for note in transition.notes(before, after)]
     return lines
 
 
@@ -161,7 +162,22 @@ def diagram(number: int) -> str:
         lines.append("    app --> db")
         return "\n".join(lines)
     lines.append(f'    lb{{{{"Service (load balancer)"}}}}\n    app["{app}"]')
-    lines.append(f"    {front} --> lb --> app")
+    if p.gateway:
+        # Stage 6: one entry point, the services carved out of the app behind it.
+        lines.append(
+            '    gw{{"API gateway (nginx): routing, rate limiting, authentication; '
+            'a Gateway + HTTPRoute (routing only) where the Gateway API is served"}}'
+        )
+        lines.append(f"    {front} --> gw --> lb --> app")
+        for m in p.microservices:
+            a = m.autoscaling
+            lines.append(
+                f'    svc_{m.role}["{m.role} service x{a.min_replicas}-{a.max_replicas} (HPA)"]'
+            )
+            lines.append(f"    gw -- {' '.join(m.routes)} --> svc_{m.role}")
+            lines.append(f"    svc_{m.role} --> db")
+    else:
+        lines.append(f"    {front} --> lb --> app")
     lines.append('    db[("PostgreSQL primary (Patroni)")]\n    app -- writes --> db')
     if p.failover_standbys:
         sync = "synchronous" if p.synchronous else "streaming"
@@ -170,7 +186,13 @@ def diagram(number: int) -> str:
     if p.read_replicas:
         lines.append(f'    ro[("Read replicas x{p.read_replicas}")]')
         lines.append("    app -- reads --> ro\n    db -. streaming .-> ro")
-    if p.redis:
+    if p.redis_cluster is not None:
+        c = p.redis_cluster
+        shape = f"{c.primaries} primaries + {c.primaries * c.replicas_per_primary} replicas"
+        lines.append(f'    cache[("Redis Cluster: {shape}")]\n    app -- cache-aside --> cache')
+        for m in p.microservices:
+            lines.append(f"    svc_{m.role} -- cache-aside --> cache")
+    elif p.redis:
         extra = f" + {p.redis_replicas} replica + Sentinel" if p.sentinel else ""
         lines.append(f'    cache[("Redis{extra}")]\n    app -- cache-aside --> cache')
     if p.queue:
@@ -182,6 +204,13 @@ def diagram(number: int) -> str:
         lines.append("    mon -. scrapes .-> app")
         if p.queue:
             lines.append("    mon -. scrapes .-> workers")
+    if entry.topology is not None and entry.topology.regions:
+        lines.append(
+            '    regions["Regions: app, services, read replicas and Redis Cluster spread by '
+            'topology.kubernetes.io/region; the primary stays in one"]'
+        )
+    if entry.topology is not None and not entry.topology.sharded_database and p.gateway:
+        lines.append('    unsharded["Not built: sharding by user ID (one primary, as stage 5)"]')
     return "\n".join(lines)
 
 
@@ -207,6 +236,10 @@ def docs() -> str:
                 else str(t.app_replicas)
             )
             cache = "Redis + replica" if t.redis_replicas else ("Redis" if t.redis else "-")
+            if t.redis_cluster is not None:
+                cache = f"Redis Cluster ({t.redis_cluster.nodes} nodes)"
+            if t.microservices:
+                app += f" + {len(t.microservices)} services (HPA) behind a gateway"
             queue = f"RabbitMQ + {t.workers} workers" if t.queue else "-"
             cells = f"{app} | {t.read_replicas} | {cache} | {queue}"
         out.append(f"| {s.number} | {s.users} | {s.rps} | {cells} | ${s.monthly_cost_usd} |")

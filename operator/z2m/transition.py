@@ -93,8 +93,11 @@ def shrinks(obj: Obj, live: Obj | None) -> bool:
 
 
 def is_consumer(name: str) -> bool:
-    """Whether a component's pods hold the stage's wiring: the app, workers, services."""
-    return name in CONSUMERS or name.startswith(SERVICE_PREFIX)
+    """Whether a component's pods hold the stage's wiring: app, workers, services, gateway.
+
+    The gateway routes to the services, so it moves with them, not before them.
+    """
+    return name in CONSUMERS or name == "gateway" or name.startswith(SERVICE_PREFIX)
 
 
 def _is_consumer_side(obj: Obj) -> bool:
@@ -163,6 +166,28 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         Phase("rewire", tuple(rewire)),
         Phase("retire", tuple(retire)),
     )
+
+
+CACHE_WARMUP = (
+    "the cache moves between Redis with Sentinel and Redis Cluster by warming up, not by "
+    "a data migration: the new one starts empty and fills from the database on misses, "
+    "and the old one's claim is kept"
+)
+
+
+def notes(current: list[Obj], desired: list[Obj]) -> list[str]:
+    """What a person should know about this change beyond its steps."""
+
+    def has_cluster(objs: list[Obj]) -> bool:
+        return any(o["kind"] == "StatefulSet" and component(o) == "cache-cluster" for o in objs)
+
+    def has_pair(objs: list[Obj]) -> bool:
+        return any(o["kind"] == "StatefulSet" and component(o) == "cache" for o in objs)
+
+    moved = (has_cluster(desired) and has_pair(current)) or (
+        has_pair(desired) and has_cluster(current)
+    )
+    return [CACHE_WARMUP] if moved else []
 
 
 def rolled_out(live: Obj | None, *, terminating: bool = True) -> bool:

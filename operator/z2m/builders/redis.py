@@ -33,8 +33,9 @@ def redis_host(p: plan.Plan, ordinal: int) -> str:
     return f"{service}-{ordinal}.{service}.{p.namespace}.svc"
 
 
-CLUSTER = "redis-cluster"
-"""The suffix of Redis Cluster's StatefulSet and Service."""
+CLUSTER = "redis-cl"
+"""The suffix of Redis Cluster's StatefulSet and Service (short: a StatefulSet's name
+is kept to 52 characters, and the ScalingStage's may be 41)."""
 
 
 def cluster_host(p: plan.Plan, ordinal: int) -> str:
