@@ -7,8 +7,9 @@ and runs each step whose gates hold; a step that waits is reported, with why.
 1. **provide**: what others use, new or changed (ConfigMaps, Services, the stateful
    servers that keep or gain pods, the edge cache, Sentinel). No gate: nothing uses
    a new provider yet, and a changed one keeps its data.
-2. **rewire**: the consumers (app and worker Deployments) take the new stage's
-   wiring, then their autoscalers and disruption budgets. The app treats a
+2. **rewire**: the consumers (app and worker Deployments, stage 6's services, and
+   the proxies in front of them: the gateway and the edge cache) take the new
+   stage's wiring, then their autoscalers and disruption budgets. The app treats a
    provider that is still starting as down and degrades, so the one gate is:
    - `redis-master-kept`: when Redis shrinks from its Sentinel-watched pods,
      ordinal 0 (the pod that stays) must be the master first; the app keeps
@@ -16,9 +17,11 @@ and runs each step whose gates hold; a step that waits is reported, with why.
      Redis Cluster takes the cache over and starts cold, so nothing of the pair
      is carried on (a cache warm-up, not a data migration).
 
-   Stage 6's services (`service-<role>`) are consumers too: their Deployments,
-   HPAs and PDBs move in this phase, and at 6 -> 5 they must be gone (like any
-   old consumer pod) before what only they used is retired.
+   At 6 -> 5 every old consumer pod, edge pods forwarding to the gateway among
+   them, must be gone before the gateway, services and Redis Cluster are retired.
+   At 5 -> 6 the edge, gateway and services are applied together: until the
+   services' pods are ready, the gateway answers their routes with 502 (nginx
+   does not retry another upstream that is not there yet). No gate orders them.
 3. **retire**: what the stage drops is deleted, and stateful servers that shrink are
    scaled down, each only once its gates hold (and every step of the phases
    before has run):
@@ -92,12 +95,15 @@ def shrinks(obj: Obj, live: Obj | None) -> bool:
     return obj["kind"] == "StatefulSet" and live is not None and _replicas(obj) < _replicas(live)
 
 
-def is_consumer(name: str) -> bool:
-    """Whether a component's pods hold the stage's wiring: app, workers, services, gateway.
+FRONTS = frozenset({"gateway", "edge"})
+"""Proxies whose upstream is a consumer: the gateway (to the services) and the edge cache
+(to the gateway at stage 6, else the app). They move with the consumers, so at 6 -> 5 the
+gateway goes only once no edge pod still forwards to it."""
 
-    The gateway routes to the services, so it moves with them, not before them.
-    """
-    return name in CONSUMERS or name == "gateway" or name.startswith(SERVICE_PREFIX)
+
+def is_consumer(name: str) -> bool:
+    """Whether a component's pods hold the stage's wiring: app, workers, services, fronts."""
+    return name in CONSUMERS or name in FRONTS or name.startswith(SERVICE_PREFIX)
 
 
 def _is_consumer_side(obj: Obj) -> bool:

@@ -260,3 +260,12 @@ def test_the_crd_refuses_max_stage_6_in_auto_mode_without_the_opt_in() -> None:
     rule = next(r for r in rules if "allowStage6" in r["rule"])
     assert rule["fieldPath"] == ".allowStage6" and "explicit opt-in" in rule["message"]
     assert api.Promotion().allow_stage6 is False
+
+
+def test_at_6_to_5_the_edge_moves_back_to_the_app_before_the_gateway_may_go() -> None:
+    plan_ = steps(6, 5)
+    rewired = {(kind, name) for _, kind, name, _ in plan_["rewire"]}
+    assert ("Deployment", "shop-edge") in rewired
+    gone = {name for action, kind, name, gates in plan_["retire"] if "rewired" in gates}
+    assert "shop-gateway" in gone
+    assert transition.is_consumer("edge") and transition.is_consumer("gateway")
