@@ -35,13 +35,17 @@ def _load(path: str) -> tuple[str, str, api.ScalingStageSpec]:
     )
 
 
-def _objects(path: str, stage: int | None, prometheus_operator: bool = False) -> list[Obj]:
+def _objects(
+    path: str, stage: int | None, prometheus_operator: bool = False, gateway_api: bool = False
+) -> list[Obj]:
     name, namespace, spec = _load(path)
     if stage is not None:
         spec = spec.model_copy(update={"stage": stage})
     the_plan = plan.resolve(spec, name=name, namespace=namespace)
     owner = builders.Owner(name=name, uid=OFFLINE_UID)
-    return builders.build(the_plan, owner, prometheus_operator=prometheus_operator)
+    return builders.build(
+        the_plan, owner, prometheus_operator=prometheus_operator, gateway_api=gateway_api
+    )
 
 
 def _plan(path: str | None, from_stage: int | None, to_stage: int) -> list[str]:
@@ -346,6 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="as on a cluster that serves the Prometheus Operator's PodMonitor and "
         "PrometheusRule: stage 5 writes those instead of running a Prometheus",
     )
+    p_render.add_argument(
+        "--gateway-api",
+        action="store_true",
+        help="as on a cluster that serves the Gateway API: stage 6 writes a Gateway and an "
+        "HTTPRoute instead of running its own nginx gateway",
+    )
 
     p_plan = sub.add_parser("plan", help="what changes between two stages")
     p_plan.add_argument("-f", "--file", help="a ScalingStage (needed unless --to is plan only)")
@@ -363,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run(args)
         if args.command == "render":
-            objs = _objects(args.file, args.stage, args.prometheus_operator)
+            objs = _objects(args.file, args.stage, args.prometheus_operator, args.gateway_api)
             print(yaml.safe_dump_all(objs, sort_keys=False), end="")
         elif args.command == "plan":
             print("\n".join(_plan(args.file, args.from_stage, args.to_stage)))

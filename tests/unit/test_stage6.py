@@ -269,3 +269,14 @@ def test_at_6_to_5_the_edge_moves_back_to_the_app_before_the_gateway_may_go() ->
     gone = {name for action, kind, name, gates in plan_["retire"] if "rewired" in gates}
     assert "shop-gateway" in gone
     assert transition.is_consumer("edge") and transition.is_consumer("gateway")
+
+
+def test_z2m_render_shows_the_gateway_api_shape_when_asked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shop = Path(__file__).parents[2] / "examples" / "shop.yaml"
+    assert cli.main(["render", "-f", str(shop), "--stage", "6", "--gateway-api"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: HTTPRoute" in out and "kind: Gateway\n" in out
+    assert cli.main(["render", "-f", str(shop), "--stage", "6"]) == 0
+    assert "kind: HTTPRoute" not in capsys.readouterr().out
