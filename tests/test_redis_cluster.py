@@ -65,6 +65,22 @@ def test_restarting_the_node_that_formed_it_forms_nothing_again(
     assert cluster.info(cluster.ports[1])["cluster_current_epoch"] == epoch
 
 
+def test_all_six_back_at_new_addresses_find_each_other_with_the_same_slots(
+    cluster: RedisClusterNodes,
+) -> None:
+    """What 6 -> 5 -> 6 does: every pod is recreated from its kept claim with a new IP."""
+    before = {port: cluster.info(port)["cluster_my_epoch"] for port in cluster.ports}
+    for ordinal in range(6):
+        cluster.stop(ordinal)
+    cluster.host = "127.0.0.2"
+    for ordinal in range(6):
+        cluster.start(ordinal)
+    eventually(cluster.formed, timeout=90)
+    assert {port: cluster.info(port)["cluster_my_epoch"] for port in cluster.ports} == before
+    assert roles(cluster) == ["primary"] * 3 + ["replica"] * 3
+    assert (cluster.root / "node-0.log").read_text().count("redis-cluster: formed from") == 1
+
+
 def test_the_apps_cluster_cache_spreads_keys_over_the_primaries_and_hits_them(
     cluster: RedisClusterNodes,
 ) -> None:
