@@ -280,3 +280,22 @@ def test_z2m_render_shows_the_gateway_api_shape_when_asked(
     assert "kind: HTTPRoute" in out and "kind: Gateway\n" in out
     assert cli.main(["render", "-f", str(shop), "--stage", "6"]) == 0
     assert "kind: HTTPRoute" not in capsys.readouterr().out
+
+
+def test_at_stage_6_the_services_are_scraped_and_counted_as_the_apps_traffic() -> None:
+    from z2m import signals
+    from z2m.builders import monitoring
+
+    six = plan.resolve(api.ScalingStageSpec(stage=6), name="shop", namespace="ns")
+    five = plan.resolve(api.ScalingStageSpec(stage=5), name="shop", namespace="ns")
+    assert monitoring.scraped(six) == ("app", "worker", *(f"service-{r}" for r in SERVICES))
+    assert monitoring.scraped(five) == ("app", "worker")
+    pods = re.search(r'pod=~"\$name-([^"]+)"', signals.DEFAULT_QUERIES["rps"])
+    assert pods is not None
+    for pod, counted in (
+        ("service-feed-7d9f8c6b5-x2bq4", True),
+        ("app-7d9f8c6b5-x2bq4", True),
+        ("worker-7d9f8c6b5-x2bq4", False),
+        ("gateway-7d9f8c6b5-x2bq4", False),
+    ):
+        assert bool(re.fullmatch(pods.group(1), pod)) is counted, pod
