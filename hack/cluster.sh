@@ -66,6 +66,10 @@ CONFIG
   local kubectl=("$bin/kubectl" --kubeconfig "$kubeconfig")
   for i in $(seq 0 $((nodes - 1))); do
     local zone="zone-$((i % 3))"
+    # Two regions over the three zones: zones 0 and 1 in region-a, zone 2 in region-b,
+    # so stage 6 can place the app, read replicas and cache per region.
+    local region="region-a"
+    [ $((i % 3)) -eq 2 ] && region="region-b"
     "${kubectl[@]}" apply --server-side -f - >/dev/null <<NODE
 apiVersion: v1
 kind: Node
@@ -83,7 +87,7 @@ metadata:
     kubernetes.io/role: agent
     type: kwok
     topology.kubernetes.io/zone: $zone
-    topology.kubernetes.io/region: local
+    topology.kubernetes.io/region: $region
 spec: {}
 status:
   allocatable: {cpu: "$node_cpu", memory: $node_memory, pods: "$node_pods"}

@@ -10,7 +10,9 @@ period and go straight to the database.
 The client is built from one URL (one Redis) or from a Sentinel list: then
 every new connection asks a Sentinel where the master is now, and a
 connection to a master that went away or was demoted is dropped, so after a
-failover writes reach the new master as soon as the breaker lets them.
+failover writes reach the new master as soon as the breaker lets them. At
+stage 6 it is a Redis Cluster client (`from_cluster`): it learns the slot map
+from any node it is given and sends each key to the primary that owns it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -51,7 +54,7 @@ class Cache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         ttl: float = policy.CACHE_TTL_SECONDS,
         *,
         owned: tuple[aioredis.Redis, ...] = (),
@@ -84,6 +87,21 @@ class Cache:
         )
         client = watcher.master_for(master_name, password=password, **_CLIENT_OPTIONS)
         return cls(client, ttl, owned=tuple(watcher.sentinels))
+
+    @classmethod
+    def from_cluster(
+        cls,
+        nodes: Sequence[tuple[str, int]],
+        password: str | None = None,
+        ttl: float = policy.CACHE_TTL_SECONDS,
+    ) -> Cache:
+        """A Redis Cluster that ``nodes`` belong to; connects lazily on first use."""
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            password=password,
+            **_CLIENT_OPTIONS,
+        )
+        return cls(client, ttl)
 
     async def close(self) -> None:
         """Close the connection pools."""

@@ -7,6 +7,7 @@ message names the variable and never echoes secrets (URLs may hold passwords).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -47,7 +48,14 @@ class Config:
     redis_master_name: str | None = None
     """REDIS_MASTER_NAME: the master's name in Sentinel; needed with REDIS_SENTINELS."""
     redis_password: str | None = None
-    """REDIS_PASSWORD: the master's password with REDIS_SENTINELS (a URL carries its own)."""
+    """REDIS_PASSWORD: the password with REDIS_SENTINELS or REDIS_CLUSTER_NODES (a URL
+    carries its own)."""
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
+    """REDIS_CLUSTER_NODES: some nodes of a Redis Cluster (stage 6); the client learns the rest."""
+    service: str | None = None
+    """SERVICE: the one service of the app this process is (stage 6), e.g. ``feed``."""
+    service_routes: tuple[str, ...] = ()
+    """SERVICE_ROUTES: the path prefixes that service serves; none: every route (the app)."""
     broker_url: str | None = None
     queue_name: str = "z2m.jobs"
     """QUEUE_NAME: the jobs queue, as the operator names it (spec.queue.queueName)."""
@@ -69,6 +77,10 @@ class Config:
             features.append("cache")
         if self.redis_sentinels:
             features.append(f"cache(sentinels={len(self.redis_sentinels)})")
+        if self.redis_cluster_nodes:
+            features.append(f"cache(cluster={len(self.redis_cluster_nodes)})")
+        if self.service:
+            features.append(f"service={self.service}")
         if self.broker_url:
             features.append("queue")
         if self.search_url:
@@ -76,6 +88,17 @@ class Config:
         if self.secret_key:
             features.append("secret_key")
         return features
+
+    def serves(self, path: str) -> bool:
+        """Whether this process serves the route ``path``: health and metrics always."""
+        if not self.service_routes or path in ALWAYS_SERVED:
+            return True
+        return any(path.startswith(prefix) for prefix in self.service_routes)
+
+
+ALWAYS_SERVED = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Routes every process serves, whatever its service: the kubelet and Prometheus ask them."""
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -136,8 +159,10 @@ def parse_replica_urls(value: str | None) -> tuple[str, ...]:
     return urls
 
 
-def parse_sentinels(value: str | None) -> tuple[tuple[str, int], ...]:
-    """Parse ``REDIS_SENTINELS``: comma-separated ``host:port`` addresses."""
+def parse_sentinels(
+    value: str | None, variable: str = "REDIS_SENTINELS"
+) -> tuple[tuple[str, int], ...]:
+    """Parse ``REDIS_SENTINELS`` (or ``variable``): comma-separated ``host:port`` addresses."""
     if value is None:
         return ()
     found: list[tuple[str, int]] = []
@@ -146,15 +171,32 @@ def parse_sentinels(value: str | None) -> tuple[tuple[str, int], ...]:
             continue
         host, colon, port = item.rpartition(":")
         if not colon or not host or "/" in host or not port.isdigit():
-            raise ConfigError(
-                "REDIS_SENTINELS", f"entry {index + 1}: must be host:port, got {item!r}"
-            )
+            raise ConfigError(variable, f"entry {index + 1}: must be host:port, got {item!r}")
         if not 1 <= int(port) <= 65535:
             raise ConfigError(
-                "REDIS_SENTINELS", f"entry {index + 1}: port must be from 1 to 65535, got {port}"
+                variable, f"entry {index + 1}: port must be from 1 to 65535, got {port}"
             )
         found.append((host.strip("[]"), int(port)))
     return tuple(found)
+
+
+def parse_service_routes(service: str | None, value: str | None) -> tuple[str, ...]:
+    """Parse ``SERVICE_ROUTES``: comma-separated path prefixes, each starting with ``/``."""
+    if service is not None and not _SERVICE_NAME.match(service):
+        raise ConfigError("SERVICE", f"must be a lowercase name like 'feed', got {service!r}")
+    routes = tuple(r.strip() for r in (value or "").split(",") if r.strip())
+    if service is None:
+        if routes:
+            raise ConfigError("SERVICE_ROUTES", "is set but SERVICE is not")
+        return ()
+    if not routes:
+        raise ConfigError("SERVICE_ROUTES", "is needed when SERVICE is set")
+    for index, route in enumerate(routes):
+        if not route.startswith("/") or route == "/":
+            raise ConfigError(
+                "SERVICE_ROUTES", f"entry {index + 1}: must be a path below /, got {route!r}"
+            )
+    return routes
 
 
 def parse_env(env: Mapping[str, str]) -> Config:
@@ -177,6 +219,13 @@ def parse_env(env: Mapping[str, str]) -> Config:
         raise ConfigError("REDIS_SENTINELS", "is set together with REDIS_URL; set one of them")
     if sentinels and master_name is None:
         raise ConfigError("REDIS_MASTER_NAME", "is needed when REDIS_SENTINELS is set")
+    cluster = parse_sentinels(_get(env, "REDIS_CLUSTER_NODES"), "REDIS_CLUSTER_NODES")
+    if cluster and (sentinels or redis_url is not None):
+        raise ConfigError(
+            "REDIS_CLUSTER_NODES", "is set together with REDIS_URL or REDIS_SENTINELS; set one"
+        )
+    service = _get(env, "SERVICE")
+    service_routes = parse_service_routes(service, _get(env, "SERVICE_ROUTES"))
     broker_url = _get(env, "BROKER_URL")
     if broker_url is not None:
         _check_url("BROKER_URL", broker_url, _AMQP_SCHEMES)
@@ -197,7 +246,10 @@ def parse_env(env: Mapping[str, str]) -> Config:
         redis_url=redis_url,
         redis_sentinels=sentinels,
         redis_master_name=master_name if sentinels else None,
-        redis_password=_get(env, "REDIS_PASSWORD") if sentinels else None,
+        redis_password=_get(env, "REDIS_PASSWORD") if sentinels or cluster else None,
+        redis_cluster_nodes=cluster,
+        service=service,
+        service_routes=service_routes,
         broker_url=broker_url,
         queue_name=_get(env, "QUEUE_NAME") or Config.queue_name,
         secret_key=secret_key,

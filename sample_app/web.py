@@ -151,6 +151,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         state.cache = Cache.from_sentinels(
             config.redis_sentinels, config.redis_master_name, config.redis_password
         )
+    elif config.role == "web" and config.redis_cluster_nodes:
+        state.cache = Cache.from_cluster(config.redis_cluster_nodes, config.redis_password)
     if config.broker_url is not None:
         state.broker = Broker(config.broker_url, config.queue_name)
         if config.role == "web":
@@ -599,6 +601,8 @@ def create_app(config: Config) -> Starlette:
             Route("/api/search", search_posts),
             Mount("/static", ImmutableStaticFiles(directory=static_dir), name="static"),
         ]
+    # A stage-6 service (SERVICE) serves only its own routes; the gateway sends it those.
+    routes = [r for r in routes if config.serves(getattr(r, "path", ""))]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(MetricsMiddleware), Middleware(DrainMiddleware)],

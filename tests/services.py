@@ -404,6 +404,115 @@ def redis_server(tmp: Path) -> Iterator[Redis]:
         server.stop()
 
 
+def _port_with_bus() -> int:
+    """A free port whose Redis Cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536 and not _port_open(port + 10000):
+            return port
+
+
+@dataclass
+class RedisClusterNodes:
+    """Six Redis Cluster nodes on loopback, each run by z2m's own `redis-cluster.sh`.
+
+    `host` is the address they listen on: moving them from 127.0.0.1 to 127.0.0.2
+    is what a pod's new IP looks like to the cluster.
+    """
+
+    root: Path
+    password: str
+    ports: list[int]
+    host: str = "127.0.0.1"
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> str:
+        """The REDIS_CLUSTER_NODES value for the app."""
+        return ",".join(f"{self.host}:{port}" for port in self.ports)
+
+    def client(self, port: int) -> Any:
+        """A redis-py client of one node (not cluster-aware)."""
+        import redis
+
+        return redis.Redis(host=self.host, port=port, password=self.password, socket_timeout=2)
+
+    def info(self, port: int) -> dict[str, str]:
+        """`CLUSTER INFO` of one node, as a dict of strings."""
+        with self.client(port) as node:
+            raw = node.execute_command("CLUSTER INFO")
+        if isinstance(raw, dict):
+            return {str(k): str(v) for k, v in raw.items()}
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def start(self, ordinal: int) -> None:
+        """Start node `ordinal` through the script, as its pod would."""
+        # Written once: sh reads a script as it runs, so rewriting it under a running
+        # node would cut that node's script short.
+        script = self.root / "redis-cluster.sh"
+        if not script.exists():
+            script_file(self.root, "redis-cluster.sh")
+        data = self.root / f"node-{ordinal}"
+        data.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "POD_NAME": f"redis-cl-{ordinal}",
+            "REDIS_PASSWORD": self.password,
+            "REDIS_PORT": str(self.ports[ordinal]),
+            "REDIS_DIR": str(data),
+            "CLUSTER_NODES": " ".join(f"{self.host}:{p}" for p in self.ports),
+            "CLUSTER_REPLICAS": "1",
+        }
+        # On loopback a connection leaves from 127.0.0.1 whatever the listening address;
+        # a pod's leave from its own IP, which is what the peers must see.
+        argv = ["/bin/sh", str(script), "--bind", self.host, "--bind-source-addr", self.host]
+        log = (self.root / f"node-{ordinal}.log").open("ab")
+        self.processes[ordinal] = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    def stop(self, ordinal: int) -> None:
+        """Stop node `ordinal` (its script and redis-server) and wait for it."""
+        process = self.processes.pop(ordinal)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        process.wait(timeout=20)
+
+    def formed(self) -> bool:
+        """Every node says the cluster is ok and has a live link to all six.
+
+        The state alone may be stale: with no majority reachable, nobody marks a
+        lost peer failed, and "ok" stays.
+        """
+        for port in self.ports:
+            info = self.info(port)
+            if (info.get("cluster_state"), info.get("cluster_known_nodes")) != ("ok", "6"):
+                return False
+            with self.client(port) as node:
+                links = node.cluster("NODES").values()
+            if len(links) != 6 or not all(n["connected"] for n in links):
+                return False
+        return True
+
+
+@contextlib.contextmanager
+def redis_cluster(tmp: Path, password: str = "cluster-test") -> Iterator[RedisClusterNodes]:
+    """Run a formed 3-primary, 3-replica Redis Cluster on loopback."""
+    root = tmp / f"redis-cluster-{free_port()}"
+    root.mkdir(parents=True)
+    group = RedisClusterNodes(root, password, [_port_with_bus() for _ in range(6)])
+    try:
+        for ordinal in range(6):
+            group.start(ordinal)
+        wait_for(group.formed, 60, "the Redis Cluster", interval=0.5)
+        yield group
+    finally:
+        for ordinal in list(group.processes):
+            group.stop(ordinal)
+
+
 @dataclass
 class SentinelGroup:
     """A Redis master, one replica and three Sentinels watching them as ``z2m``."""

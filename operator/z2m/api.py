@@ -461,6 +461,19 @@ class Prometheus(Model):
     )
 
 
+class GatewaySpec(Model):
+    """Stage 6's API gateway."""
+
+    class_name: str = Field(
+        default="z2m",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="The GatewayClass of the Gateway z2m writes where the cluster serves "
+        "gateway.networking.k8s.io; elsewhere z2m runs an nginx gateway of its own.",
+    )
+
+
 class Promotion(Model):
     """How the operator may choose the stage from metrics."""
 
@@ -472,6 +485,12 @@ class Promotion(Model):
     promote_window_seconds: int = Field(default=300, ge=0, le=86400)
     demote_window_seconds: int = Field(default=1800, ge=0, le=604800)
     cooldown_seconds: int = Field(default=600, ge=0, le=604800)
+    allow_stage6: bool = Field(
+        default=False,
+        description="Let recommend and auto mode propose or cross 5 -> 6 (microservices, "
+        "a gateway, Redis Cluster, regions). Off by default: stage 6 splits the app into "
+        "services, which is not undone lightly.",
+    )
     thresholds: Thresholds = Thresholds()
     signals: Signals = Signals()
 
@@ -488,6 +507,13 @@ class Promotion(Model):
                 "promotion.prometheus.url is required when promotion.mode is recommend or auto "
                 "and maxStage is below 5 (z2m runs a Prometheus of its own only at stage 5)",
                 ".mode",
+            ),
+            (
+                "self.mode == 'manual' || self.maxStage < 6 || self.allowStage6",
+                "promotion.maxStage 6 in recommend or auto mode needs promotion.allowStage6: "
+                "true, an explicit opt-in: stage 6 splits the app into services behind a "
+                "gateway and moves the cache to Redis Cluster",
+                ".allowStage6",
             ),
             (
                 "self.demoteWindowSeconds >= self.promoteWindowSeconds",
@@ -604,6 +630,7 @@ class ScalingStageSpec(Model):
     queue: QueueSpec = QueueSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     search: SearchSpec = SearchSpec()
+    gateway: GatewaySpec = GatewaySpec()
     promotion: Promotion = Promotion()
     paused: bool = Field(
         default=False,
@@ -652,6 +679,18 @@ class PlanStatus(Model):
     )
     monitoring: bool = False
     search: bool = False
+    gateway: bool = Field(default=False, description="Stage 6: an API gateway in front.")
+    services: list[str] = Field(
+        default_factory=list, description="Stage 6: the roles the app is split into."
+    )
+    redis_cluster: str | None = Field(default=None, description="Stage 6: Redis Cluster's shape.")
+    regions: int | None = Field(
+        default=None, description="Stage 6: how many regions pods are spread over."
+    )
+    sharded_database: bool = Field(
+        default=False,
+        description="Whether the database is sharded by user ID. Not built yet: always false.",
+    )
 
 
 class PlannedAddition(Model):

@@ -4,8 +4,9 @@ Everything that differs between stages lives in this table, so that builders,
 the planner, the CLI diagram and the docs read one source. A stage z2m builds
 has a `Topology`; one it only plans (stage 7) has a `Blueprint` instead: what it
 adds, what drives each piece's cost, what the user must bring, and why one
-cluster and one operator should not run it. A stage with neither (stage 6) is
-not built yet, and claims no pieces. This module holds no logic beyond lookups;
+cluster and one operator should not run it. A stage with neither would be
+not built yet, and claim no pieces. Stage 6 is built without its sharding,
+and says so. This module holds no logic beyond lookups;
 it never talks to Kubernetes.
 """
 
@@ -44,8 +45,37 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class Microservice:
+    """One service the app is split into at stage 6: the same image, one role's routes."""
+
+    role: str
+    routes: tuple[str, ...]
+    """Path prefixes the gateway sends to it (and the only ones its pods serve)."""
+    autoscaling: Autoscaling
+    authenticated: bool = False
+    """The gateway lets a request through only with a session the users service accepts."""
+
+
+@dataclass(frozen=True)
+class RedisCluster:
+    """Redis in cluster mode: hash slots spread over primaries, each with its replicas."""
+
+    primaries: int
+    replicas_per_primary: int
+
+    @property
+    def nodes(self) -> int:
+        """How many Redis pods the cluster runs."""
+        return self.primaries * (1 + self.replicas_per_primary)
+
+
+@dataclass(frozen=True)
 class Topology:
-    """What z2m runs for a stage it builds."""
+    """What z2m runs for a stage it builds.
+
+    The fields after `monitoring` are stage 6's; they default to "absent" so that
+    stages 1-5 need not name them.
+    """
 
     app_replicas: int
     colocated_database: bool
@@ -60,7 +90,18 @@ class Topology:
     database_failover: bool
     monitoring: bool
     search: bool
-    """The stage offers a search engine (OpenSearch) the user may switch on (spec.search)."""
+    """The stage offers a search engine (OpenSearch) the user may switch on (spec.search):
+    stage 5, where the seed adds it, and stage 6, which keeps it."""
+    gateway: bool = False
+    """One entry point in front of the services: routing, rate limiting, authentication."""
+    microservices: tuple[Microservice, ...] = ()
+    redis_cluster: RedisCluster | None = None
+    """Replaces the Sentinel-watched pair: the cache moves by warming up, not by copying."""
+    regions: bool = False
+    """The app, its services, read replicas and cache spread over the nodes' regions
+    (`topology.kubernetes.io/region`); the database primary stays where it is."""
+    sharded_database: bool = False
+    """The database split by user ID. Not built yet: always False."""
 
 
 @dataclass(frozen=True)
@@ -256,17 +297,59 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         number=6,
-        title="10M users: microservices, sharding, multi-region",
+        title="10M users: microservices, gateway, Redis Cluster, regions (no sharding yet)",
         users="10M",
         rps=Band(50_000, 200_000),
         monthly_cost_usd=Band(50_000, 150_000),
         adds=(
-            "microservices behind an API gateway (authentication, rate limiting, routing)",
-            "the database sharded by user ID, which multiplies write capacity",
-            "two or more regions, each serving its nearest users",
-            "Redis Cluster spreads the cache over several nodes",
+            "microservices behind an API gateway (authentication, rate limiting, routing): "
+            "users, feed and notifications, each a Deployment of the app's image in one role "
+            "with its own HPA; the app keeps the routes no service has taken yet",
+            "Redis Cluster (3 primaries, 3 replicas) replaces the Sentinel pair; the cache "
+            "moves by warming up again, no data is copied",
+            "two or more regions: the app, services, read replicas and cache spread over "
+            "the nodes' regions; the database primary stays in one region",
+            "NOT built yet: sharding the database by user ID. Stage 6 keeps stage 5's "
+            "database (one primary with a failover standby and read replicas), so write "
+            "capacity does not grow here",
         ),
-        topology=None,  # not built yet: asking for it is refused, nothing is changed
+        topology=Topology(
+            app_replicas=4,
+            colocated_database=False,
+            read_replicas=3,
+            edge_cache=True,
+            redis=True,
+            redis_replicas=0,
+            queue=True,
+            workers=2,
+            app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
+            worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
+            database_failover=True,
+            monitoring=True,
+            search=True,
+            gateway=True,
+            microservices=(
+                Microservice(
+                    role="users",
+                    routes=("/api/users", "/api/me"),
+                    autoscaling=Autoscaling(min_replicas=2, max_replicas=10, cpu_percent=70),
+                ),
+                Microservice(
+                    role="feed",
+                    routes=("/api/posts",),
+                    autoscaling=Autoscaling(min_replicas=2, max_replicas=20, cpu_percent=70),
+                ),
+                Microservice(
+                    role="notifications",
+                    routes=("/api/notifications",),
+                    autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
+                    authenticated=True,
+                ),
+            ),
+            redis_cluster=RedisCluster(primaries=3, replicas_per_primary=1),
+            regions=True,
+            sharded_database=False,
+        ),
     ),
     Stage(
         number=7,
@@ -384,6 +467,8 @@ FOOTPRINTS: dict[str, Footprint] = {
     "prometheus-discovery": Footprint(cpu="5m", memory="8Mi", memory_limit="64Mi"),
     # A 256 MiB heap (builders/search.py); the JVM around it measured 350-510 MiB.
     "search": Footprint(cpu="100m", memory="512Mi", memory_limit="1Gi"),
+    "gateway": Footprint(cpu="10m", memory="16Mi", memory_limit="128Mi"),
+    "cache-cluster": Footprint(cpu="25m", memory="32Mi", memory_limit="256Mi"),
 }
 
 # The user each of our server images runs as (their Dockerfiles' USER).

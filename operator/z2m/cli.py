@@ -35,13 +35,17 @@ def _load(path: str) -> tuple[str, str, api.ScalingStageSpec]:
     )
 
 
-def _objects(path: str, stage: int | None, prometheus_operator: bool = False) -> list[Obj]:
+def _objects(
+    path: str, stage: int | None, prometheus_operator: bool = False, gateway_api: bool = False
+) -> list[Obj]:
     name, namespace, spec = _load(path)
     if stage is not None:
         spec = spec.model_copy(update={"stage": stage})
     the_plan = plan.resolve(spec, name=name, namespace=namespace)
     owner = builders.Owner(name=name, uid=OFFLINE_UID)
-    return builders.build(the_plan, owner, prometheus_operator=prometheus_operator)
+    return builders.build(
+        the_plan, owner, prometheus_operator=prometheus_operator, gateway_api=gateway_api
+    )
 
 
 def _plan(path: str | None, from_stage: int | None, to_stage: int) -> list[str]:
@@ -96,6 +100,7 @@ def plan_lines(before: list[Obj], after: list[Obj], owner_uid: str = OFFLINE_UID
             shown.append(f"  {line}{gates}")
         if shown:
             lines += [f"{phase.name}:", *shown]
+    lines += [f"note: {note}" for note in transition.notes(before, after)]
     return lines
 
 
@@ -161,7 +166,22 @@ def diagram(number: int) -> str:
         lines.append("    app --> db")
         return "\n".join(lines)
     lines.append(f'    lb{{{{"Service (load balancer)"}}}}\n    app["{app}"]')
-    lines.append(f"    {front} --> lb --> app")
+    if p.gateway:
+        # Stage 6: one entry point, the services carved out of the app behind it.
+        lines.append(
+            '    gw{{"API gateway (nginx): routing, rate limiting, authentication; '
+            'a Gateway + HTTPRoute (routing only) where the Gateway API is served"}}'
+        )
+        lines.append(f"    {front} --> gw --> lb --> app")
+        for m in p.microservices:
+            a = m.autoscaling
+            lines.append(
+                f'    svc_{m.role}["{m.role} service x{a.min_replicas}-{a.max_replicas} (HPA)"]'
+            )
+            lines.append(f"    gw -- {' '.join(m.routes)} --> svc_{m.role}")
+            lines.append(f"    svc_{m.role} --> db")
+    else:
+        lines.append(f"    {front} --> lb --> app")
     lines.append('    db[("PostgreSQL primary (Patroni)")]\n    app -- writes --> db')
     if p.failover_standbys:
         sync = "synchronous" if p.synchronous else "streaming"
@@ -170,7 +190,13 @@ def diagram(number: int) -> str:
     if p.read_replicas:
         lines.append(f'    ro[("Read replicas x{p.read_replicas}")]')
         lines.append("    app -- reads --> ro\n    db -. streaming .-> ro")
-    if p.redis:
+    if p.redis_cluster is not None:
+        c = p.redis_cluster
+        shape = f"{c.primaries} primaries + {c.primaries * c.replicas_per_primary} replicas"
+        lines.append(f'    cache[("Redis Cluster: {shape}")]\n    app -- cache-aside --> cache')
+        for m in p.microservices:
+            lines.append(f"    svc_{m.role} -- cache-aside --> cache")
+    elif p.redis:
         extra = f" + {p.redis_replicas} replica + Sentinel" if p.sentinel else ""
         lines.append(f'    cache[("Redis{extra}")]\n    app -- cache-aside --> cache')
     if p.queue:
@@ -185,6 +211,13 @@ def diagram(number: int) -> str:
     if p.stage.topology is not None and p.stage.topology.search:
         offered = "OpenSearch" if p.search else "OpenSearch (opt-in: spec.search.enabled)"
         lines.append(f'    search[("{offered}")]\n    app -. search, indexing .-> search')
+    if entry.topology is not None and entry.topology.regions:
+        lines.append(
+            '    regions["Regions: app, services, read replicas and Redis Cluster spread by '
+            'topology.kubernetes.io/region; the primary stays in one"]'
+        )
+    if entry.topology is not None and not entry.topology.sharded_database and p.gateway:
+        lines.append('    unsharded["Not built: sharding by user ID (one primary, as stage 5)"]')
     return "\n".join(lines)
 
 
@@ -210,6 +243,10 @@ def docs() -> str:
                 else str(t.app_replicas)
             )
             cache = "Redis + replica" if t.redis_replicas else ("Redis" if t.redis else "-")
+            if t.redis_cluster is not None:
+                cache = f"Redis Cluster ({t.redis_cluster.nodes} nodes)"
+            if t.microservices:
+                app += f" + {len(t.microservices)} services (HPA) behind a gateway"
             queue = f"RabbitMQ + {t.workers} workers" if t.queue else "-"
             cells = f"{app} | {t.read_replicas} | {cache} | {queue}"
         out.append(f"| {s.number} | {s.users} | {s.rps} | {cells} | ${s.monthly_cost_usd} |")
@@ -316,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="as on a cluster that serves the Prometheus Operator's PodMonitor and "
         "PrometheusRule: stage 5 writes those instead of running a Prometheus",
     )
+    p_render.add_argument(
+        "--gateway-api",
+        action="store_true",
+        help="as on a cluster that serves the Gateway API: stage 6 writes a Gateway and an "
+        "HTTPRoute instead of running its own nginx gateway",
+    )
 
     p_plan = sub.add_parser("plan", help="what changes between two stages")
     p_plan.add_argument("-f", "--file", help="a ScalingStage (needed unless --to is plan only)")
@@ -333,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run(args)
         if args.command == "render":
-            objs = _objects(args.file, args.stage, args.prometheus_operator)
+            objs = _objects(args.file, args.stage, args.prometheus_operator, args.gateway_api)
             print(yaml.safe_dump_all(objs, sort_keys=False), end="")
         elif args.command == "plan":
             print("\n".join(_plan(args.file, args.from_stage, args.to_stage)))

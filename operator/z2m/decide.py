@@ -37,6 +37,10 @@ The rules, in the order they are applied:
 6. **One step, within limits.** A change moves exactly one stage, never below
    `minStage` and never above `maxStage` or the highest implemented stage. At
    a limit the bottleneck is still named, with the action *hold*.
+7. **Stage 6 only by opt-in.** 5 -> 6 splits the app into services behind a
+   gateway and moves the cache to Redis Cluster: neither mode proposes it unless
+   `allowStage6` is set (and `maxStage` is 6). Without it, stage 5 is the limit,
+   and the verdict at 5 says what 6 would add and how to opt in.
 """
 
 from __future__ import annotations
@@ -151,12 +155,19 @@ def fmt(signal: str, value: float) -> str:
     return f"{value:.3g}" if value < 10 else f"{value:.0f}"
 
 
+OPT_IN_STAGE = 6
+"""The first stage that recommend and auto mode reach only with `allowStage6`."""
+
+
 def bounds(promotion: api.Promotion) -> tuple[int, int]:
-    """The stages the operator may choose from: minStage..maxStage, implemented only."""
-    return (
-        max(promotion.min_stage, catalog.MIN_STAGE),
-        min(promotion.max_stage, catalog.MAX_IMPLEMENTED),
-    )
+    """The stages the operator may choose from: minStage..maxStage, implemented only.
+
+    Without `allowStage6` the top is stage 5, whatever `maxStage` says.
+    """
+    top = min(promotion.max_stage, catalog.MAX_IMPLEMENTED)
+    if not promotion.allow_stage6:
+        top = min(top, OPT_IN_STAGE - 1)
+    return max(promotion.min_stage, catalog.MIN_STAGE), top
 
 
 def breaches(stage: int, thresholds: api.Thresholds, values: Values) -> list[Breach]:
@@ -330,6 +341,15 @@ def decide(
         window = promotion.promote_window_seconds
         if stage >= high:
             limit = "maxStage" if high == promotion.max_stage else "the highest implemented stage"
+            if (
+                stage == OPT_IN_STAGE - 1
+                and not promotion.allow_stage6
+                and promotion.max_stage > stage
+            ):
+                limit = (
+                    f"the highest stage without promotion.allowStage6 (stage {OPT_IN_STAGE} "
+                    f"adds: {'; '.join(catalog.stage(OPT_IN_STAGE).adds)})"
+                )
             return hold(
                 "AtLimit",
                 f"stage {stage} is the bottleneck ({evidence}) but it is {limit}; "

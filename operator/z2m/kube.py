@@ -94,7 +94,8 @@ class Kube:
     missing_ttl: float = 60.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _missing: dict[tuple[str, str], float] = field(default_factory=dict)
-    _zones: tuple[float, int | None] | None = None
+    _node_counts: dict[str, tuple[float, int | None]] = field(default_factory=dict)
+    """Per node label (zone, region): when it was last counted, and the count."""
 
     @classmethod
     def connect(
@@ -235,6 +236,10 @@ class Kube:
         """Whether the cluster serves the Prometheus Operator's PodMonitor and PrometheusRule."""
         return all(self.has_kind(v, k) for v, k in builders.PROMETHEUS_OPERATOR_KINDS)
 
+    def gateway_api(self) -> bool:
+        """Whether the cluster serves the Gateway API's Gateway and HTTPRoute."""
+        return all(self.has_kind(v, k) for v, k in builders.GATEWAY_API_KINDS)
+
     def ensure_credentials(self, namespace: str, owner_name: str) -> Obj | None:
         """Create the credentials Secret once; an existing one is never rotated or logged.
 
@@ -343,9 +348,17 @@ class Kube:
         A node without the zone label counts as a zone of its own only when no node has
         one. Unknown when the operator may not list nodes (the chart's namespaced mode).
         """
+        return self._count_nodes_by(builders.ZONE)
+
+    def regions(self) -> int | None:
+        """How many regions the cluster's nodes are in, counted as `zones` counts zones."""
+        return self._count_nodes_by(builders.REGION)
+
+    def _count_nodes_by(self, label: str) -> int | None:
         now = time.monotonic()
-        if self._zones is not None and now - self._zones[0] < self.missing_ttl:
-            return self._zones[1]
+        cached = self._node_counts.get(label)
+        if cached is not None and now - cached[0] < self.missing_ttl:
+            return cached[1]
         metrics.API_REQUESTS.labels("list", "Node").inc()
         try:
             nodes = self._resource("v1", "Node").get().to_dict()["items"]
@@ -354,9 +367,9 @@ class Kube:
                 raise
             count = None
         else:
-            labels = [(n["metadata"].get("labels") or {}).get(builders.ZONE) for n in nodes]
+            labels = [(n["metadata"].get("labels") or {}).get(label) for n in nodes]
             count = len({z for z in labels if z}) or (1 if nodes else 0)
-        self._zones = (now, count)
+        self._node_counts[label] = (now, count)
         return count
 
     def expand_claim(self, namespace: str, name: str, size: str) -> None:

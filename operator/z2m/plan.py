@@ -58,11 +58,25 @@ class Plan:
     monitoring: bool
     search: bool = False
     """OpenSearch runs: the user enabled it (spec.search) and the stage offers it."""
+    gateway: bool = False
+    """Stage 6: one entry point (Gateway API, or an nginx gateway) in front of the services."""
+    microservices: tuple[catalog.Microservice, ...] = ()
+    redis_cluster: catalog.RedisCluster | None = None
+    """Stage 6: Redis in cluster mode instead of one Redis (with Sentinel at stage 5)."""
+    regions: int | None = None
+    """How many regions the nodes are in (None: not known or not asked); 2+ spreads by region."""
 
     @property
     def sentinel(self) -> bool:
         """Redis replicas are watched by Sentinel, which fails the primary over."""
-        return self.redis and self.redis_replicas > 0
+        return self.redis and self.redis_cluster is None and self.redis_replicas > 0
+
+    @property
+    def region_spread(self) -> bool:
+        """The stage spreads pods over regions, and the nodes are in two or more."""
+        return (
+            bool(self.stage.topology and self.stage.topology.regions) and (self.regions or 0) >= 2
+        )
 
     def status(self) -> api.PlanStatus:
         """The plan as shown in the ScalingStage's status."""
@@ -87,6 +101,17 @@ class Plan:
             ),
             monitoring=self.monitoring,
             search=self.search,
+            gateway=self.gateway,
+            services=[m.role for m in self.microservices],
+            redis_cluster=(
+                f"{self.redis_cluster.primaries} primaries + "
+                f"{self.redis_cluster.primaries * self.redis_cluster.replicas_per_primary} "
+                "replicas"
+                if self.redis_cluster
+                else None
+            ),
+            regions=self.regions if self.region_spread else None,
+            sharded_database=False,
         )
 
 
@@ -96,6 +121,7 @@ def resolve(
     name: str,
     namespace: str,
     zones: int | None = None,
+    regions: int | None = None,
 ) -> Plan:
     """Lay the spec's overrides over its stage's defaults.
 
@@ -163,4 +189,8 @@ def resolve(
         zones=zones,
         monitoring=entry.monitoring,
         search=entry.search and spec.search.enabled,
+        gateway=entry.gateway,
+        microservices=entry.microservices,
+        redis_cluster=entry.redis_cluster if redis else None,
+        regions=regions if entry.regions else None,
     )

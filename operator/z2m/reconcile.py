@@ -156,8 +156,11 @@ class Reconciler:
             self.write_status(body, previous, seen)
             return Result(0, None)
         try:
-            zones = self.kube.zones() if spec.stage == 5 else None
-            the_plan = plan.resolve(spec, name=name, namespace=namespace, zones=zones)
+            zones = self.kube.zones() if spec.stage in (5, 6) else None
+            regions = self.kube.regions() if spec.stage == 6 else None
+            the_plan = plan.resolve(
+                spec, name=name, namespace=namespace, zones=zones, regions=regions
+            )
         except plan.NotBuiltError as exc:
             if exc.stage.plan_only:
                 return self._plan_only(body, previous, generation, exc.stage)
@@ -172,7 +175,11 @@ class Reconciler:
 
         # Stage 5 writes the Prometheus Operator's kinds where the cluster serves them.
         served = the_plan.monitoring and self.kube.prometheus_operator()
-        desired = builders.build(the_plan, owner, prometheus_operator=served)
+        # Stage 6 writes the Gateway API's kinds where the cluster serves them.
+        gateway_api = the_plan.gateway and self.kube.gateway_api()
+        desired = builders.build(
+            the_plan, owner, prometheus_operator=served, gateway_api=gateway_api
+        )
         taken = self.taken(desired, by_key, meta["uid"])
         desired = [o for o in desired if builders.key(o) not in taken]
         desired, growth = keep_claim_templates(desired, by_key)
@@ -293,7 +300,7 @@ class Reconciler:
         """Consumer Deployments that still run pods of an old template."""
         lagging = []
         for obj in desired:
-            if obj["kind"] != "Deployment" or transition.component(obj) not in transition.CONSUMERS:
+            if obj["kind"] != "Deployment" or not transition.is_consumer(transition.component(obj)):
                 continue
             name = obj["metadata"]["name"]
             if not transition.rolled_out(self.kube.get("apps/v1", "Deployment", namespace, name)):
@@ -511,6 +518,17 @@ class Reconciler:
     ) -> Result:
         meta = body["metadata"]
         notices = dict(notices)
+        if the_plan.redis_cluster is not None:
+            notices["CacheClustered"] = (True, "RedisCluster", transition.CACHE_WARMUP)
+        if the_plan.gateway:
+            # Stage 6 without its sharding: say so rather than let the stage number claim it.
+            notices["DatabaseSharded"] = (
+                False,
+                "NotBuiltYet",
+                "sharding by user ID is not built yet: stage 6 keeps stage 5's database "
+                "(one primary with a failover standby and read replicas), so its write "
+                "capacity is stage 5's",
+            )
         if the_plan.failover_standbys:
             notices["FailoverAvailable"] = (
                 True,

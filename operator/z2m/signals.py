@@ -20,7 +20,8 @@ apart what can go wrong, because each asks for a different reaction:
 
 A fleet is read with one query per signal, not one per object: `fleet_queries`
 are the same defaults grouped `by (namespace, name)`, the ScalingStage's name
-taken from the pod's (`<name>-app-...`, `<name>-worker-...`). `read_fleet` asks
+taken from the pod's (`<name>-app-...`, `<name>-worker-...`; at stage 6 also
+`<name>-service-<role>-...`, whose requests count as the app's). `read_fleet` asks
 them once and `read(..., fleet=)` picks one object's values out of the answer;
 a signal an object overrides is still asked for that object alone.
 
@@ -40,7 +41,9 @@ import httpx
 
 from z2m import api, metrics
 
-_APP = 'namespace="$namespace",pod=~"$name-app-.*"'
+_SERVING = "app|service-[a-z]+"
+"""The pods that serve the app's requests: the app's, and at stage 6 its services'."""
+_APP = f'namespace="$namespace",pod=~"$name-({_SERVING})-.*"'
 _PROBES = 'route=~"/metrics|/healthz|/readyz"'
 _SERVED = (
     f'sum(rate(app_http_requests_total{{{_APP},route!~"/metrics|/healthz|/readyz"}}[$window]))'
@@ -72,7 +75,7 @@ _GROUP = "namespace, name"
 _FLEET_PROBES = '"/metrics|/healthz|/readyz"'
 
 
-def _named(selector: str, components: str = "app") -> str:
+def _named(selector: str, components: str = _SERVING) -> str:
     """A selector of the pods of `components` with the ScalingStage's name as label `name`.
 
     Pod names are `<name>-<component>-<hash>...`; the greedy group takes the
@@ -82,7 +85,7 @@ def _named(selector: str, components: str = "app") -> str:
 
 
 def _fleet_defaults() -> dict[str, str]:
-    app = 'namespace=~"$namespaces",pod=~".+-app-.*"'
+    app = f'namespace=~"$namespaces",pod=~".+-({_SERVING})-.*"'
     probes = 'route=~"/metrics|/healthz|/readyz"'
     not_probes = 'route!~"/metrics|/healthz|/readyz"'
 

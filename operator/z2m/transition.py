@@ -7,12 +7,21 @@ and runs each step whose gates hold; a step that waits is reported, with why.
 1. **provide**: what others use, new or changed (ConfigMaps, Services, the stateful
    servers that keep or gain pods, the edge cache, Sentinel). No gate: nothing uses
    a new provider yet, and a changed one keeps its data.
-2. **rewire**: the consumers (app and worker Deployments) take the new stage's
-   wiring, then their autoscalers and disruption budgets. The app treats a
+2. **rewire**: the consumers (app and worker Deployments, stage 6's services, and
+   the proxies in front of them: the gateway and the edge cache) take the new
+   stage's wiring, then their autoscalers and disruption budgets. The app treats a
    provider that is still starting as down and degrades, so the one gate is:
    - `redis-master-kept`: when Redis shrinks from its Sentinel-watched pods,
      ordinal 0 (the pod that stays) must be the master first; the app keeps
-     following Sentinel until then (see `redis_handover`).
+     following Sentinel until then (see `redis_handover`). Not at 5 -> 6: there
+     Redis Cluster takes the cache over and starts cold, so nothing of the pair
+     is carried on (a cache warm-up, not a data migration).
+
+   At 6 -> 5 every old consumer pod, edge pods forwarding to the gateway among
+   them, must be gone before the gateway, services and Redis Cluster are retired.
+   At 5 -> 6 the edge, gateway and services are applied together: until the
+   services' pods are ready, the gateway answers their routes with 502 (nginx
+   does not retry another upstream that is not there yet). No gate orders them.
 3. **retire**: what the stage drops is deleted, and stateful servers that shrink are
    scaled down, each only once its gates hold (and every step of the phases
    before has run):
@@ -39,7 +48,11 @@ Gate = Literal["rewired", "queue-empty", "redis-master-kept", "postgres-leader-k
 PhaseName = Literal["provide", "rewire", "retire"]
 
 CONSUMERS = frozenset({"app", "worker"})
-"""Components whose pods hold the stage's wiring (env) and so must move before a provider."""
+"""Components whose pods hold the stage's wiring (env) and so must move before a provider.
+
+Stage 6's services (`is_consumer`) are consumers as well."""
+SERVICE_PREFIX = builders.workloads.SERVICE_PREFIX
+"""The component prefix of stage 6's services."""
 QUEUE_SIDE = frozenset({"queue", "worker"})
 """Components that go only once the queue is empty: RabbitMQ and the workers draining it."""
 STANDBY = "database-standby"
@@ -82,9 +95,20 @@ def shrinks(obj: Obj, live: Obj | None) -> bool:
     return obj["kind"] == "StatefulSet" and live is not None and _replicas(obj) < _replicas(live)
 
 
+FRONTS = frozenset({"gateway", "edge"})
+"""Proxies whose upstream is a consumer: the gateway (to the services) and the edge cache
+(to the gateway at stage 6, else the app). They move with the consumers, so at 6 -> 5 the
+gateway goes only once no edge pod still forwards to it."""
+
+
+def is_consumer(name: str) -> bool:
+    """Whether a component's pods hold the stage's wiring: app, workers, services, fronts."""
+    return name in CONSUMERS or name in FRONTS or name.startswith(SERVICE_PREFIX)
+
+
 def _is_consumer_side(obj: Obj) -> bool:
     """Consumer Deployments and what refers to them (their HPAs and PDBs)."""
-    if component(obj) not in CONSUMERS:
+    if not is_consumer(component(obj)):
         return False
     return obj["kind"] in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 
@@ -119,6 +143,9 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         max((_replicas(o) for o in live_redis), default=0),
         max((_replicas(o) for o in redis), default=0),
     )
+    # At 5 -> 6 Redis Cluster replaces the pair and starts cold: nothing to hand over.
+    cluster = any(o["kind"] == "StatefulSet" and component(o) == "cache-cluster" for o in desired)
+    handover = handover and not cluster
     consumer_gates: frozenset[Gate] = frozenset({"redis-master-kept"}) if handover else frozenset()
     # Only a stage without RabbitMQ drains the queue: at 5 -> 4 the workers' HPA goes and
     # the queue stays, so nothing waits for it to empty.
@@ -145,6 +172,28 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         Phase("rewire", tuple(rewire)),
         Phase("retire", tuple(retire)),
     )
+
+
+CACHE_WARMUP = (
+    "the cache moves between Redis with Sentinel and Redis Cluster by warming up, not by "
+    "a data migration: the new one starts empty and fills from the database on misses, "
+    "and the old one's claim is kept"
+)
+
+
+def notes(current: list[Obj], desired: list[Obj]) -> list[str]:
+    """What a person should know about this change beyond its steps."""
+
+    def has_cluster(objs: list[Obj]) -> bool:
+        return any(o["kind"] == "StatefulSet" and component(o) == "cache-cluster" for o in objs)
+
+    def has_pair(objs: list[Obj]) -> bool:
+        return any(o["kind"] == "StatefulSet" and component(o) == "cache" for o in objs)
+
+    moved = (has_cluster(desired) and has_pair(current)) or (
+        has_pair(desired) and has_cluster(current)
+    )
+    return [CACHE_WARMUP] if moved else []
 
 
 def rolled_out(live: Obj | None, *, terminating: bool = True) -> bool:

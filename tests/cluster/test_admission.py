@@ -73,6 +73,10 @@ def apply(kubeconfig: str, namespace: str, spec: dict[str, object]) -> tuple[int
             "promotion.minStage must not be above promotion.maxStage",
         ),
         (
+            {"stage": 5, "promotion": {"mode": "auto", "maxStage": 6}},
+            "promotion.maxStage 6 in recommend or auto mode needs promotion.allowStage6: true",
+        ),
+        (
             {
                 "stage": 2,
                 "promotion": {
@@ -115,6 +119,14 @@ def test_a_valid_scaling_stage_is_accepted_and_defaulted(kubeconfig: str, namesp
     )
     assert got["spec"]["promotion"]["maxStage"] == 5
     assert got["spec"]["promotion"]["cooldownSeconds"] == 600
+
+
+def test_auto_mode_may_reach_stage_6_with_the_explicit_opt_in(
+    kubeconfig: str, namespace: str
+) -> None:
+    spec = {"stage": 5, "promotion": {"mode": "auto", "maxStage": 6, "allowStage6": True}}
+    code, stderr = apply(kubeconfig, namespace, spec)
+    assert code == 0, stderr
 
 
 def test_promotion_up_to_stage_5_may_leave_the_url_to_z2ms_own_prometheus(

@@ -68,10 +68,11 @@ def test_a_read_on_the_loop_itself_does_not_wait_for_the_loop() -> None:
 def test_every_kind_the_operator_prunes_is_watched() -> None:
     """A prunable kind without a watch would be listed on every pass.
 
-    The Prometheus Operator's kinds are the exception: a cluster may not serve
-    them, so they are listed at stage 5 only where discovery finds them.
+    The Prometheus Operator's and the Gateway API's kinds are the exception: a
+    cluster may not serve them, so they are listed only where discovery finds them.
     """
     from z2m import builders, handlers
 
     watched = {(group_version, kind) for group_version, _, kind in handlers.CHILD_RESOURCES}
-    assert watched == builders.PRUNABLE - set(builders.PROMETHEUS_OPERATOR_KINDS)
+    optional = set(builders.PROMETHEUS_OPERATOR_KINDS) | set(builders.GATEWAY_API_KINDS)
+    assert watched == builders.PRUNABLE - optional

@@ -5,18 +5,47 @@ import pytest
 from z2m import catalog, cli
 
 
-def test_stages_1_to_5_are_built_6_is_not_yet_and_7_is_a_plan_only() -> None:
+def test_stages_1_to_6_are_built_and_7_is_a_plan_only() -> None:
     built = [s.number for s in catalog.STAGES if s.topology is not None]
     planned = [s.number for s in catalog.STAGES if s.blueprint is not None]
-    assert (built, planned, catalog.MAX_IMPLEMENTED) == ([1, 2, 3, 4, 5], [7], 5)
-    six = catalog.stage(6)
-    assert (six.implemented, six.plan_only) == (False, False)
+    assert (built, planned, catalog.MAX_IMPLEMENTED) == ([1, 2, 3, 4, 5, 6], [7], 6)
 
 
-@pytest.mark.parametrize("stage", [6, 7])
-def test_a_stage_z2m_does_not_build_has_no_topology_to_look_up(stage: int) -> None:
+def test_stage_6_is_built_without_sharding_and_says_so() -> None:
+    six = catalog.topology(6)
+    assert not six.sharded_database and six.database_failover and six.read_replicas == 3
+    adds = " ".join(catalog.stage(6).adds)
+    assert "NOT built yet: sharding" in adds and "sharding" in catalog.stage(6).title
+    assert "no sharding yet" in catalog.stage(6).title
+
+
+def test_stage_6_splits_the_app_into_three_autoscaled_services_behind_a_gateway() -> None:
+    six = catalog.topology(6)
+    assert six.gateway and [m.role for m in six.microservices] == [
+        "users",
+        "feed",
+        "notifications",
+    ]
+    assert all(m.autoscaling.min_replicas >= 2 for m in six.microservices)
+    routes = [r for m in six.microservices for r in m.routes]
+    assert len(routes) == len(set(routes))
+
+
+def test_stage_6_runs_redis_cluster_of_3_primaries_and_3_replicas_over_regions() -> None:
+    six = catalog.topology(6)
+    assert six.redis_cluster == catalog.RedisCluster(primaries=3, replicas_per_primary=1)
+    assert six.redis_cluster.nodes == 6 and six.regions
+
+
+def test_stages_1_to_5_have_none_of_stage_6s_pieces() -> None:
+    for number in range(1, 6):
+        t = catalog.topology(number)
+        assert (t.gateway, t.microservices, t.redis_cluster, t.regions) == (False, (), None, False)
+
+
+def test_a_stage_z2m_does_not_build_has_no_topology_to_look_up() -> None:
     with pytest.raises(KeyError, match="does not build"):
-        catalog.topology(stage)
+        catalog.topology(7)
 
 
 def test_there_is_no_stage_8() -> None:
@@ -41,16 +70,25 @@ def test_stage_7_plans_every_piece_the_seed_adds_and_what_the_user_brings_for_ea
     assert blueprint.why_not_here
 
 
-@pytest.mark.parametrize("stage", [6, 7])
-def test_the_diagram_of_a_stage_not_built_draws_no_component(stage: int) -> None:
-    drawn = cli.diagram(stage)
+def test_the_diagram_of_a_stage_not_built_draws_no_component() -> None:
+    drawn = cli.diagram(7)
     for piece in ("App", "PostgreSQL", "Redis", "RabbitMQ", "Users"):
         assert piece not in drawn
-    assert ("plan only" if stage == 7 else "not built yet") in drawn
+    assert "plan only" in drawn
 
 
-def test_the_docs_table_gives_stages_6_and_7_no_pieces_of_stage_5() -> None:
+def test_the_diagram_of_stage_6_draws_what_is_built_and_names_sharding_as_not_built() -> None:
+    drawn = cli.diagram(6)
+    for piece in ("API gateway", "users service", "feed service", "notifications service"):
+        assert piece in drawn
+    assert "Redis Cluster: 3 primaries + 3 replicas" in drawn and "Sentinel" not in drawn
+    assert "Not built: sharding" in drawn and "shard " not in drawn.replace("Not built", "")
+    assert drawn.count("PostgreSQL primary") == 1
+
+
+def test_the_docs_table_gives_stage_7_no_pieces_and_stage_6_what_it_runs() -> None:
     rows = {line[:3]: line for line in cli.docs().splitlines() if line[:3] in ("| 6", "| 7")}
-    assert "not built yet" in rows["| 6"] and "plan only" in rows["| 7"]
-    for row in rows.values():
-        assert "Redis" not in row and "RabbitMQ" not in row and "HPA" not in row
+    assert "plan only" in rows["| 7"]
+    assert "Redis" not in rows["| 7"] and "RabbitMQ" not in rows["| 7"] and "HPA" not in rows["| 7"]
+    assert "3 services (HPA) behind a gateway" in rows["| 6"]
+    assert "Redis Cluster (6 nodes)" in rows["| 6"]

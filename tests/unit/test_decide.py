@@ -123,8 +123,41 @@ def test_max_stage_holds_and_still_names_the_bottleneck() -> None:
 
 def test_the_ceiling_is_the_highest_implemented_stage() -> None:
     top = catalog.MAX_IMPLEMENTED
-    verdict = once(top, OVERLOAD, promotion(max_stage=7), breach_since=0.0)
+    verdict = once(top, OVERLOAD, promotion(max_stage=7, allow_stage6=True), breach_since=0.0)
     assert verdict.action == "hold" and "highest implemented" in verdict.reason
+
+
+# --- stage 6 needs an opt-in ------------------------------------------------------------------
+
+
+def test_without_the_opt_in_an_overloaded_stage_5_is_never_promoted_and_says_why() -> None:
+    p = promotion(max_stage=6)
+    assert simulate(p, 5, lambda t, s: OVERLOAD, seconds=5000) == []
+    verdict = once(5, OVERLOAD, p, breach_since=0.0)
+    assert (verdict.action, verdict.state) == ("hold", "AtLimit")
+    assert "allowStage6" in verdict.reason and "NOT built yet: sharding" in verdict.reason
+
+
+def test_with_the_opt_in_an_overloaded_stage_5_is_promoted_to_6_after_its_window() -> None:
+    p = promotion(max_stage=6, allow_stage6=True)
+    changes = simulate(p, 5, lambda t, s: OVERLOAD, seconds=5000)
+    assert changes and changes[0][1:] == (5, 6)
+
+
+def test_the_opt_in_alone_does_not_lift_max_stage() -> None:
+    p = promotion(max_stage=5, allow_stage6=True)
+    assert simulate(p, 5, lambda t, s: OVERLOAD, seconds=5000) == []
+
+
+def test_an_opt_in_stage_6_still_demotes_to_5_when_idle() -> None:
+    p = promotion(max_stage=6, allow_stage6=True)
+    changes = simulate(p, 6, lambda t, s: IDLE, seconds=5000)
+    assert changes and changes[0][1:] == (6, 5)
+
+
+def test_without_the_opt_in_a_running_stage_6_is_left_alone() -> None:
+    verdict = once(6, IDLE, promotion(max_stage=6), oversized_since=0.0)
+    assert (verdict.action, verdict.state) == ("hold", "OutOfRange")
 
 
 def test_min_stage_holds_however_idle() -> None:

@@ -271,7 +271,7 @@ def test_promotion_without_a_url_asks_z2ms_own_prometheus_at_stage_5() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "served"), [(4, False), (2, False), (5, True), (6, False), (7, False)]
+    ("stage", "served"), [(4, False), (2, False), (5, True), (6, True), (7, False)]
 )
 def test_promotion_without_a_url_knows_no_prometheus_where_z2m_runs_none(
     stage: int, served: bool

@@ -71,10 +71,22 @@ def test_contradictions_are_refused_with_a_reason(spec: dict[str, object], messa
         resolve(**spec)
 
 
-def test_stage_6_says_it_is_not_built_yet() -> None:
-    with pytest.raises(plan.NotBuiltError, match="not implemented yet") as refused:
-        resolve(stage=6)
-    assert not refused.value.stage.plan_only
+def test_stage_6_resolves_to_services_a_gateway_and_redis_cluster_on_stage_5s_database() -> None:
+    p = resolve(stage=6)
+    assert p.gateway and [m.role for m in p.microservices] == ["users", "feed", "notifications"]
+    assert p.redis_cluster is not None and not p.sentinel
+    assert (p.failover_standbys, p.read_replicas) == (1, 3)
+    shown = p.status()
+    assert shown.services == ["users", "feed", "notifications"] and not shown.sharded_database
+
+
+def test_stage_6_spreads_by_region_only_where_the_nodes_are_in_two_or_more() -> None:
+    spec = api.ScalingStageSpec(stage=6)
+    assert plan.resolve(spec, name="s", namespace="n", regions=2).region_spread
+    assert not plan.resolve(spec, name="s", namespace="n", regions=1).region_spread
+    assert not plan.resolve(spec, name="s", namespace="n").region_spread
+    five = api.ScalingStageSpec(stage=5)
+    assert not plan.resolve(five, name="s", namespace="n", regions=2).region_spread
 
 
 def test_stage_7_says_it_is_a_plan_only() -> None:

@@ -13,7 +13,7 @@ NOW = "2025-01-01T00:00:00Z"
 def test_the_plan_text_says_nothing_is_built_and_which_stage_keeps_running() -> None:
     lines = cli.blueprint_lines(SEVEN, running=3)
     assert "plan only" in lines[0] and "stage 3 keeps running" in lines[0]
-    assert "$500K-5M+/month" in lines[1] and "$5K-15K/month" in lines[1]
+    assert "$500K-5M+/month" in lines[1] and "$50K-150K/month" in lines[1]
 
 
 def test_the_plan_text_lists_every_addition_its_cost_and_what_the_user_brings() -> None:
@@ -31,9 +31,9 @@ def test_plan_to_7_needs_no_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert "plan only" in capsys.readouterr().out
 
 
-def test_plan_to_6_says_it_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["plan", "--to", "6"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_plan_to_6_needs_the_file_like_every_built_stage() -> None:
+    with pytest.raises(SystemExit, match="needs -f FILE"):
+        cli.main(["plan", "--to", "6"])
 
 
 def test_plan_to_a_built_stage_still_needs_the_file() -> None:

@@ -24,9 +24,9 @@ def app_env(objs: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e.get("value", "<secret>") for e in container["env"]}
 
 
-def test_only_stage_5_offers_search() -> None:
+def test_stages_5_and_6_offer_search() -> None:
     offered = [s.number for s in catalog.STAGES if s.topology and s.topology.search]
-    assert offered == [5]
+    assert offered == [5, 6]
 
 
 def test_search_is_off_by_default_even_at_stage_5() -> None:

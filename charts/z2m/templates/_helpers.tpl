@@ -131,6 +131,10 @@ ClusterRole and the namespaced mode's Roles. Call with
 - apiGroups: [monitoring.coreos.com]
   resources: [podmonitors, prometheusrules]
   verbs: [get, list, watch, create, patch, update, delete]
+# Stage 6 where the Gateway API is served: a Gateway and an HTTPRoute.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways, httproutes]
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]

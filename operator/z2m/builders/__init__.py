@@ -1,12 +1,13 @@
 """Pure builders: a plan in, the Kubernetes objects of its stage out.
 
 No client, no Kopf, no clock: `build(plan, owner)` is a function of its
-arguments (one of them a fact the caller looked up: whether the cluster serves
-the Prometheus Operator's kinds), so every stage can be rendered and unit-tested
-without a cluster (`z2m render` prints exactly this).
+arguments (two of them facts the caller looked up: whether the cluster serves
+the Prometheus Operator's kinds, and the Gateway API's), so every stage can be
+rendered and unit-tested without a cluster (`z2m render` prints exactly this).
 
 One module per component, as CloudNativePG's `pkg/specs`: `postgres`, `app` (web
-and workers), `edge`, `redis`, `queue`, `monitoring` and `search`, each made from the shapes
+and workers), `services` (stage 6's microservices), `gateway`, `edge`, `redis`
+(and Redis Cluster), `queue`, `monitoring` and `search`, each made from the shapes
 in `workloads` and named and labelled by `meta`, so every other module agrees with
 them. This module is the package's public face: `build` and `key`, how children are
 applied and pruned, and, listed in `__all__`, the names the rest of z2m and its
@@ -18,11 +19,24 @@ from __future__ import annotations
 from typing import Any
 
 from z2m import plan
-from z2m.builders import app, edge, monitoring, postgres, queue, redis, search, workloads
+from z2m.builders import (
+    app,
+    edge,
+    gateway,
+    monitoring,
+    postgres,
+    queue,
+    redis,
+    search,
+    services,
+    workloads,
+)
+from z2m.builders.gateway import GATEWAY_API_KINDS
 from z2m.builders.meta import (
     COMPONENT,
     MANAGED_BY,
     PART_OF,
+    REGION,
     RETAINED,
     SECRET_KEYS,
     ZONE,
@@ -64,6 +78,7 @@ __all__ = [
     "COMPONENT",
     "CONFIG_HASH",
     "FIELD_MANAGER",
+    "GATEWAY_API_KINDS",
     "KIND_ORDER",
     "MANAGED_BY",
     "MONITORING_API",
@@ -77,6 +92,7 @@ __all__ = [
     "PROMETHEUS_PORT",
     "PRUNABLE",
     "REDIS_MASTER_NAME",
+    "REGION",
     "RETAINED",
     "SCRAPED",
     "SD_DIR",
@@ -119,6 +135,8 @@ KIND_ORDER = (
     "HorizontalPodAutoscaler",
     "PodMonitor",
     "PrometheusRule",
+    "Gateway",
+    "HTTPRoute",
 )
 # Kinds the operator prunes. PVCs and the credentials Secret are never in it: they outlive
 # demotions and the ScalingStage itself, so that a later promotion finds its data again.
@@ -133,21 +151,28 @@ PRUNABLE = {
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     *monitoring.PROMETHEUS_OPERATOR_KINDS,
+    *gateway.GATEWAY_API_KINDS,
 }
 
 
-def build(p: plan.Plan, owner: Owner, *, prometheus_operator: bool = False) -> list[Obj]:
+def build(
+    p: plan.Plan, owner: Owner, *, prometheus_operator: bool = False, gateway_api: bool = False
+) -> list[Obj]:
     """Every object of the plan's stage, in the order they should be applied.
 
     `prometheus_operator`: the cluster serves the Prometheus Operator's PodMonitor and
     PrometheusRule (`PROMETHEUS_OPERATOR_KINDS`), so stage 5 writes those instead of
-    running a Prometheus of its own.
+    running a Prometheus of its own. `gateway_api`: the cluster serves the Gateway
+    API's Gateway and HTTPRoute (`GATEWAY_API_KINDS`), so stage 6 writes those
+    instead of running a gateway of its own.
     """
     objs: list[Obj] = [workloads.scripts_config_map(p, owner)]
     objs += postgres.database(p, owner)
     objs += postgres.read_replicas(p, owner)
     objs += app.web(p, owner)
-    objs += edge.objects(p, owner)
+    objs += services.objects(p, owner)
+    objs += gateway.objects(p, owner, gateway_api)
+    objs += edge.objects(p, owner, gateway_api)
     objs += redis.objects(p, owner)
     objs += queue.objects(p, owner)
     objs += search.objects(p, owner)

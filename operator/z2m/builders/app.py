@@ -1,9 +1,10 @@
 """The app's pods: the web Deployment with its Service, HPA and PDB, and the workers.
 
-Both run the user's image, told by `app_env` where the database, Redis, the
-queue and the search engine are. The workers (a Deployment, and its HPA at stage 5)
-exist only beside the queue they consume; they are built here, not in `queue`,
-because they are the app's container in another role.
+Both run the user's image, told by `app_env` where the database, Redis (one, a
+Sentinel-watched pair, or Redis Cluster at stage 6), the queue and the search
+engine are. The workers (a Deployment, and its HPA at stage 5) exist only beside
+the queue they consume; they are built here, not in `queue`, because they are the
+app's container in another role.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
     env.append({"name": "DATABASE_URL", "value": pg(postgres.database_host(p))})
     if hosts := postgres.replica_hosts(p):
         env.append({"name": "DATABASE_REPLICA_URLS", "value": ",".join(pg(h) for h in hosts)})
-    if p.sentinel:
+    if p.redis_cluster is not None:
+        # Any node will do to start: the client learns the slot map and follows MOVED.
+        nodes = ",".join(redis.cluster_nodes(p))
+        env.append({"name": "REDIS_CLUSTER_NODES", "value": nodes})
+        env.append(meta.secret_env(p, "REDIS_PASSWORD", "redis-password"))
+    elif p.sentinel:
         # Sentinel names the master, which moves on failover: never a fixed pod here.
         sentinels = f"{meta.child(p.name, 'redis-sentinel')}:{redis.SENTINEL_PORT}"
         env.append({"name": "REDIS_SENTINELS", "value": sentinels})
@@ -62,7 +68,8 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
     return [e for e in env if e["name"] not in overridden] + user
 
 
-def _app_container(p: plan.Plan, role: str) -> Obj:
+def app_container(p: plan.Plan, role: str) -> Obj:
+    """The app's container in a role: web (the app and stage 6's services) or worker."""
     app = p.spec.app
     container: Obj = {
         "name": role if role == "worker" else "app",
@@ -91,7 +98,7 @@ def _app_container(p: plan.Plan, role: str) -> Obj:
 def web(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
     """The web Deployment and its Service; an HPA and a PDB once there is more than one pod."""
     pod_spec: Obj = {
-        "containers": [_app_container(p, "web")],
+        "containers": [app_container(p, "web")],
         "topologySpreadConstraints": workloads.spread(p, "app"),
         "affinity": _beside_database(p),
     }
@@ -113,7 +120,7 @@ def workers(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
     if not p.queue or not p.workers:
         return []
     pod: Obj = {
-        "containers": [_app_container(p, "worker")],
+        "containers": [app_container(p, "worker")],
         "topologySpreadConstraints": workloads.spread(p, "worker"),
         # A worker gets time to finish and ack its job before it is killed.
         "terminationGracePeriodSeconds": 120,

@@ -1,7 +1,8 @@
 """The nginx edge cache, from stage 3: two pods, their Service and PDB.
 
 It caches the app's static files (`spec.app.staticPath`) in front of the app's
-Service and passes everything else through (`operator/z2m/files/nginx-edge.conf`).
+Service and passes everything else through (`operator/z2m/files/nginx-edge.conf`);
+at stage 6, where z2m runs its own gateway, through the gateway instead.
 """
 
 from __future__ import annotations
@@ -9,17 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from z2m import api, catalog, plan
-from z2m.builders import meta, workloads
+from z2m.builders import gateway, meta, workloads
 
 Obj = dict[str, Any]
 
 EDGE_PORT = 8080
 
 
-def objects(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
+def objects(p: plan.Plan, owner: meta.Owner, gateway_api: bool = False) -> list[Obj]:
     """The edge cache's Deployment, Service and PDB, where the plan has it."""
     if not p.edge_cache:
         return []
+    upstream = "gateway" if gateway.uses_nginx(p, gateway_api) else "app"
     command = (
         f"envsubst '$UPSTREAM $STATIC_PATH $LISTEN_PORT' < {workloads.SCRIPTS_DIR}/nginx-edge.conf "
         "> /tmp/nginx.conf && exec nginx -c /tmp/nginx.conf -g 'daemon off;'"
@@ -29,7 +31,7 @@ def objects(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
         "image": api.DEFAULT_NGINX_IMAGE,
         "command": ["/bin/sh", "-c", command],
         "env": [
-            {"name": "UPSTREAM", "value": f"{meta.child(p.name, 'app')}:80"},
+            {"name": "UPSTREAM", "value": f"{meta.child(p.name, upstream)}:80"},
             {"name": "STATIC_PATH", "value": p.spec.app.static_path},
             {"name": "LISTEN_PORT", "value": str(EDGE_PORT)},
         ],

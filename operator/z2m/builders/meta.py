@@ -20,6 +20,7 @@ PART_OF = "app.kubernetes.io/part-of"
 COMPONENT = "app.kubernetes.io/component"
 RETAINED = "z2m.dev/retained"
 ZONE = "topology.kubernetes.io/zone"
+REGION = "topology.kubernetes.io/region"
 SECRET_KEYS = (
     "database-password",
     "replication-password",

@@ -1,6 +1,7 @@
 """Stage 5's monitoring: z2m's own Prometheus, or the Prometheus Operator's kinds.
 
-Stage 5 scrapes the app and worker pods and loads z2m's alert rules. Where the cluster
+Stage 5 scrapes the app and worker pods (stage 6 its services too) and loads z2m's
+alert rules. Where the cluster
 serves the Prometheus Operator's kinds, a PodMonitor and a PrometheusRule say so to the
 cluster's Prometheus; elsewhere z2m runs its own: a StatefulSet of Prometheus, its pod
 discovery (a sidecar listing this namespace's pods by our labels, under a Role of its
@@ -27,7 +28,8 @@ SD_FILE = f"{SD_DIR}/targets.json"
 """The target list the discovery sidecar writes and Prometheus reads (file_sd)."""
 SCRAPE_INTERVAL = "15s"
 SCRAPED = ("app", "worker")
-"""Components whose pods serve /metrics on their `http` port and are scraped."""
+"""Components whose pods serve /metrics on their `http` port and are scraped (and at
+stage 6 the services too: see `scraped`)."""
 CONFIG_HASH = "z2m.dev/config-hash"
 MONITORING_API = "monitoring.coreos.com/v1"
 PROMETHEUS_OPERATOR_KINDS = ((MONITORING_API, "PodMonitor"), (MONITORING_API, "PrometheusRule"))
@@ -91,9 +93,18 @@ def dashboard(p: plan.Plan) -> Obj:
     }
 
 
-def scraped_selector(owner_name: str) -> str:
-    """The label selector of the pods Prometheus scrapes: the app's and the workers'."""
-    return f"{meta.child_selector(owner_name)},{meta.COMPONENT} in ({','.join(SCRAPED)})"
+def scraped(p: plan.Plan) -> tuple[str, ...]:
+    """Components scraped: the app and workers, and stage 6's services.
+
+    The services serve the routes the gateway took from the app: their requests are
+    the stage's traffic too, and the promotion signals count them with the app's.
+    """
+    return SCRAPED + tuple(f"{workloads.SERVICE_PREFIX}{m.role}" for m in p.microservices)
+
+
+def scraped_selector(p: plan.Plan) -> str:
+    """The label selector of the pods Prometheus scrapes: `scraped` components'."""
+    return f"{meta.child_selector(p.name)},{meta.COMPONENT} in ({','.join(scraped(p))})"
 
 
 def prometheus_config(p: plan.Plan) -> Obj:
@@ -164,7 +175,7 @@ def _prometheus_operator_objects(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
                 "selector": {
                     "matchLabels": {meta.MANAGED_BY: "z2m", meta.PART_OF: p.name},
                     "matchExpressions": [
-                        {"key": meta.COMPONENT, "operator": "In", "values": list(SCRAPED)}
+                        {"key": meta.COMPONENT, "operator": "In", "values": list(scraped(p))}
                     ],
                 },
                 "podMetricsEndpoints": [
@@ -268,7 +279,7 @@ def _prometheus(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
             "image": spec.image,
             "command": ["/bin/sh", f"{MONITORING_DIR}/prometheus-sd.sh"],
             "env": [
-                {"name": "SD_SELECTOR", "value": scraped_selector(p.name)},
+                {"name": "SD_SELECTOR", "value": scraped_selector(p)},
                 {"name": "SD_FILE", "value": SD_FILE},
                 {"name": "SD_PORT_NAME", "value": "http"},
             ],

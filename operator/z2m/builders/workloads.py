@@ -20,6 +20,7 @@ SCRIPTS_DIR = "/etc/z2m"
 SCRIPT_FILES = (
     "postgres.sh",
     "redis.sh",
+    "redis-cluster.sh",
     "sentinel.sh",
     "nginx-edge.conf",
     "rabbitmq.conf",
@@ -54,16 +55,47 @@ def scripts_mount() -> Obj:
     return {"name": "z2m-scripts", "mountPath": SCRIPTS_DIR, "readOnly": True}
 
 
+REGIONAL = frozenset({"app", "read-replica", "cache-cluster"})
+"""Components placed per region at stage 6 (with the services, `SERVICE_PREFIX`).
+
+The database primary and its failover standby are not among them: the primary stays in
+one region, and a standby across regions would make every synchronous commit cross them.
+"""
+SERVICE_PREFIX = "service-"
+"""Stage 6's services carry the component `service-<role>`."""
+
+
+def regional(component: str) -> bool:
+    """Whether stage 6 places this component's pods per region."""
+    return component in REGIONAL or component.startswith(SERVICE_PREFIX)
+
+
 def spread(p: plan.Plan, component: str) -> list[Obj]:
-    """Spread a component's pods over zones and nodes, where the scheduler can."""
-    # ScheduleAnyway: a kind cluster's nodes carry no zone label, and DoNotSchedule would
-    # leave every pod Pending there. Spread is a preference, availability is the PDB's job.
-    return [
+    """Spread a component's pods over zones and nodes, and regions at stage 6.
+
+    Zones and nodes: ScheduleAnyway, since a kind cluster's nodes carry no zone label
+    and DoNotSchedule would leave every pod Pending there. Spread is a preference,
+    availability is the PDB's job. Regions: DoNotSchedule, but only where the nodes
+    were seen in two or more regions (`plan.region_spread`), so the pods really are
+    split between them rather than merely preferring to be.
+    """
+    selector = {"matchLabels": meta.labels(p.name, component)}
+    constraints: list[Obj] = []
+    if p.region_spread and regional(component):
+        constraints.append(
+            {
+                "maxSkew": 1,
+                "topologyKey": meta.REGION,
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": selector,
+            }
+        )
+    return constraints + [
         {
             "maxSkew": 1,
             "topologyKey": key,
             "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": meta.labels(p.name, component)},
+            "labelSelector": selector,
         }
         for key in (meta.ZONE, "kubernetes.io/hostname")
     ]
