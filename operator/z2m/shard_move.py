@@ -162,18 +162,18 @@ class Runner:
             async with await _connect(self.sources[s]) as conn, conn.transaction():
                 # A fenced source still takes the runner's own DDL.
                 await conn.execute("SET LOCAL transaction_read_only = off")
-                for sql in move.publication_sql(t):
-                    await conn.execute(sql.encode())
+                for statement in move.publication_sql(t):
+                    await conn.execute(statement.encode())
         elif step.kind == "subscribe":
             assert s is not None and t is not None
             async with await _connect(self.targets[t]) as conn:
                 for table, constraint in sharding.CROSS_SHARD_FOREIGN_KEYS:
-                    await conn.execute(
-                        f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {constraint}".encode()
-                    )
+                    drop = f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {constraint}"
+                    await conn.execute(drop.encode())
                 await conn.execute(
                     sql.SQL(
-                        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)"
+                        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
+                        " WITH (copy_data = true)"
                     ).format(
                         sql.Identifier(move.subscription(s, t)),
                         sql.Literal(self.sources[s]),
