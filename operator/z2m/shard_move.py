@@ -167,7 +167,7 @@ class Runner:
         elif step.kind == "subscribe":
             assert s is not None and t is not None
             async with await _connect(self.targets[t]) as conn:
-                for table, constraint in sharding.CROSS_SHARD_FOREIGN_KEYS:
+                for table, constraint in sharding.CROSS_SHARD_FOREIGN_KEYS if move.split else ():
                     drop = f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {constraint}"
                     await conn.execute(drop.encode())
                 await conn.execute(
@@ -194,7 +194,7 @@ class Runner:
         elif step.kind == "drop-publication":
             assert s is not None and t is not None
             async with await _connect(self.sources[s]) as conn:
-                await conn.execute("SET transaction_read_only = off")
+                await conn.execute("SET default_transaction_read_only = off")
                 await conn.execute(f"DROP PUBLICATION IF EXISTS {move.publication(t)}".encode())
         elif step.kind == "blocked":
             raise RuntimeError(f"shard move {move.name} is blocked: {step.reason}")
