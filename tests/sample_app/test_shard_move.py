@@ -10,11 +10,13 @@ never asserted against a clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import pytest
@@ -80,9 +82,24 @@ def seed(url: str) -> None:
         )
 
 
-def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return list(conn.execute(sql.encode()).fetchall())
+
+
+def count(url: str, sql: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql.encode()).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def users_posts_follows(url: str) -> int:
+    return count(
+        url,
+        "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM posts)"
+        " + (SELECT count(*) FROM follows)",
+    )
 
 
 @dataclass
@@ -107,6 +124,8 @@ class Writers:
     acked: list[tuple[int, str, float]] = field(default_factory=list)
     failed: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    wanted: int | None = None  # set ``reached`` once this many writes are acknowledged
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def one(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -120,10 +139,12 @@ class Writers:
                 await asyncio.sleep(0.01)
                 continue
             self.acked.append((author, token, time.monotonic()))
+            if self.wanted is not None and len(self.acked) >= self.wanted:
+                self.reached.set()
 
     def longest_gap(self) -> float:
         times = [t for _, _, t in self.acked]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 async def move_with_writers(
@@ -139,9 +160,8 @@ async def move_with_writers(
     try:
         report = await shard_move.Runner(move, sources, targets, switch).run()
         # Let the writers prove the new layout takes writes before stopping.
-        after = len(writers.acked) + 200
-        while len(writers.acked) < after:
-            await asyncio.sleep(0.01)
+        writers.wanted = len(writers.acked) + 200
+        await writers.reached.wait()
     finally:
         writers.stop.set()
         await asyncio.gather(*tasks)
@@ -192,16 +212,7 @@ def test_a_split_and_a_merge_under_live_writes_lose_and_double_no_acknowledged_w
     for k, url in enumerate(targets):
         assert rows(url, f"SELECT count(*) FROM users WHERE id % 2 <> {k}") == [(0,)]
         assert rows(url, f"SELECT count(*) FROM posts WHERE author_id % 2 <> {k}") == [(0,)]
-    moved = sum(
-        int(
-            rows(
-                u,
-                "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM posts)"
-                " + (SELECT count(*) FROM follows)",
-            )[0][0]
-        )  # fmt: skip
-        for u in targets
-    )
+    moved = sum(users_posts_follows(u) for u in targets)
     print_figures("split 1→2", report, writers, moved)
     assert rows(source, "SELECT count(*) FROM pg_publication") == [(0,)]
 
@@ -210,9 +221,7 @@ def test_a_split_and_a_merge_under_live_writes_lose_and_double_no_acknowledged_w
     back, writers_back = asyncio.run(move_with_writers(merge, targets, [merged]))
     assert_every_ack_on_its_shard(writers_back, [merged])
     assert_every_ack_on_its_shard(writers, [merged])  # the split's writes came back too
-    total = rows(merged, "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM posts)"
-                 " + (SELECT count(*) FROM follows)")[0][0]  # fmt: skip
-    print_figures("merge 2→1", back, writers_back, int(total))  # type: ignore[call-overload]
+    print_figures("merge 2→1", back, writers_back, users_posts_follows(merged))
     assert rows(merged, "SELECT count(*) FROM posts") == [
         (SEED_POSTS + len(writers.acked) + len(writers_back.acked),)
     ]
@@ -244,7 +253,7 @@ def test_a_runner_stopped_mid_move_is_started_again_and_converges(
 
     kinds = asyncio.run(go())
     assert "stopped after fence" in kinds
-    assert sum(int(rows(u, "SELECT count(*) FROM posts")[0][0]) for u in targets) == SEED_POSTS  # type: ignore[call-overload]
+    assert sum(count(u, "SELECT count(*) FROM posts") for u in targets) == SEED_POSTS
     assert rows(source, "SELECT count(*) FROM pg_publication") == [(0,)]
     for url in targets:
         assert rows(url, "SELECT count(*) FROM pg_subscription") == [(0,)]
