@@ -26,6 +26,15 @@ from z2m import sharding
 log = logging.getLogger(__name__)
 
 
+# Client sessions of this database that began before the fence: they may have
+# read the old (writable) default and must be ended.
+STALE_SQL = """
+SELECT count(*)::int FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND backend_start < %s::timestamptz
+"""
+
+
 class Routing(Protocol):
     """Where the app sends each user's queries; both calls must be idempotent."""
 
@@ -100,20 +109,26 @@ class Runner:
         move = self.move
         pubs: set[tuple[int, int]] = set()
         fenced: list[bool] = []
+        stale: list[int] = []
         for s, dsn in enumerate(self.sources):
             names = {r[0] for r in await _rows(dsn, "SELECT pubname FROM pg_publication")}
             pubs |= {(s, t) for t in range(move.targets) if move.publication(t) in names}
-            fenced.append(
-                bool(
-                    await _one(
-                        dsn,
-                        "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting d"
-                        " JOIN pg_database b ON b.oid = d.setdatabase"
-                        " WHERE b.datname = current_database() AND d.setrole = 0"
-                        " AND 'default_transaction_read_only=on' = ANY(d.setconfig))",
-                    )
-                )
+            fenced_at = await _one(
+                dsn,
+                "SELECT max(split_part(c, '=', 2)) FROM pg_db_role_setting d"
+                " JOIN pg_database b ON b.oid = d.setdatabase, unnest(d.setconfig) c"
+                " WHERE b.datname = current_database() AND d.setrole = 0"
+                " AND c LIKE 'z2m.fenced_at=%%'",
             )
+            read_only = await _one(
+                dsn,
+                "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting d"
+                " JOIN pg_database b ON b.oid = d.setdatabase"
+                " WHERE b.datname = current_database() AND d.setrole = 0"
+                " AND 'default_transaction_read_only=on' = ANY(d.setconfig))",
+            )
+            fenced.append(bool(read_only) and fenced_at is not None)
+            stale.append(0 if fenced_at is None else await _one(dsn, STALE_SQL, (fenced_at,)))
         subs: dict[tuple[int, int], sharding.SubscriptionState] = {}
         has_rows: list[bool] = []
         for t, dsn in enumerate(self.targets):
@@ -149,6 +164,7 @@ class Runner:
             subscriptions=subs,
             target_has_rows=tuple(has_rows),
             fenced=tuple(fenced),
+            stale_sessions=tuple(stale),
             routed=await self.routing.switched(),
         )
 
@@ -183,7 +199,8 @@ class Runner:
         elif step.kind == "fence":
             for dsn in self.sources:
                 await self._fence(dsn)
-            self.report.fenced_at = self.clock()
+            if self.report.fenced_at is None:
+                self.report.fenced_at = self.clock()
         elif step.kind == "cutover":
             await self._move_sequences()
             await self.routing.switch()
@@ -200,18 +217,34 @@ class Runner:
             raise RuntimeError(f"shard move {move.name} is blocked: {step.reason}")
 
     async def _fence(self, dsn: str) -> None:
-        # First no new session may write, then end the sessions that could.
+        # First no new session may write; then record when that held; then end
+        # the sessions older than that, the only ones that could still write.
         async with await _connect(dsn) as conn:
-            db = await _one(dsn, "SELECT current_database()")
-            await conn.execute(
-                sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-                    sql.Identifier(db)
-                )
+            cur = await conn.execute(
+                "SELECT current_database(), current_setting('z2m.fenced_at', true)"
             )
+            row = await cur.fetchone()
+            assert row is not None
+            db, fenced_at = row
+            if not fenced_at:
+                name = sql.Identifier(db)
+                await conn.execute(
+                    sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(name)
+                )
+                cur = await conn.execute("SELECT clock_timestamp()::text")
+                stamp = await cur.fetchone()
+                assert stamp is not None
+                fenced_at = stamp[0]
+                await conn.execute(
+                    sql.SQL("ALTER DATABASE {} SET z2m.fenced_at = {}").format(
+                        name, sql.Literal(fenced_at)
+                    )
+                )
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND backend_type = 'client backend'"
-                " AND pid <> pg_backend_pid()"
+                " AND pid <> pg_backend_pid() AND backend_start < %s::timestamptz",
+                (fenced_at,),
             )
 
     async def _move_sequences(self) -> None:

@@ -24,8 +24,10 @@ phases, each with the precondition :func:`next_step` checks:
 3. ``wait initial copy``: every table of every subscription is ``ready``.
 4. ``fence``: once every slot is within ``fence_lag_bytes`` of its source,
    the sources turn read-only (``default_transaction_read_only`` on the
-   database, then their client sessions are ended, so every write after this
-   fails rather than being silently left behind).  Why this fence: it is in the
+   database, its time recorded beside it as ``z2m.fenced_at``, then the client
+   sessions older than that are ended, so every write after this fails rather
+   than being silently left behind; the step repeats while any such session
+   is seen, which also covers a runner stopped between the two).  Why this fence: it is in the
    database, so it holds whatever app version or replica count is running;
    it needs no app cooperation; and a write that fails is not acknowledged,
    so it can be retried on the new layout.  It is not a security boundary
@@ -165,6 +167,8 @@ class Observed:
     subscriptions: dict[tuple[int, int], SubscriptionState]
     target_has_rows: tuple[bool, ...]
     fenced: tuple[bool, ...]  # per source
+    # Per source: client sessions that began before the fence (they may still write).
+    stale_sessions: tuple[int, ...]
     routed: bool  # the app already routes to the targets
 
 
@@ -209,6 +213,8 @@ def next_step(move: Move, seen: Observed) -> Step:
     if copying:
         return Step("wait", f"initial copy still running for {len(copying)} subscription(s)")
     lags = {p: sub.lag_bytes for p, sub in subs.items()}
+    if all(seen.fenced) and any(seen.stale_sessions):
+        return Step("fence", "sessions older than the fence are still connected")
     if not all(seen.fenced):
         behind = {p: lag for p, lag in lags.items() if lag is None or lag > move.fence_lag_bytes}
         if behind:

@@ -32,6 +32,8 @@ wal_level = logical
 max_replication_slots = 20
 max_logical_replication_workers = 8
 max_worker_processes = 16
+# Start replication workers promptly (the default retry is 5 s).
+wal_retrieve_retry_interval = '200ms'
 """
 USERS = 200
 SEED_POSTS = 3000
