@@ -26,6 +26,14 @@ from z2m import sharding
 log = logging.getLogger(__name__)
 
 
+# When this database was fenced (``z2m.fenced_at``), read from the catalog: a
+# session's own settings are those of when it began.
+FENCED_AT_SQL = """
+SELECT max(split_part(c, '=', 2)) FROM pg_db_role_setting d
+JOIN pg_database b ON b.oid = d.setdatabase, unnest(d.setconfig) c
+WHERE b.datname = current_database() AND d.setrole = 0 AND c LIKE 'z2m.fenced_at=%%'
+"""
+
 # Client sessions of this database that began before the fence: they may have
 # read the old (writable) default and must be ended.
 STALE_SQL = """
@@ -66,21 +74,6 @@ class Report:
         return self.routed_at - self.fenced_at
 
 
-async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-
-
-async def _rows(dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    async with await _connect(dsn) as conn:
-        cur = await conn.execute(sql.encode(), params)
-        return list(await cur.fetchall()) if cur.description else []
-
-
-async def _one(dsn: str, sql: str, params: Sequence[Any] = ()) -> Any:
-    rows = await _rows(dsn, sql, params)
-    return rows[0][0] if rows else None
-
-
 class Runner:
     """Runs one move between ``sources`` and ``targets`` (libpq URLs, superuser)."""
 
@@ -101,6 +94,36 @@ class Runner:
         self.move, self.sources, self.targets = move, list(sources), list(targets)
         self.routing, self.poll, self.clock, self.on_step = routing, poll, clock, on_step
         self.report = Report(started_at=clock())
+        # One session per server, kept across passes: connecting dominates a pass.
+        self._sessions: dict[str, psycopg.AsyncConnection[Any]] = {}
+
+    async def _conn(self, dsn: str) -> psycopg.AsyncConnection[Any]:
+        conn = self._sessions.get(dsn)
+        if conn is None or conn.closed or conn.broken:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            # The runner's own statements pass a fenced database's read-only default.
+            await conn.execute("SET default_transaction_read_only = off")
+            self._sessions[dsn] = conn
+        return conn
+
+    async def _rows(self, dsn: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            cur = await (await self._conn(dsn)).execute(sql.encode(), params)
+        except psycopg.OperationalError:
+            # A session lost (a server restart, say): one fresh try.
+            self._sessions.pop(dsn, None)
+            cur = await (await self._conn(dsn)).execute(sql.encode(), params)
+        return list(await cur.fetchall()) if cur.description else []
+
+    async def _one(self, dsn: str, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._rows(dsn, sql, params)
+        return rows[0][0] if rows else None
+
+    async def close(self) -> None:
+        """Close the runner's sessions."""
+        for conn in self._sessions.values():
+            await conn.close()
+        self._sessions.clear()
 
     # ------------------------------------------------------------------ observe
 
@@ -111,16 +134,10 @@ class Runner:
         fenced: list[bool] = []
         stale: list[int] = []
         for s, dsn in enumerate(self.sources):
-            names = {r[0] for r in await _rows(dsn, "SELECT pubname FROM pg_publication")}
+            names = {r[0] for r in await self._rows(dsn, "SELECT pubname FROM pg_publication")}
             pubs |= {(s, t) for t in range(move.targets) if move.publication(t) in names}
-            fenced_at = await _one(
-                dsn,
-                "SELECT max(split_part(c, '=', 2)) FROM pg_db_role_setting d"
-                " JOIN pg_database b ON b.oid = d.setdatabase, unnest(d.setconfig) c"
-                " WHERE b.datname = current_database() AND d.setrole = 0"
-                " AND c LIKE 'z2m.fenced_at=%%'",
-            )
-            read_only = await _one(
+            fenced_at = await self._one(dsn, FENCED_AT_SQL)
+            read_only = await self._one(
                 dsn,
                 "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting d"
                 " JOIN pg_database b ON b.oid = d.setdatabase"
@@ -128,13 +145,13 @@ class Runner:
                 " AND 'default_transaction_read_only=on' = ANY(d.setconfig))",
             )
             fenced.append(bool(read_only) and fenced_at is not None)
-            stale.append(0 if fenced_at is None else await _one(dsn, STALE_SQL, (fenced_at,)))
+            stale.append(0 if fenced_at is None else await self._one(dsn, STALE_SQL, (fenced_at,)))
         subs: dict[tuple[int, int], sharding.SubscriptionState] = {}
         has_rows: list[bool] = []
         for t, dsn in enumerate(self.targets):
             found = {
                 r[0]: bool(r[1])
-                for r in await _rows(
+                for r in await self._rows(
                     dsn,
                     "SELECT s.subname, COALESCE(bool_and(r.srsubstate = 'r'), false)"
                     " FROM pg_subscription s LEFT JOIN pg_subscription_rel r ON r.srsubid = s.oid"
@@ -145,12 +162,12 @@ class Runner:
             counts = " UNION ALL ".join(
                 f"SELECT 1 FROM (SELECT 1 FROM {tb.name} LIMIT 1) x" for tb in move.tables
             )
-            has_rows.append(bool(await _rows(dsn, counts)))
+            has_rows.append(bool(await self._rows(dsn, counts)))
             for s in range(move.sources):
                 name = move.subscription(s, t)
                 if name not in found:
                     continue
-                lag = await _one(
+                lag = await self._one(
                     self.sources[s],
                     "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint"
                     " FROM pg_replication_slots WHERE slot_name = %s",
@@ -175,27 +192,31 @@ class Runner:
         move, s, t = self.move, step.source, step.target
         if step.kind == "publish":
             assert s is not None and t is not None
-            async with await _connect(self.sources[s]) as conn, conn.transaction():
+            conn = await self._conn(self.sources[s])
+            async with conn.transaction():
                 # A fenced source still takes the runner's own DDL.
                 await conn.execute("SET LOCAL transaction_read_only = off")
                 for statement in move.publication_sql(t):
                     await conn.execute(statement.encode())
         elif step.kind == "subscribe":
             assert s is not None and t is not None
-            async with await _connect(self.targets[t]) as conn:
-                for table, constraint in sharding.CROSS_SHARD_FOREIGN_KEYS if move.split else ():
-                    drop = f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {constraint}"
-                    await conn.execute(drop.encode())
-                await conn.execute(
-                    sql.SQL(
-                        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
-                        " WITH (copy_data = true)"
-                    ).format(
-                        sql.Identifier(move.subscription(s, t)),
-                        sql.Literal(self.sources[s]),
-                        sql.Identifier(move.publication(t)),
-                    )
+            conn = await self._conn(self.targets[t])
+            for table, constraint in sharding.CROSS_SHARD_FOREIGN_KEYS if move.split else ():
+                drop = f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {constraint}"
+                await conn.execute(drop.encode())
+            await conn.execute(
+                sql.SQL(
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}"
+                    # synchronous_commit: the slot's confirmed flush then follows
+                    # each applied commit at once, not the target's WAL writer,
+                    # which is what the final catch-up behind the fence waits on.
+                    " WITH (copy_data = true, synchronous_commit = on)"
+                ).format(
+                    sql.Identifier(move.subscription(s, t)),
+                    sql.Literal(self.sources[s]),
+                    sql.Identifier(move.publication(t)),
                 )
+            )
         elif step.kind == "fence":
             for dsn in self.sources:
                 await self._fence(dsn)
@@ -207,45 +228,40 @@ class Runner:
             self.report.routed_at = self.clock()
         elif step.kind == "drop-subscription":
             assert s is not None and t is not None
-            await _rows(self.targets[t], f"DROP SUBSCRIPTION IF EXISTS {move.subscription(s, t)}")
+            await self._rows(
+                self.targets[t], f"DROP SUBSCRIPTION IF EXISTS {move.subscription(s, t)}"
+            )
         elif step.kind == "drop-publication":
             assert s is not None and t is not None
-            async with await _connect(self.sources[s]) as conn:
-                await conn.execute("SET default_transaction_read_only = off")
-                await conn.execute(f"DROP PUBLICATION IF EXISTS {move.publication(t)}".encode())
+            await self._rows(self.sources[s], f"DROP PUBLICATION IF EXISTS {move.publication(t)}")
         elif step.kind == "blocked":
             raise RuntimeError(f"shard move {move.name} is blocked: {step.reason}")
 
     async def _fence(self, dsn: str) -> None:
         # First no new session may write; then record when that held; then end
         # the sessions older than that, the only ones that could still write.
-        async with await _connect(dsn) as conn:
-            cur = await conn.execute(
-                "SELECT current_database(), current_setting('z2m.fenced_at', true)"
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            db, fenced_at = row
-            if not fenced_at:
-                name = sql.Identifier(db)
-                await conn.execute(
-                    sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(name)
-                )
-                cur = await conn.execute("SELECT clock_timestamp()::text")
-                stamp = await cur.fetchone()
-                assert stamp is not None
-                fenced_at = stamp[0]
-                await conn.execute(
-                    sql.SQL("ALTER DATABASE {} SET z2m.fenced_at = {}").format(
-                        name, sql.Literal(fenced_at)
-                    )
-                )
+        conn = await self._conn(dsn)
+        fenced_at = await self._one(dsn, FENCED_AT_SQL)
+        if not fenced_at:
+            name = sql.Identifier(await self._one(dsn, "SELECT current_database()"))
             await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND backend_type = 'client backend'"
-                " AND pid <> pg_backend_pid() AND backend_start < %s::timestamptz",
-                (fenced_at,),
+                sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(name)
             )
+            cur = await conn.execute("SELECT clock_timestamp()::text")
+            stamp = await cur.fetchone()
+            assert stamp is not None
+            fenced_at = stamp[0]
+            await conn.execute(
+                sql.SQL("ALTER DATABASE {} SET z2m.fenced_at = {}").format(
+                    name, sql.Literal(fenced_at)
+                )
+            )
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid() AND backend_start < %s::timestamptz",
+            (fenced_at,),
+        )
 
     async def _move_sequences(self) -> None:
         for table in self.move.tables:
@@ -253,7 +269,7 @@ class Runner:
                 continue
             last = sharding.max_sequence(
                 [
-                    await _one(
+                    await self._one(
                         dsn,
                         "SELECT last_value FROM pg_sequences WHERE sequencename = %s",
                         (table.sequence,),
@@ -263,11 +279,11 @@ class Runner:
             )
             # Rows may carry ids the sequence never handed out (explicit ids).
             for dsn in self.sources:
-                top = await _one(dsn, f"SELECT max(id) FROM {table.name}")
+                top = await self._one(dsn, f"SELECT max(id) FROM {table.name}")
                 last = max(last, int(top or 0))
             for t, dsn in enumerate(self.targets):
                 first, step = sharding.sequence_settings(self.move, last, t)
-                await _rows(
+                await self._rows(
                     dsn,
                     f"ALTER SEQUENCE {table.sequence} INCREMENT BY {step} RESTART WITH {first}",
                 )
@@ -293,9 +309,12 @@ class Runner:
 
     async def run(self) -> Report:
         """Step until the move is done; waits poll every ``poll`` seconds."""
-        while True:
-            step = await self.step_once()
-            if step.kind == "done":
-                return self.report
-            if step.kind == "wait":
-                await asyncio.sleep(self.poll)
+        try:
+            while True:
+                step = await self.step_once()
+                if step.kind == "done":
+                    return self.report
+                if step.kind == "wait":
+                    await asyncio.sleep(self.poll)
+        finally:
+            await self.close()

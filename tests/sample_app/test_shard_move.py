@@ -37,6 +37,7 @@ wal_retrieve_retry_interval = '200ms'
 """
 USERS = 200
 SEED_POSTS = 3000
+WRITES_AROUND_THE_MOVE = 500
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,13 @@ class Writers:
             if self.wanted is not None and len(self.acked) >= self.wanted:
                 self.reached.set()
 
+    async def until(self, acknowledged: int) -> None:
+        """Return once this many writes in all were acknowledged."""
+        self.reached.clear()
+        self.wanted = acknowledged
+        if len(self.acked) < acknowledged:
+            await self.reached.wait()
+
     def longest_gap(self) -> float:
         times = [t for _, _, t in self.acked]
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
@@ -160,10 +168,11 @@ async def move_with_writers(
     writers = Writers(switch)
     tasks = [asyncio.create_task(writers.one(i)) for i in range(4)]
     try:
+        # The writers are in full swing before the move, and prove the new
+        # layout takes writes after it.
+        await writers.until(WRITES_AROUND_THE_MOVE)
         report = await shard_move.Runner(move, sources, targets, switch).run()
-        # Let the writers prove the new layout takes writes before stopping.
-        writers.wanted = len(writers.acked) + 200
-        await writers.reached.wait()
+        await writers.until(len(writers.acked) + WRITES_AROUND_THE_MOVE)
     finally:
         writers.stop.set()
         await asyncio.gather(*tasks)
