@@ -294,9 +294,11 @@ class Runner:
         """Observe, decide, act once; returns the step taken."""
         step = sharding.next_step(self.move, await self.observe())
         if step.kind == "wait":
-            self.report.waits[step.reason.split(":")[0]] = (
-                self.report.waits.get(step.reason.split(":")[0], 0) + 1
-            )
+            # Counted by phase ("catching up", "final catch-up", ...); logged when it changes.
+            phase = step.reason.split(":")[0]
+            if phase not in self.report.waits:
+                log.info("shard move %s waits: %s", self.move.name, step.reason)
+            self.report.waits[phase] = self.report.waits.get(phase, 0) + 1
         else:
             self.report.steps.append(f"{step.kind}: {step.reason}")
             log.info("shard move %s: %s (%s)", self.move.name, step.kind, step.reason)

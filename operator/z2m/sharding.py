@@ -211,7 +211,7 @@ def next_step(move: Move, seen: Observed) -> Step:
         return Step("subscribe", f"target {t} does not read source {s} yet", s, t)
     copying = [p for p, sub in subs.items() if not sub.copied]
     if copying:
-        return Step("wait", f"initial copy still running for {len(copying)} subscription(s)")
+        return Step("wait", f"initial copy still running: {len(copying)} subscription(s)")
     lags = {p: sub.lag_bytes for p, sub in subs.items()}
     if all(seen.fenced) and any(seen.stale_sessions):
         return Step("fence", "sessions older than the fence are still connected")
