@@ -61,10 +61,11 @@ class Report:
 
     steps: list[str] = field(default_factory=list)
     waits: dict[str, int] = field(default_factory=dict)
-    fenced_at: float | None = None
-    routed_at: float | None = None
-    copied_at: float | None = None
     started_at: float = 0.0
+    copied_at: float | None = None  # first pass that found every initial copy done
+    fenced_at: float | None = None
+    caught_up_at: float | None = None  # behind the fence, every slot at its source
+    routed_at: float | None = None
 
     @property
     def fence_seconds(self) -> float | None:
@@ -304,8 +305,12 @@ class Runner:
             log.info("shard move %s: %s (%s)", self.move.name, step.kind, step.reason)
         if self.on_step is not None:
             await self.on_step(step)
-        if step.kind == "fence":
-            self.report.copied_at = self.clock()
+        now = self.clock()
+        copying = step.kind == "wait" and step.reason.startswith("initial copy")
+        if self.report.copied_at is None and step.kind in ("wait", "fence") and not copying:
+            self.report.copied_at = now
+        if step.kind == "cutover" and self.report.caught_up_at is None:
+            self.report.caught_up_at = now
         await self.act(step)
         return step
 

@@ -201,12 +201,16 @@ def assert_every_ack_on_its_shard(writers: Writers, targets: list[str]) -> None:
 
 
 def print_figures(label: str, report: shard_move.Report, writers: Writers, moved: int) -> None:
+    assert None not in (report.copied_at, report.fenced_at, report.caught_up_at)
     copy = (report.copied_at or 0) - report.started_at
+    catch_up = (report.fenced_at or 0) - (report.copied_at or 0)
+    final = (report.caught_up_at or 0) - (report.fenced_at or 0)
     print(
         f"\n{label}: {moved} rows on the targets, {len(writers.acked)} acknowledged writes,"
         f" {writers.failed} refused, fence {report.fence_seconds or 0:.3f} s"
-        f" (longest gap between acknowledged writes {writers.longest_gap():.3f} s),"
-        f" copy + catch-up before the fence {copy:.2f} s, waits {report.waits}"
+        f" (longest gap between acknowledged writes {writers.longest_gap():.3f} s);"
+        f" start to initial copy done {copy:.2f} s, then to the fence {catch_up:.2f} s,"
+        f" final catch-up {final:.3f} s; waits {report.waits}"
     )
 
 
