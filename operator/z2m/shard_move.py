@@ -201,6 +201,14 @@ class Runner:
                     await conn.execute(statement.encode())
         elif step.kind == "subscribe":
             assert s is not None and t is not None
+            # A slot left by a CREATE SUBSCRIPTION that died before committing
+            # on the target would make this one fail: no subscription owns it.
+            await self._rows(
+                self.sources[s],
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND NOT active",
+                (move.subscription(s, t),),
+            )
             conn = await self._conn(self.targets[t])
             for table, constraint in sharding.CROSS_SHARD_FOREIGN_KEYS if move.split else ():
                 drop = f"ALTER TABLE IF EXISTS {table} DROP CONSTRAINT IF EXISTS {constraint}"

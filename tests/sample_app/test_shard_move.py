@@ -242,13 +242,17 @@ def test_a_split_and_a_merge_under_live_writes_lose_and_double_no_acknowledged_w
     ]
 
 
-def test_a_runner_stopped_mid_move_is_started_again_and_converges_with_updates_and_deletes(
+def test_a_runner_stopped_mid_move_converges_keeping_updates_deletes_and_no_stray_slot(
     clusters: list[Postgres],
 ) -> None:
     source = fresh(clusters[0])
     seed(source)
     targets = [fresh(clusters[1]), fresh(clusters[2])]
     move = sharding.Move("again", sources=1, targets=2)
+
+    # As if a CREATE SUBSCRIPTION had made its slot and died before committing.
+    count(source, f"SELECT count(*) FROM pg_create_logical_replication_slot("
+                  f"'{move.subscription(0, 1)}', 'pgoutput')")  # fmt: skip
 
     async def go() -> list[str]:
         new = shards.ShardedDatabase(targets)
@@ -276,6 +280,7 @@ def test_a_runner_stopped_mid_move_is_started_again_and_converges_with_updates_a
     assert sum(count(u, "SELECT count(*) FROM posts") for u in targets) == SEED_POSTS - 10
     assert sum(count(u, "SELECT count(*) FROM posts WHERE body = 'edited'") for u in targets) == 10
     assert rows(source, "SELECT count(*) FROM pg_publication") == [(0,)]
+    assert rows(source, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
     for url in targets:
         assert rows(url, "SELECT count(*) FROM pg_subscription") == [(0,)]
 
