@@ -265,8 +265,11 @@ full_page_writes = off
 
 
 @contextlib.contextmanager
-def postgres_primary(tmp: Path) -> Iterator[Postgres]:
+def postgres_primary(tmp: Path, settings: str = "") -> Iterator[Postgres]:
     """Run a PostgreSQL primary with streaming replication enabled.
+
+    ``settings`` are appended to ``postgresql.conf`` (``wal_level = logical`` for
+    logical replication, say).
 
     Trust auth on 127.0.0.1 for every user, plus a ``replicator`` role allowed
     to connect for replication, so :func:`postgres_replica` can clone it.
@@ -288,7 +291,7 @@ def postgres_primary(tmp: Path) -> Iterator[Postgres]:
             "--no-instructions",
         ]
         subprocess.run(_as_user(user, initdb), check=True, capture_output=True, timeout=120)
-        _write_conf(server.data_dir, server.port)
+        _write_conf(server.data_dir, server.port, settings)
         (server.data_dir / "pg_hba.conf").write_text(
             "host all all 127.0.0.1/32 trust\n"
             f"host replication {REPLICATION_USER} 127.0.0.1/32 trust\n"
