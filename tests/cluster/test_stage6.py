@@ -47,6 +47,30 @@ def ready(pod: Any) -> bool:
     )
 
 
+def rolled_out(api_client: ApiClient, namespace: str) -> bool:
+    """Every workload of the ScalingStage runs only its current template, all of it ready.
+
+    Pods of the stage-5 template (placed without the region spread) are still there
+    while the app's Deployment and the read replicas roll; placement is checked after.
+    """
+    apps = kubernetes.client.AppsV1Api(api_client)
+    selector = f"{builders.PART_OF}={NAME}"
+    for d in apps.list_namespaced_deployment(namespace, label_selector=selector).items:
+        st, want = d.status, d.spec.replicas or 0
+        if (st.observed_generation or 0) < d.metadata.generation or not (
+            (st.replicas or 0) == (st.updated_replicas or 0) == (st.ready_replicas or 0) == want
+        ):
+            return False
+    for s in apps.list_namespaced_stateful_set(namespace, label_selector=selector).items:
+        st = s.status
+        if (st.observed_generation or 0) < s.metadata.generation or not (
+            st.update_revision == st.current_revision
+            and (st.ready_replicas or 0) == (s.spec.replicas or 0)
+        ):
+            return False
+    return True
+
+
 def node_regions(api_client: ApiClient) -> dict[str, str]:
     nodes = kubernetes.client.CoreV1Api(api_client).list_node().items
     return {n.metadata.name: (n.metadata.labels or {}).get(builders.REGION, "") for n in nodes}
@@ -79,7 +103,9 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
     def stage6_running() -> dict[str, list[Any]] | None:
         found = pods_by_component(api_client, namespace)
         enough = {"gateway": 2, "cache-cluster": 6, **dict.fromkeys(SERVICES, 2)}
-        if all(sum(ready(p) for p in found.get(c, [])) >= n for c, n in enough.items()):
+        if rolled_out(api_client, namespace) and all(
+            sum(ready(p) for p in found.get(c, [])) >= n for c, n in enough.items()
+        ):
             return found
         return None
 
