@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The images z2m's pods run, built the same way everywhere: the operator, the sample app
-# and Debian-packaged PostgreSQL, Redis, RabbitMQ, nginx and Prometheus with Alertmanager
+# and Debian-packaged PostgreSQL, Redis, RabbitMQ, nginx and Prometheus with Alertmanager,
+# and Kafka from its Maven Central jars
 # (hack/images/<name>/). Each is tagged docker.io/z2m/<name>:<version> and saved as an
 # archive in the cache, keyed by a hash of its build context; an image whose inputs did
 # not change is not built again.
@@ -17,7 +18,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-images=(operator sample-app postgres redis rabbitmq nginx prometheus)
+images=(operator sample-app postgres redis rabbitmq nginx prometheus kafka)
 # Bump when this script changes the images it makes from the same inputs.
 recipe=1
 cache="$z2m_cache/images"
