@@ -50,6 +50,14 @@ class Config:
     broker_url: str | None = None
     queue_name: str = "z2m.jobs"
     """QUEUE_NAME: the jobs queue, as the operator names it (spec.queue.queueName)."""
+    kafka_servers: str | None = None
+    """KAFKA_BOOTSTRAP_SERVERS: comma-separated host:port; jobs go to Kafka (stage 5)."""
+    kafka_topic: str = "z2m.jobs"
+    """KAFKA_TOPIC: the jobs topic (spec.streaming.topic)."""
+    kafka_group: str = "z2m.workers"
+    """KAFKA_GROUP: the workers' consumer group (spec.streaming.consumerGroup)."""
+    kafka_partitions: int = 6
+    """KAFKA_PARTITIONS: the topic's partitions, made so if the topic has fewer."""
     secret_key: str | None = None
 
     @property
@@ -66,6 +74,8 @@ class Config:
             features.append(f"cache(sentinels={len(self.redis_sentinels)})")
         if self.broker_url:
             features.append("queue")
+        if self.kafka_servers:
+            features.append(f"stream(partitions={self.kafka_partitions})")
         if self.secret_key:
             features.append("secret_key")
         return features
@@ -129,8 +139,10 @@ def parse_replica_urls(value: str | None) -> tuple[str, ...]:
     return urls
 
 
-def parse_sentinels(value: str | None) -> tuple[tuple[str, int], ...]:
-    """Parse ``REDIS_SENTINELS``: comma-separated ``host:port`` addresses."""
+def parse_sentinels(
+    value: str | None, variable: str = "REDIS_SENTINELS"
+) -> tuple[tuple[str, int], ...]:
+    """Parse ``REDIS_SENTINELS`` (or another ``variable``): comma-separated ``host:port``."""
     if value is None:
         return ()
     found: list[tuple[str, int]] = []
@@ -139,15 +151,22 @@ def parse_sentinels(value: str | None) -> tuple[tuple[str, int], ...]:
             continue
         host, colon, port = item.rpartition(":")
         if not colon or not host or "/" in host or not port.isdigit():
-            raise ConfigError(
-                "REDIS_SENTINELS", f"entry {index + 1}: must be host:port, got {item!r}"
-            )
+            raise ConfigError(variable, f"entry {index + 1}: must be host:port, got {item!r}")
         if not 1 <= int(port) <= 65535:
             raise ConfigError(
-                "REDIS_SENTINELS", f"entry {index + 1}: port must be from 1 to 65535, got {port}"
+                variable, f"entry {index + 1}: port must be from 1 to 65535, got {port}"
             )
         found.append((host.strip("[]"), int(port)))
     return tuple(found)
+
+
+def parse_partitions(value: str | None) -> int:
+    """Parse ``KAFKA_PARTITIONS``: an integer in 1..1000, default 6."""
+    if value is None:
+        return Config.kafka_partitions
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise ConfigError("KAFKA_PARTITIONS", f"must be an integer from 1 to 1000, got {value!r}")
+    return int(value)
 
 
 def parse_env(env: Mapping[str, str]) -> Config:
@@ -173,6 +192,8 @@ def parse_env(env: Mapping[str, str]) -> Config:
     broker_url = _get(env, "BROKER_URL")
     if broker_url is not None:
         _check_url("BROKER_URL", broker_url, _AMQP_SCHEMES)
+    kafka_servers = _get(env, "KAFKA_BOOTSTRAP_SERVERS")
+    parse_sentinels(kafka_servers, "KAFKA_BOOTSTRAP_SERVERS")  # host:port, like Sentinels
     secret_key = _get(env, "SECRET_KEY")
     if secret_key is not None and len(secret_key) < MIN_SECRET_KEY_LENGTH:
         raise ConfigError("SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters long")
@@ -187,5 +208,9 @@ def parse_env(env: Mapping[str, str]) -> Config:
         redis_password=_get(env, "REDIS_PASSWORD") if sentinels else None,
         broker_url=broker_url,
         queue_name=_get(env, "QUEUE_NAME") or Config.queue_name,
+        kafka_servers=kafka_servers,
+        kafka_topic=_get(env, "KAFKA_TOPIC") or Config.kafka_topic,
+        kafka_group=_get(env, "KAFKA_GROUP") or Config.kafka_group,
+        kafka_partitions=parse_partitions(_get(env, "KAFKA_PARTITIONS")),
         secret_key=secret_key,
     )

@@ -1,7 +1,7 @@
 """Fixtures for the sample app tests: real services and real app processes.
 
-PostgreSQL (primary + streaming replica), Redis and RabbitMQ are started once
-per session; each test gets a fresh database on them, an empty Redis and an
+PostgreSQL (primary + streaming replica), Redis, RabbitMQ and Kafka are started
+once per session; each test gets a fresh database on them, an empty Redis and an
 empty jobs queue.  The app runs as ``python -m sample_app`` subprocesses on
 free ports, driven over HTTP.
 """
@@ -23,11 +23,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.services import (  # noqa: E402
+    Kafka,
     Postgres,
     RabbitMQ,
     Redis,
     SampleApp,
     ScratchDatabase,
+    kafka,
     postgres_primary,
     postgres_replica,
     rabbitmq,
@@ -57,6 +59,12 @@ def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 @pytest.fixture(scope="session")
 def rabbitmq_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     with rabbitmq(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafka]:
+    with kafka(tmp_path_factory.mktemp("kafka")) as server:
         yield server
 
 
