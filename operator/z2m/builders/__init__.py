@@ -6,11 +6,11 @@ the Prometheus Operator's kinds), so every stage can be rendered and unit-tested
 without a cluster (`z2m render` prints exactly this).
 
 One module per component, as CloudNativePG's `pkg/specs`: `postgres`, `app` (web
-and workers), `edge`, `redis`, `queue` and `monitoring`, each made from the shapes
-in `workloads` and named and labelled by `meta`, so every other module agrees with
-them. This module is the package's public face: `build` and `key`, how children are
-applied and pruned, and, listed in `__all__`, the names the rest of z2m and its
-tests use. Everything else belongs to its component's module.
+and workers), `edge`, `redis`, `queue`, `streaming` (Kafka) and `monitoring`, each
+made from the shapes in `workloads` and named and labelled by `meta`, so every other
+module agrees with them. This module is the package's public face: `build` and
+`key`, how children are applied and pruned, and, listed in `__all__`, the names the
+rest of z2m and its tests use. Everything else belongs to its component's module.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from z2m import plan
-from z2m.builders import app, edge, monitoring, postgres, queue, redis, workloads
+from z2m.builders import app, edge, monitoring, postgres, queue, redis, streaming, workloads
 from z2m.builders.meta import (
     COMPONENT,
     MANAGED_BY,
@@ -55,6 +55,7 @@ from z2m.builders.postgres import (
 )
 from z2m.builders.queue import AMQP_MANAGEMENT_PORT
 from z2m.builders.redis import REDIS_MASTER_NAME, SENTINEL_PORT
+from z2m.builders.streaming import KAFKA_PORT
 from z2m.builders.workloads import script
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "COMPONENT",
     "CONFIG_HASH",
     "FIELD_MANAGER",
+    "KAFKA_PORT",
     "KIND_ORDER",
     "MANAGED_BY",
     "MONITORING_API",
@@ -147,7 +149,9 @@ def build(p: plan.Plan, owner: Owner, *, prometheus_operator: bool = False) -> l
     objs += edge.objects(p, owner)
     objs += redis.objects(p, owner)
     objs += queue.objects(p, owner)
+    objs += streaming.objects(p, owner)
     objs += app.workers(p, owner)
+    objs += app.stream_workers(p, owner)
     objs += monitoring.objects(p, owner, prometheus_operator)
     return sorted(objs, key=lambda o: KIND_ORDER.index(o["kind"]))
 
