@@ -5,9 +5,10 @@ asking for the topic's partitions, their first and last offsets and the group's
 committed offsets. Lag is what the group would still have to process; 0 means every
 record published has been processed and committed, so Kafka may go.
 
-Anything that goes wrong raises, so that the caller keeps Kafka rather than guess:
-a topic that does not exist raises too (the workers make it; until then nothing
-proves that no job was published).
+Anything that goes wrong raises, so that the caller keeps Kafka rather than guess.
+A topic that does not exist holds no job (z2m's Kafka creates no topic by itself, and
+one deleted took its records with it): its lag is 0, or a demotion from a stage-5 app
+that never published would wait forever.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+
+UNKNOWN_TOPIC = 3
 
 
 def group_lag(servers: str, topic: str, group: str, timeout: float = 10.0) -> int:
@@ -34,10 +37,12 @@ async def _lag(servers: str, topic: str, group: str) -> int:
     try:
         await admin.start()
         await consumer.start()
-        described = await admin.describe_topics([topic])
-        if not described or described[0].get("error_code"):
-            raise LookupError(f"Kafka has no topic {topic!r}")
-        parts = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
+        (described,) = await admin.describe_topics([topic])
+        if described.get("error_code") == UNKNOWN_TOPIC:
+            return 0
+        if described.get("error_code"):
+            raise LookupError(f"describing topic {topic!r}: error {described['error_code']}")
+        parts = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
         if not parts:
             raise LookupError(f"topic {topic!r} has no partitions yet")
         committed = await _committed(admin, group, parts)
