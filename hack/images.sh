@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The images z2m's pods run, built the same way everywhere: the operator, the sample app
 # and Debian-packaged PostgreSQL, Redis, RabbitMQ, nginx and Prometheus with Alertmanager,
-# and OpenSearch from its Maven Central jars (hack/images/<name>/). Each is tagged
+# and Kafka and OpenSearch from their Maven Central jars (hack/images/<name>/). Each is tagged
 # docker.io/z2m/<name>:<version> and saved as an archive in the cache, keyed by a hash of
 # its build context; an image whose inputs did not change is not built again.
 # Docker builds on the public debian:bookworm-slim; podman on the debootstrap base of
@@ -17,7 +17,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-images=(operator sample-app postgres redis rabbitmq nginx prometheus opensearch)
+images=(operator sample-app postgres redis rabbitmq nginx prometheus kafka opensearch)
 # Bump when this script changes the images it makes from the same inputs.
 recipe=1
 cache="$z2m_cache/images"

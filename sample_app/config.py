@@ -59,6 +59,14 @@ class Config:
     broker_url: str | None = None
     queue_name: str = "z2m.jobs"
     """QUEUE_NAME: the jobs queue, as the operator names it (spec.queue.queueName)."""
+    kafka_servers: str | None = None
+    """KAFKA_BOOTSTRAP_SERVERS: comma-separated host:port; jobs go to Kafka (stage 5)."""
+    kafka_topic: str = "z2m.jobs"
+    """KAFKA_TOPIC: the jobs topic (spec.streaming.topic)."""
+    kafka_group: str = "z2m.workers"
+    """KAFKA_GROUP: the workers' consumer group (spec.streaming.consumerGroup)."""
+    kafka_partitions: int = 6
+    """KAFKA_PARTITIONS: the topic's partitions, made so if the topic has fewer."""
     secret_key: str | None = None
     search_url: str | None = None
     """SEARCH_URL: an OpenSearch node (the search stage); unset means PostgreSQL search."""
@@ -85,6 +93,8 @@ class Config:
             features.append("queue")
         if self.search_url:
             features.append("search")
+        if self.kafka_servers:
+            features.append(f"stream(partitions={self.kafka_partitions})")
         if self.secret_key:
             features.append("secret_key")
         return features
@@ -199,6 +209,15 @@ def parse_service_routes(service: str | None, value: str | None) -> tuple[str, .
     return routes
 
 
+def parse_partitions(value: str | None) -> int:
+    """Parse ``KAFKA_PARTITIONS``: an integer in 1..1000, default 6."""
+    if value is None:
+        return Config.kafka_partitions
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise ConfigError("KAFKA_PARTITIONS", f"must be an integer from 1 to 1000, got {value!r}")
+    return int(value)
+
+
 def parse_env(env: Mapping[str, str]) -> Config:
     """Build a :class:`Config` from an environment mapping or raise :class:`ConfigError`."""
     database_url = _get(env, "DATABASE_URL")
@@ -235,6 +254,8 @@ def parse_env(env: Mapping[str, str]) -> Config:
     search_index = _get(env, "SEARCH_INDEX") or Config.search_index
     if not search_index.islower() or search_index.startswith(("_", "-")) or "/" in search_index:
         raise ConfigError("SEARCH_INDEX", f"is not a valid index name: {search_index!r}")
+    kafka_servers = _get(env, "KAFKA_BOOTSTRAP_SERVERS")
+    parse_sentinels(kafka_servers, "KAFKA_BOOTSTRAP_SERVERS")  # host:port, like Sentinels
     secret_key = _get(env, "SECRET_KEY")
     if secret_key is not None and len(secret_key) < MIN_SECRET_KEY_LENGTH:
         raise ConfigError("SECRET_KEY", f"must be at least {MIN_SECRET_KEY_LENGTH} characters long")
@@ -252,6 +273,10 @@ def parse_env(env: Mapping[str, str]) -> Config:
         service_routes=service_routes,
         broker_url=broker_url,
         queue_name=_get(env, "QUEUE_NAME") or Config.queue_name,
+        kafka_servers=kafka_servers,
+        kafka_topic=_get(env, "KAFKA_TOPIC") or Config.kafka_topic,
+        kafka_group=_get(env, "KAFKA_GROUP") or Config.kafka_group,
+        kafka_partitions=parse_partitions(_get(env, "KAFKA_PARTITIONS")),
         secret_key=secret_key,
         search_url=search_url,
         search_index=search_index,

@@ -6,6 +6,8 @@ queue as a persistent message and waits for the publisher confirm; workers
 database transaction has committed.  A worker killed mid-job never acked, so
 RabbitMQ redelivers the message to another worker.
 
+With ``KAFKA_BOOTSTRAP_SERVERS`` jobs go to a Kafka topic instead (`streaming`).
+
 Jobs are idempotent: the job id is inserted into ``processed_jobs`` in the
 same transaction as the work, so a redelivered job that already committed
 does nothing.  Without a broker (or while it is unreachable) the job runs
@@ -21,6 +23,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -157,11 +160,18 @@ class Broker:
                 await connection.close()
 
 
+class Publisher(Protocol):
+    """Where jobs go: RabbitMQ (`Broker`) or Kafka (`streaming.Stream`)."""
+
+    async def publish(self, job: FanoutJob) -> None:
+        """Hand the job over durably, or raise."""
+
+
 class Jobs:
     """Where the web process sends jobs: the broker if it can, inline otherwise."""
 
-    def __init__(self, db: Database, broker: Broker | None) -> None:
-        """Use ``broker`` when given and connected."""
+    def __init__(self, db: Database, broker: Publisher | None) -> None:
+        """Use ``broker`` (RabbitMQ or Kafka) when given and connected."""
         self.db = db
         self.broker = broker
 

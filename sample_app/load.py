@@ -139,8 +139,10 @@ async def _one_request(
             writer = run.rng.choice(writers)
             response = await writer.post(f"{run.url()}/api/posts", json={"body": "load"})
             if response.status_code == 201:
-                run.post_ids.append(int(response.json()["id"]))
-                run.note(post=run.post_ids[-1])
+                created = response.json()
+                run.post_ids.append(int(created["id"]))
+                # How its fan-out job went: "queued" (RabbitMQ or Kafka) or "inline".
+                run.note(post=run.post_ids[-1], fanout=created.get("fanout"))
         run.statuses[str(response.status_code)] += 1
         if response.status_code >= 400:
             run.errors += 1

@@ -30,6 +30,9 @@ DB_POOL = Gauge("app_db_pool_connections", "Pooled connections.", ["target", "st
 CACHE_REQUESTS = Counter("app_cache_requests", "Cache look-ups.", ["result"])
 
 QUEUE_DEPTH = Gauge("app_queue_depth", "Messages ready in the jobs queue.")
+STREAM_LAG = Gauge(
+    "app_stream_lag", "Kafka records behind the end of the partitions this worker holds."
+)
 JOBS_PUBLISHED = Counter("app_jobs_published", "Jobs confirmed by the broker.")
 JOBS_PROCESSED = Counter("app_jobs_processed", "Jobs handled by a worker.", ["outcome"])
 JOB_DURATION = Histogram("app_job_duration_seconds", "Job processing time.")

@@ -32,6 +32,7 @@ from sample_app.cache import Cache
 from sample_app.config import Config
 from sample_app.db import Database, Row
 from sample_app.jobs import Broker, FanoutJob, Jobs, Worker
+from sample_app.streaming import Stream, StreamWorker, Topic
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class State:
     db: Database | None = None
     cache: Cache | None = None
     broker: Broker | None = None
+    stream: Stream | None = None
+    stream_worker: StreamWorker | None = None
     jobs: Jobs | None = None
     sessions: SessionCodec | None = None
     search_engine: search.SearchEngine | None = None
@@ -157,18 +160,33 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         state.broker = Broker(config.broker_url, config.queue_name)
         if config.role == "web":
             state.tasks.append(asyncio.create_task(state.broker.connect_forever()))
+    if config.kafka_servers is not None:
+        topic = Topic(
+            config.kafka_servers, config.kafka_topic, config.kafka_group, config.kafka_partitions
+        )
+        if config.role == "web":
+            state.stream = Stream(topic)
+            state.tasks.append(asyncio.create_task(state.stream.connect_forever()))
+        elif state.db is not None:
+            state.stream_worker = StreamWorker(state.db, topic)
     if config.role == "web" and state.db is not None:
-        state.jobs = Jobs(state.db, state.broker)
+        # With both configured, new jobs go to Kafka: RabbitMQ is what a move drains.
+        state.jobs = Jobs(state.db, state.stream or state.broker)
         if config.search_url is not None:
             state.search_engine = search.SearchEngine(
                 config.search_url, state.db, config.search_index
             )
             state.tasks.append(asyncio.create_task(_keep_search_index(state)))
     if config.role == "worker":
+        # A worker given both sources consumes both, so either can be drained through it.
         if state.db is not None and state.broker is not None:
             state.tasks.append(asyncio.create_task(_run_worker(state)))
-        else:
-            log.warning("ROLE=worker needs DATABASE_URL and BROKER_URL; idling")
+        if state.stream_worker is not None:
+            state.tasks.append(asyncio.create_task(_run_stream_worker(state)))
+        if state.db is None or (state.broker is None and state.stream_worker is None):
+            log.warning(
+                "ROLE=worker needs DATABASE_URL and BROKER_URL or KAFKA_BOOTSTRAP_SERVERS; idling"
+            )
     log.info("started role=%s features=%s", config.role, ",".join(config.stage_features) or "none")
     try:
         yield
@@ -176,7 +194,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         for task in state.tasks:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)
-        for closable in (state.broker, state.cache, state.search_engine, state.db):
+        for closable in (state.broker, state.stream, state.cache, state.search_engine, state.db):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     await closable.close()
@@ -197,6 +215,17 @@ async def _run_worker(state: State) -> None:
         except Exception as exc:  # keep consuming; unacked messages were requeued
             log.warning("consumer stopped (%r); restarting in 1s", exc)
             await state.broker.close()
+            await asyncio.sleep(1.0)
+
+
+async def _run_stream_worker(state: State) -> None:
+    assert state.stream_worker is not None
+    await state.schema_ready.wait()
+    while True:
+        try:
+            await state.stream_worker.run()
+        except Exception as exc:  # keep consuming; uncommitted offsets are processed again
+            log.warning("Kafka consumer stopped (%r); restarting in 1s", exc)
             await asyncio.sleep(1.0)
 
 
@@ -483,6 +512,10 @@ async def readyz(request: Request) -> Response:
     if state.search_engine is not None:
         engine = state.search_engine
         checks["search"] = "ok" if engine.usable else ("indexing" if engine.reachable else "down")
+    if state.stream is not None:
+        checks["stream"] = "ok" if state.stream.connected else "down"
+    if state.stream_worker is not None:
+        checks["stream"] = "ok" if state.stream_worker.joined else "down"
     down = sorted(name for name, status in checks.items() if status != "ok")
     strict = request.query_params.get("strict") in {"1", "true"}
     failed = required_down or (strict and bool(down))

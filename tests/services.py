@@ -727,6 +727,119 @@ def rabbitmq(
         )
 
 
+# --------------------------------------------------------------------------- Kafka
+
+
+@dataclass
+class Kafka:
+    """A single KRaft Kafka node (broker and controller) on loopback, from the Maven jars."""
+
+    root: Path
+    port: int
+    controller_port: int
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    log_offset: int = 0
+    """Where this start's output begins in the log."""
+
+    @property
+    def servers(self) -> str:
+        """The bootstrap servers, host:port."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """The broker's output."""
+        return self.root / "kafka.log"
+
+    def start(self) -> None:
+        """Start the node (its storage formatted on first start only) and wait for it."""
+        with self.log_file.open("ab") as out:
+            self.log_offset = out.tell()
+            self.process = subprocess.Popen(
+                [str(KAFKA_SCRIPT)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self._started, 90, f"kafka on {self.port}", interval=0.2)
+
+    def _started(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"kafka exited with {self.process.returncode}")
+        # The log line follows the broker's listeners opening and the metadata loading.
+        return "Kafka Server started" in self.output()
+
+    def output(self) -> str:
+        """What the broker printed since its last start."""
+        with self.log_file.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        """Stop the node cleanly (SIGTERM), its data kept for a later start()."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+        wait_for(lambda: not _port_open(self.port), 15, "kafka port released")
+
+    def rss_bytes(self) -> int:
+        """The broker JVM's resident memory."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise LookupError("no VmRSS")
+
+
+KAFKA_SCRIPT = Path(__file__).resolve().parents[1] / "hack" / "images" / "kafka" / "kafka.sh"
+
+
+def kafka_jars() -> Path:
+    """The directory of Kafka's runtime jars, fetched from Maven Central once (hack/maven.sh)."""
+    script = Path(__file__).resolve().parents[1] / "hack" / "maven.sh"
+    out = subprocess.run([str(script), "kafka"], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"hack/maven.sh kafka failed:\n{out.stderr[-2000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def kafka(tmp: Path) -> Iterator[Kafka]:
+    """Run a private single-node Kafka with the image's own start script (kafka.sh)."""
+    port, controller = free_port(), free_port()
+    root = tmp / f"kafka-{port}"
+    root.mkdir(parents=True)
+    node = Kafka(root=root, port=port, controller_port=controller)
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"
+    node.env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "KAFKA_LIBS": str(kafka_jars()),
+        "KAFKA_CONFIG_DIR": str(root / "config"),
+        "KAFKA_LOG_DIRS": str(root / "data"),
+        "KAFKA_LISTENERS": listeners,
+        "KAFKA_ADVERTISED_LISTENERS": listeners,
+        "KAFKA_CONTROLLER_QUORUM_BOOTSTRAP_SERVERS": f"127.0.0.1:{controller}",
+        "KAFKA_HEAP_OPTS": "-Xmx384m -Xms384m",
+    }
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
 # --------------------------------------------------------------------------- the sample app
 
 APP_VARIABLES = (
@@ -737,6 +850,10 @@ APP_VARIABLES = (
     "REDIS_MASTER_NAME",
     "REDIS_PASSWORD",
     "BROKER_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPIC",
+    "KAFKA_GROUP",
+    "KAFKA_PARTITIONS",
     "ROLE",
     "PORT",
     "SECRET_KEY",

@@ -28,6 +28,7 @@ DEFAULT_APP_IMAGE = f"z2m/sample-app:{IMAGE_TAG}"
 DEFAULT_POSTGRES_IMAGE = f"z2m/postgres:{IMAGE_TAG}"
 DEFAULT_REDIS_IMAGE = f"z2m/redis:{IMAGE_TAG}"
 DEFAULT_RABBITMQ_IMAGE = f"z2m/rabbitmq:{IMAGE_TAG}"
+DEFAULT_KAFKA_IMAGE = f"z2m/kafka:{IMAGE_TAG}"
 DEFAULT_NGINX_IMAGE = f"z2m/nginx:{IMAGE_TAG}"
 DEFAULT_PROMETHEUS_IMAGE = f"z2m/prometheus:{IMAGE_TAG}"
 # OpenSearch 2.19.6 from its Maven Central jars (hack/images/opensearch).
@@ -296,6 +297,51 @@ class QueueSpec(Model):
         max_length=512,
         description="RabbitMQ management API the operator asks for the queue depth before "
         "removing the queue; defaults to the queue Service inside the cluster.",
+    )
+
+
+class StreamingSpec(Model):
+    """Kafka (KRaft, one node) at stage 5: the jobs topic and the workers' consumer group."""
+
+    image: str = Field(
+        default=DEFAULT_KAFKA_IMAGE,
+        pattern=IMAGE_PATTERN,
+        max_length=512,
+        description="A Kafka image configured by KAFKA_* variables as the official "
+        "apache/kafka image is (z2m's own, built from Maven Central, by default).",
+    )
+    storage: Storage = Storage()
+    resources: Resources | None = Field(
+        default=None,
+        description="Requests and limits of Kafka; the catalog's defaults when unset.",
+    )
+    topic: str = Field(
+        default="z2m.jobs",
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="The jobs topic: the app and workers are told it (KAFKA_TOPIC).",
+    )
+    consumer_group: str = Field(
+        default="z2m.workers",
+        min_length=1,
+        max_length=255,
+        description="The workers' consumer group (KAFKA_GROUP); the operator waits for its lag "
+        "to reach 0 before Kafka goes.",
+    )
+    partitions: int = Field(
+        default=6,
+        ge=1,
+        le=1000,
+        description="The topic's partitions, which bound the workers: their replicas and "
+        "their autoscaler's maximum never exceed it. It may grow, never shrink.",
+    )
+    bootstrap_servers: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._:\[\]-]+(,[A-Za-z0-9._:\[\]-]+)*$",
+        max_length=512,
+        description="Kafka the operator asks for the consumer group's lag before removing "
+        "Kafka; defaults to the streaming Service inside the cluster.",
     )
 
 
@@ -609,9 +655,26 @@ def _storage_rules(component: str) -> list[tuple[str, str, str]]:
 
 _SPEC_RULES["x-kubernetes-validations"] += [
     {"rule": r, "message": m, "fieldPath": f}
-    for component in ("database", "cache", "queue", "monitoring", "search")
+    for component in ("database", "cache", "queue", "streaming", "monitoring", "search")
     for r, m, f in _storage_rules(component)
 ]
+
+
+def _partitions(root: str) -> str:
+    return (
+        f"(has({root}.streaming) && has({root}.streaming.partitions) "
+        f"? {root}.streaming.partitions : 6)"
+    )
+
+
+_SPEC_RULES["x-kubernetes-validations"].append(
+    {
+        "rule": f"{_partitions('self')} >= {_partitions('oldSelf')}",
+        "message": "spec.streaming.partitions cannot shrink: Kafka adds partitions to a topic "
+        "but never removes them; keep the number or raise it",
+        "fieldPath": ".streaming.partitions",
+    }
+)
 
 
 class ScalingStageSpec(Model):
@@ -628,6 +691,7 @@ class ScalingStageSpec(Model):
     database: DatabaseSpec = DatabaseSpec()
     cache: CacheSpec = CacheSpec()
     queue: QueueSpec = QueueSpec()
+    streaming: StreamingSpec = StreamingSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     search: SearchSpec = SearchSpec()
     gateway: GatewaySpec = GatewaySpec()
@@ -671,6 +735,7 @@ class PlanStatus(Model):
     redis: bool = False
     redis_replicas: int = 0
     queue: bool = False
+    event_streaming: bool = False
     workers: int = 0
     edge_cache: bool = False
     database_failover: str = Field(

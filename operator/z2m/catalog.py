@@ -102,6 +102,8 @@ class Topology:
     (`topology.kubernetes.io/region`); the database primary stays where it is."""
     sharded_database: bool = False
     """The database split by user ID. Not built yet: always False."""
+    event_streaming: bool = False
+    """Kafka (KRaft) carries the jobs instead of RabbitMQ; the workers form its consumer group."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         number=5,
-        title="1M users: autoscaling, failover, replicated cache, monitoring",
+        title="1M users: autoscaling, failover, replicated cache, monitoring, event streaming",
         users="1M",
         rps=Band(10_000, 50_000),
         monthly_cost_usd=Band(5_000, 15_000),
@@ -272,6 +274,8 @@ STAGES: tuple[Stage, ...] = (
             "a PostgreSQL standby in another zone, promoted by Patroni within about 30 s "
             "when the primary dies; a third read replica",
             "Redis gets a replica and Sentinel",
+            "event streaming: Kafka (KRaft) takes the jobs over from RabbitMQ, which goes once "
+            "drained; the workers are a consumer group, as many as the topic has partitions",
             "monitoring: Prometheus and Alertmanager scrape the app and workers and load "
             "z2m's alert rules (a PodMonitor and a PrometheusRule instead where the "
             "Prometheus Operator runs); a Grafana dashboard; auto-promotion needs no URL",
@@ -286,13 +290,14 @@ STAGES: tuple[Stage, ...] = (
             edge_cache=True,
             redis=True,
             redis_replicas=1,
-            queue=True,
+            queue=False,
             workers=2,
             app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
             worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
             database_failover=True,
             monitoring=True,
             search=True,
+            event_streaming=True,
         ),
     ),
     Stage(
@@ -320,13 +325,14 @@ STAGES: tuple[Stage, ...] = (
             edge_cache=True,
             redis=True,
             redis_replicas=0,
-            queue=True,
+            queue=False,
             workers=2,
             app_autoscaling=Autoscaling(min_replicas=4, max_replicas=12, cpu_percent=70),
             worker_autoscaling=Autoscaling(min_replicas=2, max_replicas=8, cpu_percent=70),
             database_failover=True,
             monitoring=True,
             search=True,
+            event_streaming=True,
             gateway=True,
             microservices=(
                 Microservice(
@@ -461,6 +467,10 @@ FOOTPRINTS: dict[str, Footprint] = {
     "cache": Footprint(cpu="25m", memory="32Mi", memory_limit="256Mi"),
     "cache-sentinel": Footprint(cpu="10m", memory="16Mi", memory_limit="64Mi"),
     "queue": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
+    # Kafka's heap is 384 MiB (its image's default); the JVM adds about 100 MiB beside it.
+    # Its CPU request is small like the others': during 4 -> 5 RabbitMQ, its workers, Kafka
+    # and the new consumer group all run at once, and on a 2-core node 100m did not fit.
+    "streaming": Footprint(cpu="25m", memory="512Mi", memory_limit="768Mi"),
     "edge": Footprint(cpu="10m", memory="16Mi", memory_limit="128Mi"),
     "prometheus": Footprint(cpu="50m", memory="128Mi", memory_limit="512Mi"),
     "alertmanager": Footprint(cpu="10m", memory="32Mi", memory_limit="128Mi"),
@@ -476,6 +486,7 @@ SERVER_UIDS: dict[str, int] = {
     "postgres": 999,
     "redis": 999,
     "rabbitmq": 999,
+    "kafka": 999,
     "nginx": 101,
     "prometheus": 999,
     "opensearch": 1000,

@@ -47,6 +47,8 @@ class Plan:
     redis: bool
     redis_replicas: int
     queue: bool
+    event_streaming: bool
+    """Kafka carries the jobs; the workers are its consumer group (at most one per partition)."""
     workers: int
     worker_autoscaling: catalog.Autoscaling | None
     failover_standbys: int
@@ -92,6 +94,7 @@ class Plan:
             redis=self.redis,
             redis_replicas=self.redis_replicas,
             queue=self.queue,
+            event_streaming=self.event_streaming,
             workers=self.workers,
             edge_cache=self.edge_cache,
             database_failover=(
@@ -159,11 +162,12 @@ def resolve(
         app_replicas = None
 
     queue = entry.queue if o.queue is None else o.queue
+    streaming = entry.event_streaming
     workers = entry.workers if o.workers is None else o.workers
-    if o.workers and not queue:
+    if o.workers and not (queue or streaming):
         # Only workers the user asks for need the queue; the stage's own go with it.
         raise PlanError("workers need the queue: set overrides.queue or use stage 4 or higher")
-    if not queue:
+    if not (queue or streaming):
         workers = 0
 
     redis = entry.redis if o.redis is None else o.redis
@@ -182,8 +186,9 @@ def resolve(
         redis=redis,
         redis_replicas=entry.redis_replicas if redis else 0,
         queue=queue,
+        event_streaming=streaming,
         workers=workers,
-        worker_autoscaling=entry.worker_autoscaling if queue and workers else None,
+        worker_autoscaling=entry.worker_autoscaling if (queue or streaming) and workers else None,
         failover_standbys=standbys,
         synchronous=bool(standbys) and spec.database.synchronous,
         zones=zones,

@@ -4,7 +4,8 @@ The pass reads the world, asks the pure layers (plan, builders, transition,
 status) what it should look like and in which phases to get there, then runs
 each step whose gates hold: server-side apply, or a delete of what the stage no
 longer wants. The gates are asked of the world here: consumers are rewired
-before a provider goes or shrinks, and the queue goes only once it is empty.
+before a provider goes or shrinks, the queue goes only once it is empty, and Kafka
+only once its consumer group has no lag.
 StatefulSet claim templates cannot change, so a bigger `storage.size` is
 applied to the claims themselves, where their StorageClass allows expansion.
 Everything here is synchronous and runs in a worker thread; `handlers` decides
@@ -38,6 +39,7 @@ from z2m import (
     postgres_handover,
     redis_handover,
     status,
+    stream_lag,
     transition,
 )
 
@@ -70,6 +72,8 @@ class _Gates:
     def _ask(self, gate: transition.Gate) -> str | None:
         if gate == "queue-empty":
             return self.reconciler.queue_drained(self.the_plan)
+        if gate == "stream-drained":
+            return self.reconciler.stream_drained(self.the_plan)
         if gate == "redis-master-kept":
             return self.reconciler.redis_master_kept(self.body, self.the_plan)
         if gate == "postgres-leader-kept":
@@ -102,6 +106,7 @@ class Reconciler:
     interval (5 s by default), so one empty reading is not proof.
     """
     _empty_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _drained_since: dict[tuple[str, str], float] = field(default_factory=dict)
     _applied: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str]]] = field(
         default_factory=dict
     )
@@ -411,6 +416,43 @@ class Reconciler:
         return (
             f"queue {spec.queue_name!r} still holds {depth} job(s); RabbitMQ and its workers "
             "stay until it drains"
+        )
+
+    def stream_drained(self, the_plan: plan.Plan) -> str | None:
+        """None once Kafka's consumer group has read lag 0 for the quiet period, else why not.
+
+        A lag read exactly from the broker, but the last web pods of the old template may
+        still publish while they drain: the quiet period outlasts that, as for RabbitMQ.
+        """
+        spec = the_plan.spec.streaming
+        servers = spec.bootstrap_servers or (
+            f"{builders.child(the_plan.name, 'streaming')}.{the_plan.namespace}.svc:"
+            f"{builders.KAFKA_PORT}"
+        )
+        try:
+            lag: int | None = stream_lag.group_lag(servers, spec.topic, spec.consumer_group)
+            trouble = ""
+        except Exception as exc:  # any failure means "not shown drained"
+            lag, trouble = None, f"{type(exc).__name__}: {exc}"
+        key = (the_plan.namespace, the_plan.name)
+        if lag == 0:
+            since = self._drained_since.setdefault(key, time.monotonic())
+            if time.monotonic() - since >= self.queue_quiet_seconds:
+                self._drained_since.pop(key, None)
+                return None
+            return (
+                f"consumer group {spec.consumer_group!r} has no lag on topic {spec.topic!r}; "
+                f"confirming for {self.queue_quiet_seconds:g} s before Kafka and its workers go"
+            )
+        self._drained_since.pop(key, None)
+        if lag is None:
+            return (
+                f"cannot read the lag of consumer group {spec.consumer_group!r} ({trouble}); "
+                "Kafka and its workers stay until the topic can be shown drained"
+            )
+        return (
+            f"consumer group {spec.consumer_group!r} is {lag} record(s) behind on topic "
+            f"{spec.topic!r}; Kafka and its workers stay until it catches up"
         )
 
     def redis_master_kept(self, body: Obj, the_plan: plan.Plan) -> str | None:

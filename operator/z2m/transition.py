@@ -29,6 +29,9 @@ and runs each step whose gates hold; a step that waits is reported, with why.
      what goes;
    - `queue-empty`: when the stage drops RabbitMQ, it and its workers go only once
      the jobs queue is shown empty, and the workers keep consuming until then;
+   - `stream-drained`: when the stage drops Kafka, it and its consumer group's
+     workers go only once the group's lag is shown 0 (every record's offset
+     committed), and the workers keep consuming until then;
    - `postgres-leader-kept`: when PostgreSQL's failover standby goes, the pod that
      stays must hold Patroni's leader lock first (see `postgres_handover`).
 
@@ -44,10 +47,12 @@ from typing import Any, Literal
 from z2m import builders, redis_handover
 
 Obj = dict[str, Any]
-Gate = Literal["rewired", "queue-empty", "redis-master-kept", "postgres-leader-kept"]
+Gate = Literal[
+    "rewired", "queue-empty", "stream-drained", "redis-master-kept", "postgres-leader-kept"
+]
 PhaseName = Literal["provide", "rewire", "retire"]
 
-CONSUMERS = frozenset({"app", "worker"})
+CONSUMERS = frozenset({"app", "worker", "stream-worker"})
 """Components whose pods hold the stage's wiring (env) and so must move before a provider.
 
 Stage 6's services (`is_consumer`) are consumers as well."""
@@ -55,6 +60,8 @@ SERVICE_PREFIX = builders.workloads.SERVICE_PREFIX
 """The component prefix of stage 6's services."""
 QUEUE_SIDE = frozenset({"queue", "worker"})
 """Components that go only once the queue is empty: RabbitMQ and the workers draining it."""
+STREAM_SIDE = frozenset({"streaming", "stream-worker"})
+"""Components that go only once the group's lag is 0: Kafka and its consumer group."""
 STANDBY = "database-standby"
 """PostgreSQL's failover standby: it goes only once the pod that stays is the leader."""
 
@@ -113,9 +120,11 @@ def _is_consumer_side(obj: Obj) -> bool:
     return obj["kind"] in ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 
 
-def _retire_gates(obj: Obj, queue_goes: bool) -> frozenset[Gate]:
+def _retire_gates(obj: Obj, queue_goes: bool, stream_goes: bool) -> frozenset[Gate]:
     if queue_goes and component(obj) in QUEUE_SIDE:
         return frozenset({"rewired", "queue-empty"})
+    if stream_goes and component(obj) in STREAM_SIDE:
+        return frozenset({"rewired", "stream-drained"})
     if obj["kind"] == "StatefulSet" and component(obj) == STANDBY:
         return frozenset({"rewired", "postgres-leader-kept"})
     return frozenset({"rewired"})
@@ -149,9 +158,12 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
     consumer_gates: frozenset[Gate] = frozenset({"redis-master-kept"}) if handover else frozenset()
     # Only a stage without RabbitMQ drains the queue: at 5 -> 4 the workers' HPA goes and
     # the queue stays, so nothing waits for it to empty.
-    queue_goes = any(
-        o["kind"] == "StatefulSet" and component(o) == "queue" and builders.key(o) not in wanted
-        for o in current
+    queue_goes, stream_goes = (
+        any(
+            o["kind"] == "StatefulSet" and component(o) == server and builders.key(o) not in wanted
+            for o in current
+        )
+        for server in ("queue", "streaming")
     )
     provide: list[Step] = []
     rewire: list[Step] = []
@@ -159,14 +171,14 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
     for obj in desired:
         before = live.get(builders.key(obj))
         if shrinks(obj, before):
-            retire.append(Step("apply", obj, _retire_gates(obj, queue_goes)))
+            retire.append(Step("apply", obj, _retire_gates(obj, queue_goes, stream_goes)))
         elif _is_consumer_side(obj):
             rewire.append(Step("apply", obj, consumer_gates))
         else:
             provide.append(Step("apply", obj))
     for obj in current:
         if builders.key(obj) not in wanted and controlled_by(obj, owner_uid):
-            retire.append(Step("delete", obj, _retire_gates(obj, queue_goes)))
+            retire.append(Step("delete", obj, _retire_gates(obj, queue_goes, stream_goes)))
     return (
         Phase("provide", tuple(provide)),
         Phase("rewire", tuple(rewire)),

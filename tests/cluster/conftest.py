@@ -6,7 +6,9 @@ ScalingStage's `spec.queue.managementUrl` points at a real RabbitMQ on
 loopback instead, configured with the same rabbitmq.conf the queue pod mounts.
 Likewise the operator asks Sentinel which Redis pod is the master before Redis
 shrinks: `spec.cache.sentinelAddress` points at a real Sentinel on loopback,
-watching a real Redis that announces itself under a pod's name.
+watching a real Redis that announces itself under a pod's name. And it asks Kafka
+for the consumer group's lag before Kafka goes: `spec.streaming.bootstrapServers`
+points at a real single-node Kafka on loopback, run from the Maven Central jars.
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         assert declared.status_code in (201, 204), declared.text
         yield url
+
+
+@pytest.fixture(scope="session")
+def kafka_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka on loopback (KRaft, one node); yields its bootstrap servers."""
+    with services.kafka(tmp_path_factory.mktemp("kafka")) as node:
+        yield node.servers
 
 
 @pytest.fixture

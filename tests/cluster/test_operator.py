@@ -65,11 +65,14 @@ def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
     operator: Any,
     walk: list[int],
     empty_queue: str,
+    kafka_servers: str,
     sentinel_watching: Callable[[str], str],
 ) -> None:
-    # Leaving stage 5, Redis shrinks only once Sentinel names ordinal 0 the master.
+    # Leaving stage 5, Redis shrinks only once Sentinel names ordinal 0 the master, and
+    # Kafka goes only once its consumer group has no lag.
     spec = {
         "queue": {"managementUrl": empty_queue},
+        "streaming": {"bootstrapServers": kafka_servers},
         "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
     }
     h.create(api_client, namespace, h.scaling_stage(NAME, walk[0], **spec))
@@ -88,10 +91,12 @@ def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
         assert all(now.get(name) == uid for name, uid in seen_claims.items()), (stage, now)
         seen_claims.update(now)
     assert "data-shop-db-0" in seen_claims
-    if max(walk) >= 4:
-        assert "data-shop-queue-0" in seen_claims
     if any(stage in (4, 5) for stage in walk):
         assert "data-shop-redis-0" in seen_claims
+    if 4 in walk:  # stages 5 and 6 stream their jobs through Kafka: no RabbitMQ there
+        assert "data-shop-queue-0" in seen_claims
+    if max(walk) >= 5:
+        assert "data-shop-streaming-0" in seen_claims
     if max(walk) >= 6:
         assert {f"data-shop-redis-cl-{i}" for i in range(6)} <= set(seen_claims)
 
@@ -447,6 +452,110 @@ def test_an_unreachable_queue_is_never_assumed_empty(
     assert ("StatefulSet", f"{NAME}-queue") in h.children(k, namespace, NAME)
 
 
+def _publish_and_consume(servers: str, topic: str, group: str, produce: int, commit: int) -> None:
+    """Put `produce` records on a fresh topic; the group commits past the first `commit`."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+        await producer.start()
+        for n in range(produce):
+            await producer.send_and_wait(topic, f"job {n}".encode(), partition=0)
+        await producer.stop()
+        if commit:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=servers, group_id=group, enable_auto_commit=False
+            )
+            await consumer.start()
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.commit({TopicPartition(topic, 0): commit})
+            await consumer.stop()
+
+    asyncio.run(run())
+
+
+def test_a_demotion_from_stage_5_waits_until_the_consumer_group_has_no_lag(
+    api_client: ApiClient,
+    k: kube.Kube,
+    namespace: str,
+    operator: Any,
+    empty_queue: str,
+    kafka_servers: str,
+    sentinel_watching: Callable[[str], str],
+) -> None:
+    topic, group = f"jobs-{namespace}", f"workers-{namespace}"
+    _publish_and_consume(kafka_servers, topic, group, produce=3, commit=0)
+    streaming = {"bootstrapServers": kafka_servers, "topic": topic, "consumerGroup": group}
+    spec = {
+        "queue": {"managementUrl": empty_queue},
+        "streaming": streaming,
+        # Redis hands over first (its own gate), so that only Kafka's is left to wait on.
+        "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
+    }
+    h.create(api_client, namespace, h.scaling_stage(NAME, 5, **spec))
+    h.wait_ready(api_client, namespace, NAME, 5)
+    h.set_stage(api_client, namespace, NAME, 4)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = h.condition(h.get(api_client, namespace, NAME), "Progressing")
+        return cond if cond and "is 3 record(s) behind" in cond["message"] else None
+
+    eventually(waiting, timeout=90)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    # RabbitMQ is back and the app publishes to it; Kafka and its group stay meanwhile.
+    left = h.children(k, namespace, NAME)
+    assert {("StatefulSet", f"{NAME}-queue"), ("Deployment", f"{NAME}-worker")} <= left
+    assert {
+        ("StatefulSet", f"{NAME}-streaming"),
+        ("Deployment", f"{NAME}-stream-worker"),
+    } <= left
+    app_env = {
+        e.name
+        for e in apps.read_namespaced_deployment(f"{NAME}-app", namespace)
+        .spec.template.spec.containers[0]
+        .env
+    }
+    assert "BROKER_URL" in app_env and "KAFKA_BOOTSTRAP_SERVERS" not in app_env
+
+    # The group catches up (as its workers would): then, and only then, Kafka goes.
+    _publish_and_consume(kafka_servers, topic, group, produce=0, commit=3)
+    h.wait_ready(api_client, namespace, NAME, 4, timeout=90)
+    eventually(lambda: h.children(k, namespace, NAME) == h.expected(4, NAME, namespace, **spec))
+    assert "data-shop-streaming-0" in h.claims(api_client, namespace)
+
+
+def test_an_unreachable_kafka_is_never_assumed_drained(
+    api_client: ApiClient,
+    k: kube.Kube,
+    namespace: str,
+    operator: Any,
+    empty_queue: str,
+    sentinel_watching: Callable[[str], str],
+) -> None:
+    spec = {
+        "queue": {"managementUrl": empty_queue},
+        "streaming": {"bootstrapServers": "127.0.0.1:9"},
+        "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
+    }
+    h.create(api_client, namespace, h.scaling_stage(NAME, 5, **spec))
+    h.wait_ready(api_client, namespace, NAME, 5)
+    h.set_stage(api_client, namespace, NAME, 4)
+
+    def waiting() -> dict[str, Any] | None:
+        cond = h.condition(h.get(api_client, namespace, NAME), "Progressing")
+        return cond if cond and "cannot read the lag" in cond["message"] else None
+
+    eventually(waiting, timeout=90)
+    assert ("StatefulSet", f"{NAME}-streaming") in h.children(k, namespace, NAME)
+
+
 @pytest.mark.parametrize(
     ("announce", "words"),
     [
@@ -461,12 +570,17 @@ def test_leaving_stage_5_keeps_both_redis_pods_until_ordinal_0_is_the_master(
     namespace: str,
     operator: Any,
     empty_queue: str,
+    kafka_servers: str,
     sentinel_watching: Callable[[str], str],
     announce: str | None,
     words: str,
 ) -> None:
     address = sentinel_watching(announce) if announce else "127.0.0.1:9"
-    spec = {"queue": {"managementUrl": empty_queue}, "cache": {"sentinelAddress": address}}
+    spec = {
+        "queue": {"managementUrl": empty_queue},
+        "cache": {"sentinelAddress": address},
+        "streaming": {"bootstrapServers": kafka_servers},
+    }
     h.create(api_client, namespace, h.scaling_stage(NAME, 5, **spec))
     h.wait_ready(api_client, namespace, NAME, 5)
     h.set_stage(api_client, namespace, NAME, 4)

@@ -30,10 +30,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import services
 
 # The real RabbitMQ and Sentinel the walk's demotions ask (see tests/cluster/conftest.py).
-from tests.cluster.conftest import broker, empty_queue, exporter, prometheus, sentinel_watching
+from tests.cluster.conftest import (
+    broker,
+    empty_queue,
+    exporter,
+    kafka_servers,
+    prometheus,
+    sentinel_watching,
+)
 from tests.conftest import eventually, report
 
-__all__ = ["broker", "empty_queue", "exporter", "prometheus", "sentinel_watching"]
+__all__ = [
+    "broker",
+    "empty_queue",
+    "exporter",
+    "kafka_servers",
+    "prometheus",
+    "sentinel_watching",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -37,6 +37,7 @@ def test_sigkill_at_a_random_moment_of_each_stage_change_always_converges(
     namespace: str,
     operator_process: OperatorProcess,
     empty_queue: str,
+    kafka_servers: str,
     sentinel_watching: Callable[[str], str],
 ) -> None:
     seed = int(os.environ.get("Z2M_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
@@ -44,6 +45,7 @@ def test_sigkill_at_a_random_moment_of_each_stage_change_always_converges(
     chance = random.Random(seed)
     spec: dict[str, Any] = {
         "queue": {"managementUrl": empty_queue},
+        "streaming": {"bootstrapServers": kafka_servers},
         "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
     }
     op = operator_process.start()

@@ -1,9 +1,9 @@
 """Fixtures for the sample app tests: real services and real app processes.
 
-PostgreSQL (primary + streaming replica), Redis, RabbitMQ and OpenSearch are
-started once per session, each when a test first asks for it; each test gets a
-fresh database on them, an empty Redis and an empty jobs queue.  The app runs
-as ``python -m sample_app`` subprocesses on free ports, driven over HTTP.
+PostgreSQL (primary + streaming replica), Redis, RabbitMQ, Kafka and OpenSearch
+are started once per session, each when a test first asks for it; each test gets a
+fresh database on them, an empty Redis and an empty jobs queue.  The app runs as
+``python -m sample_app`` subprocesses on free ports, driven over HTTP.
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.services import (  # noqa: E402
+    Kafka,
     OpenSearch,
     Postgres,
     RabbitMQ,
     Redis,
     SampleApp,
     ScratchDatabase,
+    kafka,
     opensearch,
     postgres_primary,
     postgres_replica,
@@ -76,6 +78,12 @@ def search_node(opensearch_service: OpenSearch) -> Iterator[OpenSearch]:
     yield opensearch_service
     if opensearch_service.process is None:
         opensearch_service.start()
+
+
+@pytest.fixture(scope="session")
+def kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafka]:
+    with kafka(tmp_path_factory.mktemp("kafka")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -142,15 +142,15 @@ def test_discovery_selects_exactly_the_app_and_worker_pods_and_hands_prometheus_
     discovery = {e["name"]: e["value"] for e in by_name["discovery"]["env"]}
     assert discovery["SD_SELECTOR"] == (
         "app.kubernetes.io/managed-by=z2m,app.kubernetes.io/part-of=shop,"
-        "app.kubernetes.io/component in (app,worker)"
+        "app.kubernetes.io/component in (app,worker,stream-worker)"
     )
     templates = pod_templates(objs)
     scraped = {
         name
         for name, t in templates.items()
-        if t["metadata"]["labels"][builders.COMPONENT] in ("app", "worker")
+        if t["metadata"]["labels"][builders.COMPONENT] in ("app", "worker", "stream-worker")
     }
-    assert scraped == {"shop-app", "shop-worker"}
+    assert scraped == {"shop-app", "shop-stream-worker"}
     for name in scraped:  # each serves /metrics on a port named as the sidecar asks
         ports = {p["name"] for c in templates[name]["spec"]["containers"] for p in c["ports"]}
         assert discovery["SD_PORT_NAME"] in ports
@@ -210,7 +210,7 @@ def test_the_pod_monitor_selects_the_app_and_worker_pods_by_a_port_they_serve() 
     selected = {
         n for n, t in templates.items() if matches(monitor["selector"], t["metadata"]["labels"])
     }
-    assert selected == {"shop-app", "shop-worker"}
+    assert selected == {"shop-app", "shop-stream-worker"}
     (endpoint,) = monitor["podMetricsEndpoints"]
     for name in selected:
         ports = {p["name"] for c in templates[name]["spec"]["containers"] for p in c["ports"]}

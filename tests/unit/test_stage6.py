@@ -288,8 +288,9 @@ def test_at_stage_6_the_services_are_scraped_and_counted_as_the_apps_traffic() -
 
     six = plan.resolve(api.ScalingStageSpec(stage=6), name="shop", namespace="ns")
     five = plan.resolve(api.ScalingStageSpec(stage=5), name="shop", namespace="ns")
-    assert monitoring.scraped(six) == ("app", "worker", *(f"service-{r}" for r in SERVICES))
-    assert monitoring.scraped(five) == ("app", "worker")
+    workers = ("app", "worker", "stream-worker")
+    assert monitoring.scraped(six) == (*workers, *(f"service-{r}" for r in SERVICES))
+    assert monitoring.scraped(five) == workers
     pods = re.search(r'pod=~"\$name-([^"]+)"', signals.DEFAULT_QUERIES["rps"])
     assert pods is not None
     for pod, counted in (

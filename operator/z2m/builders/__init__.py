@@ -7,11 +7,11 @@ rendered and unit-tested without a cluster (`z2m render` prints exactly this).
 
 One module per component, as CloudNativePG's `pkg/specs`: `postgres`, `app` (web
 and workers), `services` (stage 6's microservices), `gateway`, `edge`, `redis`
-(and Redis Cluster), `queue`, `monitoring` and `search`, each made from the shapes
-in `workloads` and named and labelled by `meta`, so every other module agrees with
-them. This module is the package's public face: `build` and `key`, how children are
-applied and pruned, and, listed in `__all__`, the names the rest of z2m and its
-tests use. Everything else belongs to its component's module.
+(and Redis Cluster), `queue`, `streaming` (Kafka), `monitoring` and `search`, each
+made from the shapes in `workloads` and named and labelled by `meta`, so every other
+module agrees with them. This module is the package's public face: `build` and
+`key`, how children are applied and pruned, and, listed in `__all__`, the names the
+rest of z2m and its tests use. Everything else belongs to its component's module.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from z2m.builders import (
     redis,
     search,
     services,
+    streaming,
     workloads,
 )
 from z2m.builders.gateway import GATEWAY_API_KINDS
@@ -70,6 +71,7 @@ from z2m.builders.postgres import (
 from z2m.builders.queue import AMQP_MANAGEMENT_PORT
 from z2m.builders.redis import REDIS_MASTER_NAME, SENTINEL_PORT
 from z2m.builders.search import SEARCH_PORT, search_url
+from z2m.builders.streaming import KAFKA_PORT
 from z2m.builders.workloads import script
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "CONFIG_HASH",
     "FIELD_MANAGER",
     "GATEWAY_API_KINDS",
+    "KAFKA_PORT",
     "KIND_ORDER",
     "MANAGED_BY",
     "MONITORING_API",
@@ -175,8 +178,10 @@ def build(
     objs += edge.objects(p, owner, gateway_api)
     objs += redis.objects(p, owner)
     objs += queue.objects(p, owner)
+    objs += streaming.objects(p, owner)
     objs += search.objects(p, owner)
     objs += app.workers(p, owner)
+    objs += app.stream_workers(p, owner)
     objs += monitoring.objects(p, owner, prometheus_operator)
     return sorted(objs, key=lambda o: KIND_ORDER.index(o["kind"]))
 

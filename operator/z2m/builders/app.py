@@ -1,24 +1,34 @@
 """The app's pods: the web Deployment with its Service, HPA and PDB, and the workers.
 
 Both run the user's image, told by `app_env` where the database, Redis (one, a
-Sentinel-watched pair, or Redis Cluster at stage 6), the queue and the search
-engine are. The workers (a Deployment, and its HPA at stage 5) exist only beside
-the queue they consume; they are built here, not in `queue`, because they are the
-app's container in another role.
+Sentinel-watched pair, or Redis Cluster at stage 6), the queue, Kafka and the search
+engine are. Workers exist only beside the source of jobs they consume, one
+Deployment per source: `worker` drains RabbitMQ, `stream-worker` is Kafka's consumer
+group (its HPA at stage 5, never more pods than the topic has partitions). Keeping
+them apart lets a stage change retire one source with its own workers once drained,
+while the other's already take the new jobs. They are built here, not in `queue` or
+`streaming`, because they are the app's container in another role.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from z2m import plan
-from z2m.builders import meta, postgres, queue, redis, search, workloads
+from z2m import catalog, plan
+from z2m.builders import meta, postgres, queue, redis, search, streaming, workloads
 
 Obj = dict[str, Any]
 
 
-def app_env(p: plan.Plan, role: str) -> list[Obj]:
-    """Environment of web and worker pods: the stage's wiring, then the user's env."""
+Source = Literal["queue", "stream"]
+
+
+def app_env(p: plan.Plan, role: str, source: Source | None = None) -> list[Obj]:
+    """Environment of web and worker pods: the stage's wiring, then the user's env.
+
+    `source`: a worker's one source of jobs; web pods (None) are told every one the
+    plan has, and publish to Kafka where there is Kafka.
+    """
     env: list[Obj] = [
         {"name": "ROLE", "value": role},
         {"name": "PORT", "value": str(p.spec.app.port)},
@@ -52,13 +62,19 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
                 "value": f"redis://:$(Z2M_REDIS_PASSWORD)@{primary}:{redis.REDIS_PORT}/0",
             }
         )
-    if p.queue:
+    if p.queue and source != "stream":
         env.append(meta.secret_env(p, "Z2M_QUEUE_PASSWORD", "queue-password"))
         broker = (
             f"amqp://z2m:$(Z2M_QUEUE_PASSWORD)@{meta.child(p.name, 'queue')}:{queue.AMQP_PORT}/%2F"
         )
         env.append({"name": "BROKER_URL", "value": broker})
         env.append({"name": "QUEUE_NAME", "value": p.spec.queue.queue_name})
+    if p.event_streaming and source != "queue":
+        spec = p.spec.streaming
+        env.append({"name": "KAFKA_BOOTSTRAP_SERVERS", "value": streaming.bootstrap_servers(p)})
+        env.append({"name": "KAFKA_TOPIC", "value": spec.topic})
+        env.append({"name": "KAFKA_GROUP", "value": spec.consumer_group})
+        env.append({"name": "KAFKA_PARTITIONS", "value": str(spec.partitions)})
     if p.search:
         env.append({"name": "SEARCH_URL", "value": search.search_url(p)})
     ours = {e["name"] for e in env}
@@ -68,13 +84,13 @@ def app_env(p: plan.Plan, role: str) -> list[Obj]:
     return [e for e in env if e["name"] not in overridden] + user
 
 
-def app_container(p: plan.Plan, role: str) -> Obj:
+def app_container(p: plan.Plan, role: str, source: Source | None = None) -> Obj:
     """The app's container in a role: web (the app and stage 6's services) or worker."""
     app = p.spec.app
     container: Obj = {
         "name": role if role == "worker" else "app",
         "image": app.image,
-        "env": app_env(p, role),
+        "env": app_env(p, role, source),
         "resources": workloads.requests_and_limits(app.resources),
         "ports": [{"name": "http", "containerPort": app.port}],
     }
@@ -115,21 +131,54 @@ def web(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
     return objs
 
 
-def workers(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
-    """The workers' Deployment (and its HPA where they autoscale), beside the queue only."""
-    if not p.queue or not p.workers:
-        return []
-    pod: Obj = {
-        "containers": [app_container(p, "worker")],
-        "topologySpreadConstraints": workloads.spread(p, "worker"),
-        # A worker gets time to finish and ack its job before it is killed.
+def _worker_pod(p: plan.Plan, component: str, source: Source) -> Obj:
+    return {
+        "containers": [app_container(p, "worker", source)],
+        "topologySpreadConstraints": workloads.spread(p, component),
+        # A worker gets time to finish and commit its job before it is killed.
         "terminationGracePeriodSeconds": 120,
     }
-    replicas = None if p.worker_autoscaling else p.workers
+
+
+def workers(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
+    """RabbitMQ's workers (and their HPA where they autoscale), beside the queue only.
+
+    Where Kafka runs too, its consumer group is the one that autoscales.
+    """
+    if not p.queue or not p.workers:
+        return []
+    scaling = None if p.event_streaming else p.worker_autoscaling
+    replicas = None if scaling else p.workers
+    pod = _worker_pod(p, "worker", "queue")
     objs = [workloads.deployment(p, owner, "worker", "worker", replicas, pod)]
-    if p.worker_autoscaling is not None:
-        objs.append(workloads.hpa(p, owner, "worker", p.worker_autoscaling))
+    if scaling is not None:
+        objs.append(workloads.hpa(p, owner, "worker", scaling))
     return objs
+
+
+def stream_workers(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
+    """Kafka's consumer group: at most one worker per partition, beside Kafka only.
+
+    A member beyond the partitions would get none and do nothing, so the replicas and
+    the HPA's range are capped at `spec.streaming.partitions`.
+    """
+    if not p.event_streaming or not p.workers:
+        return []
+    cap = p.spec.streaming.partitions
+    pod = _worker_pod(p, "stream-worker", "stream")
+    scaling = p.worker_autoscaling
+    if scaling is None:
+        deployment = workloads.deployment(
+            p, owner, "stream-worker", "stream-worker", min(p.workers, cap), pod
+        )
+        return [deployment]
+    capped = catalog.Autoscaling(
+        min(scaling.min_replicas, cap), min(scaling.max_replicas, cap), scaling.cpu_percent
+    )
+    return [
+        workloads.deployment(p, owner, "stream-worker", "stream-worker", None, pod),
+        workloads.hpa(p, owner, "stream-worker", capped),
+    ]
 
 
 def _beside_database(p: plan.Plan) -> Obj:

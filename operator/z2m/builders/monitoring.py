@@ -27,7 +27,7 @@ SD_DIR = "/var/run/z2m-sd"
 SD_FILE = f"{SD_DIR}/targets.json"
 """The target list the discovery sidecar writes and Prometheus reads (file_sd)."""
 SCRAPE_INTERVAL = "15s"
-SCRAPED = ("app", "worker")
+SCRAPED = ("app", "worker", "stream-worker")
 """Components whose pods serve /metrics on their `http` port and are scraped (and at
 stage 6 the services too: see `scraped`)."""
 CONFIG_HASH = "z2m.dev/config-hash"
