@@ -138,10 +138,11 @@ def test_stage_5_prometheus_finds_the_app_and_worker_pods_with_its_own_service_a
     assert done.returncode == 0, done.stderr
     targets = json.loads(Path(env["SD_FILE"]).read_text())
     pods = scraped_pods(api_client, namespace)
-    assert len(pods) >= 6  # four app pods (the HPA's minimum) and two workers
+    assert len(pods) >= 6  # four app pods (the HPA's minimum) and two Kafka consumers
     assert {t["labels"]["pod"]: t["targets"][0] for t in targets} == pods
     assert {t["labels"]["namespace"] for t in targets} == {namespace}
-    assert {t["labels"]["component"] for t in targets} == {"app", "worker"}
+    # Stage 5 streams its jobs: its workers are Kafka's consumer group, RabbitMQ's are gone.
+    assert {t["labels"]["component"] for t in targets} == {"app", "stream-worker"}
 
     # Its Role is this namespace's alone: elsewhere the listing is refused, the list kept.
     before = Path(env["SD_FILE"]).read_text()
