@@ -207,13 +207,10 @@ def test_a_hand_edit_is_reverted(api_client: ApiClient, namespace: str, operator
 
 
 def test_the_hpa_replica_count_survives_reconciles(
-    api_client: ApiClient, namespace: str, operator: Any
+    api_client: ApiClient, namespace: str, operator: Any, empty_queue: str
 ) -> None:
-    h.create(
-        api_client,
-        namespace,
-        h.scaling_stage(NAME, 4, queue={"managementUrl": "http://127.0.0.1:9"}),
-    )
+    # 4 -> 5 retires RabbitMQ once its queue is shown empty: a real, empty one on loopback.
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, queue={"managementUrl": empty_queue}))
     h.wait_ready(api_client, namespace, NAME, 4)
     h.set_stage(api_client, namespace, NAME, 5)
     h.wait_ready(api_client, namespace, NAME, 5)
