@@ -713,14 +713,15 @@ def _passes() -> float:
 
 
 def test_the_operator_never_writes_over_patronis_lock_and_changes_only_its_own_config(
-    api_client: ApiClient, namespace: str, operator: Any
+    api_client: ApiClient, namespace: str, operator: Any, empty_queue: str
 ) -> None:
     """Patroni renews its lock with a resourceVersion-conditional update: another write
     in between makes it demote the primary. So after making them, z2m leaves Patroni's
     ConfigMaps alone, except the dynamic configuration it owns, and only when it changes.
     (A guard: server-side apply of an unchanged body writes nothing either.)"""
     core = kubernetes.client.CoreV1Api(api_client)
-    h.create(api_client, namespace, h.scaling_stage(NAME, 4))
+    # 4 -> 5 retires RabbitMQ once its queue is shown empty: a real, empty one on loopback.
+    h.create(api_client, namespace, h.scaling_stage(NAME, 4, queue={"managementUrl": empty_queue}))
     h.wait_ready(api_client, namespace, NAME, 4)
     scope = builders.patroni_scope(NAME)
     # What Patroni does: take the lock, and note the cluster's identity on the config.
