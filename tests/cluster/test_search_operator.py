@@ -73,10 +73,13 @@ def test_leaving_stage_5_retires_opensearch_and_rewires_the_app_off_it(
     namespace: str,
     operator: Any,
     empty_queue: str,
+    kafka_servers: str,
     sentinel_watching: Callable[[str], str],
 ) -> None:
+    # 5 -> 4 retires Kafka once its consumer group is shown drained: a real one on loopback.
     spec: dict[str, Any] = {
         "queue": {"managementUrl": empty_queue},
+        "streaming": {"bootstrapServers": kafka_servers},
         "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
         "search": {"enabled": True},
     }
