@@ -34,6 +34,7 @@ NAMES = (
     "rabbitmq",
     "nginx",
     "prometheus",
+    "kafka",
     "opensearch",
 )
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
