@@ -95,6 +95,20 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def stop_group(process: subprocess.Popen[bytes], port: int, what: str, grace: float) -> None:
+    """SIGTERM a server's process group (a clean shutdown), SIGKILL it after `grace`
+    seconds, and wait until its port is free."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    wait_for(lambda: not _port_open(port), 15, f"{what} port released")
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
@@ -656,18 +670,9 @@ class RabbitMQ:
 
     def stop(self) -> None:
         """Stop the node (SIGTERM is a clean shutdown for the Erlang VM)."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-        wait_for(lambda: not _port_open(self.port), 15, "rabbitmq port released")
+        if self.process is not None:
+            stop_group(self.process, self.port, "rabbitmq", grace=30)
+            self.process = None
 
 
 @contextlib.contextmanager
@@ -780,18 +785,9 @@ class Kafka:
 
     def stop(self) -> None:
         """Stop the node cleanly (SIGTERM), its data kept for a later start()."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-        wait_for(lambda: not _port_open(self.port), 15, "kafka port released")
+        if self.process is not None:
+            stop_group(self.process, self.port, "kafka", grace=30)
+            self.process = None
 
     def rss_bytes(self) -> int:
         """The broker JVM's resident memory."""
@@ -1034,18 +1030,9 @@ class OpenSearch:
 
     def stop(self) -> None:
         """Stop the node (SIGTERM, a clean shutdown) and wait until its port is free."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self.process = None
-        wait_for(lambda: not _port_open(self.port), 15, "opensearch port released")
+        if self.process is not None:
+            stop_group(self.process, self.port, "opensearch", grace=60)
+            self.process = None
 
     def rss_bytes(self) -> int:
         """The node's resident memory (the java process, below runuser if any)."""
