@@ -22,11 +22,14 @@ APP_IMAGE = "z2m/sample-app:0.1.0"
 GROUP_VERSION = f"{api.GROUP}/{api.VERSION}"
 
 
-# Half the default app CPU request, for the real-pod cluster: stage 5, its HPA's extra pods,
-# a rollout's surge pod and kind's own control plane must fit one node of two cores
-# (the HPA's target is relative to the request).
+# A small app CPU request, for the real-pod cluster: stage 5, its HPA's extra pods, a
+# rollout's surge pod and kind's own control plane must fit one node of two cores (the
+# HPA's target is relative to the request). 40m, not 50m: while a move to or from stage 5
+# drains one job source, RabbitMQ, its workers, Kafka and its consumer group run side by
+# side, and with 50m app and worker pods that peak did not fit (the app's rollout waited
+# for CPU that only the retiring source frees, and the source waited for the rollout).
 SMALL_APP = {
-    "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
+    "resources": {"requests": {"cpu": "40m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
 }
 
 

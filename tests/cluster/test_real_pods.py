@@ -39,10 +39,6 @@ from z2m import api, builders
 pytestmark = [pytest.mark.cluster, pytest.mark.kind, pytest.mark.timeout(3600)]
 NAME = "shop"
 WALK = [1, 2, 3, 4, 5, 4, 3, 2, 1]
-# 40m, not h.SMALL_APP's 50m: while 4->5 drains RabbitMQ, its workers, Kafka and the new
-# consumer group run side by side, and with 50m app pods that peak did not fit on the
-# 2-core node (the app's rollout waited for CPU that only RabbitMQ's retirement frees).
-APP = {"resources": {"requests": {"cpu": "40m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}}
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +272,7 @@ def test_the_walk_under_live_traffic_loses_no_acknowledged_write_and_no_job(
 ) -> None:
     ns, kc = app_namespace, kind_kubeconfig
     core = kubernetes.client.CoreV1Api(kind_api)
-    h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0], app=APP))
+    h.create(kind_api, ns, h.scaling_stage(NAME, WALK[0], app=h.SMALL_APP))
     h.wait_ready(kind_api, ns, NAME, WALK[0], timeout=600)
     core.create_namespaced_pod(ns, _load_pod("load", 8, journal=True))
     eventually(lambda: _acked(kc, ns) > 0, timeout=300)
