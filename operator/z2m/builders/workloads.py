@@ -88,6 +88,10 @@ def spread(p: plan.Plan, component: str) -> list[Obj]:
                 "topologyKey": meta.REGION,
                 "whenUnsatisfiable": "DoNotSchedule",
                 "labelSelector": selector,
+                # Count only pods of the same template: during a rollout the old pods
+                # (placed before the region spread) would otherwise skew the new ones.
+                # A StatefulSet's pods have no such label, and the key is then ignored.
+                "matchLabelKeys": ["pod-template-hash"],
             }
         )
     return constraints + [
