@@ -8,7 +8,7 @@
 #   hack/kind.sh down         # delete it
 #   hack/kind.sh node-image   # build the node image only, print its name
 #   hack/kind.sh kubeconfig   # print the kubeconfig path
-#   hack/kind.sh addons       # metrics-server, on a cluster made another way (pytest-kind)
+#   hack/kind.sh addons       # metrics-server and one CoreDNS, on a cluster made another way (pytest-kind)
 #
 # Z2M_KIND_CLUSTER names the cluster (default z2m), Z2M_KIND_DIR holds its kubeconfig.
 set -euo pipefail
@@ -174,6 +174,9 @@ patches:
 YAML
   "${k[@]}" apply --server-side -k "$dir" >/dev/null
   rm -rf "$dir"
+  # One node needs one CoreDNS, not kubeadm's two: the second one's 100m CPU request is
+  # what a move to or from stage 5 (both job sources side by side) lacks on two cores.
+  "${k[@]}" -n kube-system scale deployment coredns --replicas=1 >/dev/null
 }
 
 down() {
