@@ -41,6 +41,10 @@ class Config:
     port: int = DEFAULT_PORT
     database_url: str | None = None
     replica_urls: tuple[str, ...] = ()
+    database_shards: tuple[str, ...] = ()
+    """DATABASE_SHARDS: the shards' URLs in shard order (stage 6); a user's rows live on
+    shard ``user_id % N`` (``sample_app.shards``). Set, it replaces DATABASE_URL and
+    DATABASE_REPLICA_URLS (those replicas follow the unsharded database)."""
     redis_url: str | None = None
     """REDIS_URL: one Redis (stage 4)."""
     redis_sentinels: tuple[tuple[str, int], ...] = ()
@@ -77,8 +81,10 @@ class Config:
     def stage_features(self) -> list[str]:
         """Names of the optional features that are on, for the start-up log line."""
         features = []
-        if self.database_url:
+        if self.database_url and not self.database_shards:
             features.append("database")
+        if self.database_shards:
+            features.append(f"database(shards={len(self.database_shards)})")
         if self.replica_urls:
             features.append(f"replicas={len(self.replica_urls)}")
         if self.redis_url:
@@ -169,6 +175,23 @@ def parse_replica_urls(value: str | None) -> tuple[str, ...]:
     return urls
 
 
+def parse_shard_urls(value: str | None) -> tuple[str, ...]:
+    """Parse ``DATABASE_SHARDS``: comma-separated PostgreSQL URLs, in shard order."""
+    if value is None:
+        return ()
+    urls = tuple(item.strip() for item in value.split(","))
+    for index, url in enumerate(urls):
+        # An empty entry would shift every later shard: user ids would land on the wrong one.
+        if not url:
+            raise ConfigError("DATABASE_SHARDS", f"entry {index + 1} is empty")
+        try:
+            _check_postgres_url("DATABASE_SHARDS", url)
+        except ConfigError as exc:
+            problem = str(exc).removeprefix("DATABASE_SHARDS: ")
+            raise ConfigError("DATABASE_SHARDS", f"entry {index + 1}: {problem}") from None
+    return urls
+
+
 def parse_sentinels(
     value: str | None, variable: str = "REDIS_SENTINELS"
 ) -> tuple[tuple[str, int], ...]:
@@ -228,6 +251,11 @@ def parse_env(env: Mapping[str, str]) -> Config:
         # Replicas only serve reads; without a primary nothing could write, so
         # this is a deployment mistake rather than a feature switched off.
         raise ConfigError("DATABASE_REPLICA_URLS", "is set but DATABASE_URL is not")
+    database_shards = parse_shard_urls(_get(env, "DATABASE_SHARDS"))
+    if database_shards:
+        # The replicas stream from DATABASE_URL's server, which the move fenced and no
+        # longer writes to: reading them would serve stale rows. Shards read their primary.
+        replica_urls = ()
     redis_url = _get(env, "REDIS_URL")
     if redis_url is not None:
         _check_url("REDIS_URL", redis_url, _REDIS_SCHEMES)
@@ -264,6 +292,7 @@ def parse_env(env: Mapping[str, str]) -> Config:
         port=parse_port(_get(env, "PORT")),
         database_url=database_url,
         replica_urls=replica_urls,
+        database_shards=database_shards,
         redis_url=redis_url,
         redis_sentinels=sentinels,
         redis_master_name=master_name if sentinels else None,

@@ -10,7 +10,10 @@ With ``KAFKA_BOOTSTRAP_SERVERS`` jobs go to a Kafka topic instead (`streaming`).
 
 Jobs are idempotent: the job id is inserted into ``processed_jobs`` in the
 same transaction as the work, so a redelivered job that already committed
-does nothing.  Without a broker (or while it is unreachable) the job runs
+does nothing.  With ``DATABASE_SHARDS`` a job runs on every shard, each in its
+own transaction with its own ``processed_jobs``: a follower's follows and
+notifications live on the follower's shard, so each shard notifies its own
+users, exactly once per shard.  Without a broker (or while it is unreachable) the job runs
 inline in the request, which is safe for the same reason.
 """
 
@@ -28,7 +31,7 @@ from typing import Protocol
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from sample_app import metrics
+from sample_app import metrics, shards
 from sample_app.db import Database
 
 log = logging.getLogger(__name__)
@@ -71,21 +74,29 @@ class FanoutJob:
             raise ValueError(f"not a fan-out job: {exc!r}") from None
 
 
-async def process(db: Database, job: FanoutJob) -> bool:
-    """Do the job exactly once; False if it had already been done."""
+Store = Database | shards.ShardedDatabase
+"""Where jobs write: the one database, or every shard."""
+
+
+async def process(db: Store, job: FanoutJob) -> bool:
+    """Do the job exactly once (per shard); False if it had already been done everywhere."""
     started = time.perf_counter()
-    async with db.transaction() as tx:
-        first_time = await tx.fetch(
-            "INSERT INTO processed_jobs (job_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING 1",
-            (job.job_id,),
-        )
-        if first_time:
-            await tx.fetch(
-                "INSERT INTO notifications (user_id, post_id)"
-                " SELECT follower_id, %s FROM follows WHERE followee_id = %s"
-                " ON CONFLICT DO NOTHING",
-                (job.post_id, job.author_id),
+    first_time = False
+    for target in db.shards if isinstance(db, shards.ShardedDatabase) else [db]:
+        async with target.transaction() as tx:
+            done_here = await tx.fetch(
+                "INSERT INTO processed_jobs (job_id) VALUES (%s)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                (job.job_id,),
             )
+            if done_here:
+                await tx.fetch(
+                    "INSERT INTO notifications (user_id, post_id)"
+                    " SELECT follower_id, %s FROM follows WHERE followee_id = %s"
+                    " ON CONFLICT DO NOTHING",
+                    (job.post_id, job.author_id),
+                )
+        first_time = first_time or bool(done_here)
     metrics.JOB_DURATION.observe(time.perf_counter() - started)
     metrics.JOBS_PROCESSED.labels("done" if first_time else "duplicate").inc()
     return bool(first_time)
@@ -170,7 +181,7 @@ class Publisher(Protocol):
 class Jobs:
     """Where the web process sends jobs: the broker if it can, inline otherwise."""
 
-    def __init__(self, db: Database, broker: Publisher | None) -> None:
+    def __init__(self, db: Store, broker: Publisher | None) -> None:
         """Use ``broker`` (RabbitMQ or Kafka) when given and connected."""
         self.db = db
         self.broker = broker
@@ -190,7 +201,7 @@ class Jobs:
 class Worker:
     """Consume the jobs queue; ack each message only after its transaction commits."""
 
-    def __init__(self, db: Database, broker: Broker) -> None:
+    def __init__(self, db: Store, broker: Broker) -> None:
         """Consume from ``broker``, writing through ``db``."""
         self.db = db
         self.broker = broker

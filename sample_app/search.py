@@ -33,7 +33,7 @@ from typing import Any, Literal
 from opensearchpy import AsyncOpenSearch, helpers
 from opensearchpy.exceptions import OpenSearchException, TransportError
 
-from sample_app import metrics
+from sample_app import metrics, shards
 from sample_app.db import Database, Row
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,27 @@ def document(post: Row) -> dict[str, Any]:
     }
 
 
-async def search_postgres(db: Database, q: str, limit: int, *, primary: bool = False) -> list[Row]:
-    """Full-text search in PostgreSQL (a replica when one is usable)."""
-    return await db.read(PG_SEARCH_SQL, (q, limit), primary=primary)
+# The same, with the rank, to merge the shards' answers (ts_rank reads only the row).
+PG_SEARCH_RANKED_SQL = """
+SELECT id, author_id, body, created_at, ts_rank(to_tsvector('english', body), query) AS rank
+FROM posts, websearch_to_tsquery('english', %s) AS query
+WHERE to_tsvector('english', body) @@ query
+ORDER BY rank DESC, id DESC
+LIMIT %s
+"""
+
+
+async def search_postgres(
+    db: Database | shards.ShardedDatabase, q: str, limit: int, *, primary: bool = False
+) -> list[Row]:
+    """Full-text search in PostgreSQL (a replica when one is usable), or on every shard."""
+    if not isinstance(db, shards.ShardedDatabase):
+        return await db.read(PG_SEARCH_SQL, (q, limit), primary=primary)
+    found: list[Row] = []
+    for shard in db.shards:
+        found += await shard.read(PG_SEARCH_RANKED_SQL, (q, limit), primary=True)
+    found.sort(key=lambda row: (float(row["rank"]), int(row["id"])), reverse=True)
+    return [{k: v for k, v in row.items() if k != "rank"} for row in found[:limit]]
 
 
 class SearchEngine:
@@ -228,7 +246,12 @@ class SearchEngine:
 
 
 async def search(
-    db: Database, engine: SearchEngine | None, q: str, limit: int, *, primary: bool = False
+    db: Database | shards.ShardedDatabase,
+    engine: SearchEngine | None,
+    q: str,
+    limit: int,
+    *,
+    primary: bool = False,
 ) -> tuple[Backend, list[Row]]:
     """Search posts with the engine when it is usable, else with PostgreSQL."""
     if engine is not None and engine.usable:

@@ -6,12 +6,18 @@ made and their notifications (the same rule as ``z2m.sharding``, which moves
 the rows).  Reading a user's feed fans out: one query per shard that holds
 someone they follow.
 
+A new user is created on the shard their name hashes to; the shard's id
+sequence (set by the move: shard *k* hands out ids ``≡ k (mod N)``) then gives
+them an id that routes back to it.  ``users.name`` is unique per shard only, so
+hashing the name keeps two sign-ups of one name on the same shard.
+
 Not here: the unsharded app (``sample_app.db``), cross-shard transactions
 (there are none: every write touches one user's rows), or moving data.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 
 from sample_app import db
@@ -60,6 +66,34 @@ class ShardedDatabase:
     def for_user(self, user_id: int) -> db.Database:
         """The shard holding ``user_id``."""
         return self.shards[shard_index(user_id, len(self.shards))]
+
+    def for_new_user(self, name: str) -> tuple[int, db.Database]:
+        """The shard a new user called ``name`` is created on, and its index."""
+        index = zlib.crc32(name.encode()) % len(self.shards)
+        return index, self.shards[index]
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations on every shard; the versions applied anywhere."""
+        applied: set[int] = set()
+        for shard in self.shards:
+            applied.update(await shard.migrate())
+        return sorted(applied)
+
+    async def find_post(self, post_id: int) -> list[db.Row]:
+        """One post by id, from whichever shard holds it (ids are unique across shards)."""
+        for shard in self.shards:
+            rows = await shard.read(
+                "SELECT id, author_id, body, created_at FROM posts WHERE id = %s",
+                (post_id,),
+                primary=True,
+            )
+            if rows:
+                return rows
+        return []
+
+    async def ping(self) -> list[int]:
+        """The indexes of the shards whose primary does not answer."""
+        return [i for i, shard in enumerate(self.shards) if not await shard.ping_primary()]
 
     async def create_post(self, author_id: int, body: str) -> int:
         """Insert a post on its author's shard; returns its id."""

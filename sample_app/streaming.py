@@ -30,8 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from sample_app import metrics
-from sample_app.db import Database
-from sample_app.jobs import FanoutJob, process
+from sample_app.jobs import FanoutJob, Store, process
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ class Stream:
 class StreamWorker:
     """One member of the consumer group: process, commit in PostgreSQL, then the offset."""
 
-    def __init__(self, db: Database, topic: Topic) -> None:
+    def __init__(self, db: Store, topic: Topic) -> None:
         """Consume ``topic`` as a member of its group, writing through ``db``."""
         self.db = db
         self.topic = topic

@@ -2,6 +2,11 @@
 
 ``create_app(config)`` builds the web app (``ROLE=web``) or the worker's
 small health-and-metrics app (``ROLE=worker``, which also runs the consumer).
+
+With ``DATABASE_SHARDS`` every user's rows are read and written on their shard
+(``sample_app.shards``); a post looked up by id alone, and a search, ask every
+shard.  Shard 0 keeps what is not a user's (the session key when SECRET_KEY is
+unset).  The search engine is not used with shards yet: search is PostgreSQL's.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sample_app import metrics, policy, search
+from sample_app import metrics, policy, search, shards
 from sample_app.cache import Cache
 from sample_app.config import Config
 from sample_app.db import Database, Row
-from sample_app.jobs import Broker, FanoutJob, Jobs, Worker
+from sample_app.jobs import Broker, FanoutJob, Jobs, Store, Worker
 from sample_app.streaming import Stream, StreamWorker, Topic
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,8 @@ class State:
 
     config: Config
     db: Database | None = None
+    """The one database, or shard 0 with DATABASE_SHARDS."""
+    shards: shards.ShardedDatabase | None = None
     cache: Cache | None = None
     broker: Broker | None = None
     stream: Stream | None = None
@@ -104,7 +111,7 @@ async def _prepare_database(state: State) -> None:
     delay = 0.5
     while True:
         try:
-            applied = await db.migrate()
+            applied = await (state.shards or db).migrate()
             if applied:
                 log.info("applied migrations %s", applied)
             if state.config.secret_key is None:
@@ -137,10 +144,15 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     config = state.config
     if config.secret_key is not None:
         state.sessions = SessionCodec(config.secret_key)
-    elif config.database_url is None:
+    elif config.database_url is None and not config.database_shards:
         # No database means no users, so per-process sessions lose nothing.
         state.sessions = SessionCodec(secrets.token_urlsafe(32))
-    if config.database_url is not None:
+    if config.database_shards:
+        state.shards = shards.ShardedDatabase(config.database_shards)
+        state.db = state.shards.shards[0]
+        await state.shards.open()
+        state.tasks.append(asyncio.create_task(_prepare_database(state)))
+    elif config.database_url is not None:
         # Workers only write, so they don't need (or watch) the replicas.
         replicas = config.replica_urls if config.role == "web" else ()
         state.db = Database(config.database_url, replicas)
@@ -168,11 +180,13 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             state.stream = Stream(topic)
             state.tasks.append(asyncio.create_task(state.stream.connect_forever()))
         elif state.db is not None:
-            state.stream_worker = StreamWorker(state.db, topic)
+            state.stream_worker = StreamWorker(_store(state), topic)
     if config.role == "web" and state.db is not None:
         # With both configured, new jobs go to Kafka: RabbitMQ is what a move drains.
-        state.jobs = Jobs(state.db, state.stream or state.broker)
-        if config.search_url is not None:
+        state.jobs = Jobs(_store(state), state.stream or state.broker)
+        if config.search_url is not None and state.shards is not None:
+            log.warning("SEARCH_URL is not used with DATABASE_SHARDS yet; searching PostgreSQL")
+        elif config.search_url is not None:
             state.search_engine = search.SearchEngine(
                 config.search_url, state.db, config.search_index
             )
@@ -194,10 +208,19 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         for task in state.tasks:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)
-        for closable in (state.broker, state.stream, state.cache, state.search_engine, state.db):
+        closables = (state.broker, state.stream, state.cache, state.search_engine)
+        for closable in (*closables, state.shards or state.db):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     await closable.close()
+
+
+def _store(state: State) -> Store:
+    """Where jobs write: every shard, or the one database."""
+    if state.shards is not None:
+        return state.shards
+    assert state.db is not None
+    return state.db
 
 
 async def _keep_search_index(state: State) -> None:
@@ -211,7 +234,7 @@ async def _run_worker(state: State) -> None:
     await state.schema_ready.wait()
     while True:
         try:
-            await Worker(state.db, state.broker).run()
+            await Worker(_store(state), state.broker).run()
         except Exception as exc:  # keep consuming; unacked messages were requeued
             log.warning("consumer stopped (%r); restarting in 1s", exc)
             await state.broker.close()
@@ -280,6 +303,13 @@ def _db(request: Request) -> Database:
     return state.db
 
 
+def _home(request: Request, user_id: int) -> Database:
+    """The database holding ``user_id``'s rows: their shard, or the one database."""
+    db = _db(request)
+    sharded = _state(request).shards
+    return sharded.for_user(user_id) if sharded is not None else db
+
+
 def _wrote(request: Request, response: Response, user_id: int) -> Response:
     """Stamp the session with "wrote just now" so this user's reads use the primary."""
     codec = _state(request).sessions
@@ -309,16 +339,19 @@ def _text_field(body: dict[str, Any], name: str, max_length: int) -> str:
 
 
 async def _cached_read(
-    request: Request, key: str, sql: str, params: tuple[Any, ...], *, many: bool = False
+    request: Request,
+    key: str,
+    rows: Callable[[bool], Awaitable[list[Row]]],
+    *,
+    many: bool = False,
 ) -> Response:
-    """Cache-aside read; a user in their read-your-writes window skips the cache."""
-    db = _db(request)
+    """Cache-aside read of ``rows(primary)``; a user in their read-your-writes window skips it."""
     state = _state(request)
     sticky = _sticky(request)
 
     async def load() -> Any:
-        rows = [_jsonable(r) for r in await db.read(sql, params, primary=sticky)]
-        return rows if many else (rows[0] if rows else None)
+        found = [_jsonable(r) for r in await rows(sticky)]
+        return found if many else (found[0] if found else None)
 
     if state.cache is None or sticky:
         value, result = await load(), ("bypass" if sticky and state.cache else "off")
@@ -346,21 +379,44 @@ async def create_user(request: Request) -> Response:
     """``POST /api/users {"name"}``: sign up and get a session cookie."""
     db = _db(request)
     name = _text_field(await _json_body(request), "name", 64)
-    rows = await db.write(
-        "INSERT INTO users (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
-        " RETURNING id, name, created_at",
-        (name,),
-    )
+    sharded = _state(request).shards
+    if sharded is not None:
+        rows = await _create_user_on_shard(sharded, name)
+    else:
+        rows = await db.write(
+            "INSERT INTO users (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+            " RETURNING id, name, created_at",
+            (name,),
+        )
     if not rows:
         raise HTTPError(409, "name taken")
     user = _jsonable(rows[0])
     return _wrote(request, JSONResponse(user, status_code=201), user["id"])
 
 
+async def _create_user_on_shard(sharded: shards.ShardedDatabase, name: str) -> list[Row]:
+    """Insert the user on their name's shard, which must hand out an id that routes to it.
+
+    A shard whose sequence was not set by a move would give an id of another shard:
+    the insert is rolled back and the caller gets a 503 rather than a lost user.
+    """
+    index, shard = sharded.for_new_user(name)
+    async with shard.transaction() as tx:
+        rows = await tx.fetch(
+            "INSERT INTO users (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
+            " RETURNING id, name, created_at",
+            (name,),
+        )
+        if rows and shards.shard_index(int(rows[0]["id"]), len(sharded.shards)) != index:
+            log.error("shard %d handed out user id %s of another shard", index, rows[0]["id"])
+            raise HTTPError(503, "shard ids are not set up for sharding")
+    return rows
+
+
 async def me(request: Request) -> Response:
     """``GET /api/me``: the signed-in user."""
-    db = _db(request)
     session = _require_session(request)
+    db = _home(request, session.user_id)
     rows = await db.read(
         "SELECT id, name, created_at FROM users WHERE id = %s",
         (session.user_id,),
@@ -376,6 +432,15 @@ async def follow(request: Request) -> Response:
     db = _db(request)
     session = _require_session(request)
     followee = int(request.path_params["user_id"])
+    sharded = _state(request).shards
+    if sharded is not None:
+        # The follow lives on the follower's shard, the followee maybe on another.
+        if not await sharded.for_user(followee).read(
+            "SELECT 1 FROM users WHERE id = %s", (followee,), primary=True
+        ):
+            raise HTTPError(404, "no such user")
+        await sharded.follow(session.user_id, followee)
+        return _wrote(request, Response(status_code=204), session.user_id)
     rows = await db.write(
         "INSERT INTO follows (follower_id, followee_id)"
         " SELECT %s, id FROM users WHERE id = %s"
@@ -395,8 +460,8 @@ async def follow(request: Request) -> Response:
 
 async def create_post(request: Request) -> Response:
     """``POST /api/posts {"body"}``: publish; followers are notified in the background."""
-    db = _db(request)
     session = _require_session(request)
+    db = _home(request, session.user_id)
     text = _text_field(await _json_body(request), "body", 500)
     rows = await db.write(
         "INSERT INTO posts (author_id, body) VALUES (%s, %s)"
@@ -417,31 +482,41 @@ async def create_post(request: Request) -> Response:
 async def get_post(request: Request) -> Response:
     """``GET /api/posts/{id}``: one post (cached; posts never change)."""
     post_id = int(request.path_params["post_id"])
-    return await _cached_read(
-        request,
-        f"post:{post_id}",
-        "SELECT id, author_id, body, created_at FROM posts WHERE id = %s",
-        (post_id,),
-    )
+    db = _db(request)
+    sharded = _state(request).shards
+
+    async def rows(primary: bool) -> list[Row]:
+        if sharded is not None:
+            return await sharded.find_post(post_id)
+        return await db.read(
+            "SELECT id, author_id, body, created_at FROM posts WHERE id = %s",
+            (post_id,),
+            primary=primary,
+        )
+
+    return await _cached_read(request, f"post:{post_id}", rows)
 
 
 async def user_posts(request: Request) -> Response:
     """``GET /api/users/{id}/posts``: a user's latest posts (cached, invalidated on write)."""
     user_id = int(request.path_params["user_id"])
-    return await _cached_read(
-        request,
-        f"user_posts:{user_id}",
-        "SELECT id, author_id, body, created_at FROM posts WHERE author_id = %s"
-        f" ORDER BY id DESC LIMIT {FEED_LENGTH}",
-        (user_id,),
-        many=True,
-    )
+    db = _home(request, user_id)
+
+    async def rows(primary: bool) -> list[Row]:
+        return await db.read(
+            "SELECT id, author_id, body, created_at FROM posts WHERE author_id = %s"
+            f" ORDER BY id DESC LIMIT {FEED_LENGTH}",
+            (user_id,),
+            primary=primary,
+        )
+
+    return await _cached_read(request, f"user_posts:{user_id}", rows, many=True)
 
 
 async def notifications(request: Request) -> Response:
     """``GET /api/notifications``: posts by people the signed-in user follows."""
-    db = _db(request)
     session = _require_session(request)
+    db = _home(request, session.user_id)
     rows = await db.read(
         "SELECT post_id, created_at FROM notifications WHERE user_id = %s"
         " ORDER BY post_id DESC LIMIT 50",
@@ -465,7 +540,11 @@ async def search_posts(request: Request) -> Response:
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= search.MAX_LIMIT:
         raise HTTPError(400, f"'limit' must be an integer from 1 to {search.MAX_LIMIT}")
     backend, rows = await search.search(
-        db, _state(request).search_engine, q, int(raw_limit), primary=_sticky(request)
+        _state(request).shards or db,
+        _state(request).search_engine,
+        q,
+        int(raw_limit),
+        primary=_sticky(request),
     )
     body = {"backend": backend, "q": q, "results": [_jsonable(r) for r in rows]}
     return JSONResponse(body, headers={"X-Search-Backend": backend})
@@ -495,6 +574,11 @@ async def readyz(request: Request) -> Response:
     if state.db is not None:
         if not state.schema_ready.is_set():
             checks["database"] = "migrating"
+        elif state.shards is not None:
+            down_shards = await state.shards.ping()
+            checks["database"] = "down" if down_shards else "ok"
+            for index in range(len(state.shards.shards)):
+                checks[f"shard{index}"] = "down" if index in down_shards else "ok"
         else:
             checks["database"] = "ok" if await state.db.ping_primary() else "down"
         required_down = checks["database"] != "ok"

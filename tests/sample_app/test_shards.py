@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sample_app import shards
+from sample_app.config import ConfigError, parse_env
 from z2m import sharding
 
 
@@ -28,3 +29,34 @@ def test_the_app_and_the_mover_agree_on_every_users_shard() -> None:
     for user in range(1, 50):
         expected = sharded.shards[sharding.shard_of(user, 3)]
         assert sharded.for_user(user) is expected
+
+
+def test_config_reads_database_shards_and_drops_the_unsharded_replicas() -> None:
+    config = parse_env(
+        {
+            "DATABASE_URL": "postgresql://old/app",
+            "DATABASE_REPLICA_URLS": "postgresql://old-replica/app",
+            "DATABASE_SHARDS": "postgresql://a/app,postgresql://b/app",
+        }
+    )
+    assert config.database_shards == ("postgresql://a/app", "postgresql://b/app")
+    assert config.replica_urls == ()
+    assert "database(shards=2)" in config.stage_features
+
+
+def test_config_without_database_shards_is_the_unsharded_app() -> None:
+    config = parse_env({"DATABASE_URL": "postgresql://a/app"})
+    assert config.database_shards == ()
+    assert "database" in config.stage_features
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("postgresql://a/app,,postgresql://b/app", "entry 2 is empty"),
+        ("postgresql://a/app,redis://b", "entry 2: must be a postgres:// or postgresql:// URL"),
+    ],
+)
+def test_config_refuses_a_malformed_database_shards(value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"DATABASE_SHARDS: {problem}"):
+        parse_env({"DATABASE_SHARDS": value})
