@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -321,34 +322,50 @@ def served_ok(load: LoadResult) -> float:
     return ok / load.duration if load.duration > 0 else 0.0
 
 
-def _job_counts(stack: Stack) -> tuple[float, float, float]:
+def _web_counts(stack: Stack) -> tuple[float, float]:
     accepted = sum(
         a.metric("app_http_requests_total", route="/api/posts", method="POST", status="201")
         for a in stack.web
     )
-    queued = sum(a.metric("app_jobs_published_total") for a in stack.web)
-    processed = sum(w.metric("app_jobs_processed_total", outcome="done") for w in stack.workers)
-    return accepted, queued, processed
+    return accepted, sum(a.metric("app_jobs_published_total") for a in stack.web)
+
+
+def _processed(stack: Stack) -> float:
+    return sum(w.metric("app_jobs_processed_total", outcome="done") for w in stack.workers)
 
 
 def measure_stack(stack: Stack, rate: float, duration: float, seed: int) -> Sample:
-    """Offer ``rate`` to the stack for ``duration`` and wait for its workers to catch up."""
-    accepted0, queued0, processed0 = _job_counts(stack)
+    """Offer ``rate`` to the stack for ``duration`` and wait for its workers to catch up.
+
+    The web processes' counts are read in a thread while the workers' are polled: a
+    web process's scrape may read Kafka's group lag first (``app_queue_depth``), and
+    that must not delay the moment the drain is seen.
+    """
+    accepted0, queued0 = _web_counts(stack)
+    processed0 = _processed(stack)
     result = asyncio.run(run_load(stack.urls, rps=rate, duration=duration, seed=seed))
     ended = time.monotonic()
     drain: float | None = None
-    while True:
-        accepted, queued, processed = _job_counts(stack)
-        if processed - processed0 >= queued - queued0:
-            drain = time.monotonic() - ended
-            break
-        if time.monotonic() - ended > DRAIN_TIMEOUT:
-            break
-        time.sleep(0.2)
+    polls: list[tuple[float, float]] = []  # (when, jobs processed so far)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        web = pool.submit(_web_counts, stack)
+        while True:
+            processed = _processed(stack) - processed0
+            polls.append((time.monotonic(), processed))
+            if web.done():
+                target = web.result()[1] - queued0
+                done = [when for when, count in polls if count >= target]
+                if done:
+                    drain = done[0] - ended
+                    break
+            if polls[-1][0] - ended > DRAIN_TIMEOUT:
+                break
+            time.sleep(0.1)
+        accepted, queued = web.result()
     jobs = JobFigures(
         accepted=round(accepted - accepted0),
         queued=round(queued - queued0),
-        processed=round(processed - processed0),
+        processed=round(processed),
         drain=drain,
     )
     return Sample(stack.stage, rate, result, jobs)
