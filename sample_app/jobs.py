@@ -152,16 +152,14 @@ class Broker:
         )
         metrics.JOBS_PUBLISHED.inc()
 
-    async def refresh_depth(self) -> bool:
-        """Update ``app_queue_depth``; False if the broker couldn't be asked."""
+    async def depth(self) -> int | None:
+        """Messages ready in the queue; None if the broker couldn't be asked."""
         if self.channel is None or self.channel.is_closed:
-            return False
+            return None
         try:
-            depth = await asyncio.wait_for(queue_depth(self.channel, self.queue), timeout=1.0)
+            return await asyncio.wait_for(queue_depth(self.channel, self.queue), timeout=1.0)
         except Exception:  # a scrape must not fail because the broker is away
-            return False
-        metrics.QUEUE_DEPTH.set(depth)
-        return True
+            return None
 
     async def close(self) -> None:
         """Close the connection (errors ignored: it may already be dead)."""

@@ -29,7 +29,10 @@ DB_POOL = Gauge("app_db_pool_connections", "Pooled connections.", ["target", "st
 
 CACHE_REQUESTS = Counter("app_cache_requests", "Cache look-ups.", ["result"])
 
-QUEUE_DEPTH = Gauge("app_queue_depth", "Messages ready in the jobs queue.")
+QUEUE_DEPTH = Gauge(
+    "app_queue_depth",
+    "Jobs waiting: messages ready in the RabbitMQ queue, records the Kafka group has not done.",
+)
 STREAM_LAG = Gauge(
     "app_stream_lag", "Kafka records behind the end of the partitions this worker holds."
 )

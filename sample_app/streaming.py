@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 MAX_RECORDS = 8
 """Records taken per poll: a killed worker repeats at most these few jobs."""
 TOPIC_EXISTS = 36
+LAG_REFRESH_SECONDS = 5.0
+"""A web process reads the group's lag at most this often, however often it is scraped."""
+LAG_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,26 @@ class Stream:
         """Remember the topic; :meth:`connect_forever` does the work."""
         self.topic = topic
         self.producer: AIOKafkaProducer | None = None
+        self._lag: int | None = None
+        self._lag_read_at: float | None = None
+
+    async def lag(self) -> int | None:
+        """The workers' group lag (:func:`group_lag`): jobs published and not yet done.
+
+        The stage-5 counterpart of RabbitMQ's queue depth, read by the web process so
+        that it is known even with no worker running.  Read at most every
+        ``LAG_REFRESH_SECONDS`` (one short admin session each time); None if Kafka could
+        not be asked within ``LAG_TIMEOUT_SECONDS``.
+        """
+        now = time.monotonic()
+        if self._lag_read_at is not None and now - self._lag_read_at < LAG_REFRESH_SECONDS:
+            return self._lag
+        self._lag_read_at = now
+        try:
+            self._lag = await asyncio.wait_for(group_lag(self.topic), LAG_TIMEOUT_SECONDS)
+        except Exception:  # a scrape must not fail because Kafka is away
+            self._lag = None
+        return self._lag
 
     @property
     def connected(self) -> bool:

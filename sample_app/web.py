@@ -608,12 +608,22 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text exposition, with pool and queue gauges refreshed first."""
+    """Prometheus text exposition, with pool and queue gauges refreshed first.
+
+    ``app_queue_depth`` is the jobs waiting: RabbitMQ's ready messages, Kafka's group
+    lag, or their sum while a move has both; unchanged when a source can't be asked.
+    """
     state = _state(request)
     if state.db is not None:
         state.db.export_pool_stats()
+    waiting: list[int | None] = []
     if state.broker is not None:
-        await state.broker.refresh_depth()
+        waiting.append(await state.broker.depth())
+    if state.stream is not None:
+        waiting.append(await state.stream.lag())
+    known = [w for w in waiting if w is not None]
+    if waiting and len(known) == len(waiting):
+        metrics.QUEUE_DEPTH.set(sum(known))
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -84,6 +84,22 @@ def test_jobs_published_to_the_topic_are_processed_and_their_offsets_committed(
     assert app.metric("app_jobs_published_total") == 10
 
 
+def test_the_web_process_exports_the_group_lag_as_the_queue_depth_promotion_reads(
+    database: ScratchDatabase, topic: Topic, start_app: StartApp
+) -> None:
+    env = {"DATABASE_URL": database.url, **kafka_env(topic)}
+    app = start_app(ready="/readyz?strict=1", **env)
+    author, _ = author_and_fan(app)
+    for i in range(7):
+        assert post(author, f"post {i}")["fanout"] == "queued"  # type: ignore[arg-type]
+    # No worker yet: the jobs wait in the topic, and the web process says so.
+    wait_for(lambda: app.metric("app_queue_depth") == 7, 20, "depth 7 with no worker")
+    assert lag(topic) == 7
+    start_app(ready="/readyz?strict=1", ROLE="worker", **env)
+    wait_for(lambda: done_jobs(database) == 7, 30, "seven jobs done")
+    wait_for(lambda: app.metric("app_queue_depth") == 0, 30, "depth 0 once the group caught up")
+
+
 def test_a_worker_killed_mid_job_loses_no_job_and_the_job_is_done_once(
     database: ScratchDatabase, topic: Topic, start_app: StartApp
 ) -> None:
