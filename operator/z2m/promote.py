@@ -310,6 +310,11 @@ class Loop:
     _names: dict[str, tuple[str, str]] = field(default_factory=dict)
     _wrote_over: dict[str, str] = field(default_factory=dict)
     """uid -> the resourceVersion our last write replaced: a copy still at it is stale."""
+    _specs: dict[str, tuple[int, api.ScalingStageSpec | None]] = field(default_factory=dict)
+    """uid -> (metadata.generation, its spec validated; None: invalid). The apiserver bumps
+    the generation on every change of the spec, so a spec is validated once per change."""
+    _memories: dict[str, tuple[Any, decide.Memory]] = field(default_factory=dict)
+    """uid -> (a stored status.lastDecision, the windows' memory read from it)."""
     source: Callable[[], list[Obj]] | None = None
     """The ScalingStages as the operator's watches hold them (called on the event loop);
     None: list them from the apiserver every tick."""
@@ -383,6 +388,8 @@ class Loop:
                 self._written,
                 self._finished,
                 self._wrote_over,
+                self._specs,
+                self._memories,
             ):
                 table.pop(gone, None)
             with contextlib.suppress(KeyError):
@@ -396,9 +403,8 @@ class Loop:
         Every object due in one tick that asks the same Prometheus with the same
         window shares one query per signal, grouped by (namespace, name).
         """
-        try:
-            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
-        except pydantic.ValidationError:
+        spec = self.spec_of(obj)
+        if spec is None:
             return None
         prometheus, chosen = spec.promotion.prometheus, spec.promotion.signals
         if spec.paused or prometheus is None or prometheus.url is None:
@@ -454,17 +460,15 @@ class Loop:
         """
         meta = obj["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        try:
-            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
-        except pydantic.ValidationError:
+        spec = self.spec_of(obj)
+        if spec is None:
             return True  # the reconciler reports an invalid spec; nothing to decide on
         promotion = spec.promotion
         if promotion.mode == "manual":
             return True
         current: Obj = dict(obj.get("status") or {})
         ours = self._newest(uid, current)
-        previous_decision = _decision(ours.get("lastDecision"))
-        memory = memory_of(previous_decision)
+        memory = self._memory(uid, ours.get("lastDecision"))
         history = list(ours.get("history") or [])
         now = self.clock()
         annotations = meta.get("annotations") or {}
@@ -632,6 +636,35 @@ class Loop:
                     "could not record Event %s on %s/%s", reason, namespace, name, exc_info=True
                 )
         return reading is None or reading.problem is None
+
+    def spec_of(self, obj: Obj) -> api.ScalingStageSpec | None:
+        """The object's spec validated, once per generation; None when it is invalid.
+
+        An object without a generation (none from the apiserver has none) is
+        validated every time.
+        """
+        meta = obj.get("metadata") or {}
+        uid, generation = meta.get("uid"), meta.get("generation")
+        cached = self._specs.get(uid) if uid else None
+        if cached is not None and generation is not None and cached[0] == generation:
+            return cached[1]
+        spec: api.ScalingStageSpec | None
+        try:
+            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
+        except pydantic.ValidationError:
+            spec = None
+        if uid and generation is not None:
+            self._specs[uid] = (generation, spec)
+        return spec
+
+    def _memory(self, uid: str, raw: Any) -> decide.Memory:
+        """The windows' memory in a stored lastDecision, read again only when it changed."""
+        cached = self._memories.get(uid)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        memory = memory_of(_decision(raw))
+        self._memories[uid] = (raw, memory)
+        return memory
 
     def app_replicas(self, namespace: str, name: str) -> int | None:
         """How many app pods run now (an HPA may run more than the catalog says).
