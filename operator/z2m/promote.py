@@ -70,6 +70,8 @@ MAX_BACKOFF_FACTOR = 8
 MAX_BACKOFF_SECONDS = 600.0
 QUERY_CONNECTIONS = 8
 """Prometheus connections, and queries in flight, across all evaluations."""
+WAKE_MARGIN = 0.1
+"""Seconds after a window's end at which the loop evaluates again: past it on any clock."""
 
 
 def iso(t: float) -> str:
@@ -315,6 +317,12 @@ class Loop:
     the generation on every change of the spec, so a spec is validated once per change."""
     _memories: dict[str, tuple[Any, decide.Memory]] = field(default_factory=dict)
     """uid -> (a stored status.lastDecision, the windows' memory read from it)."""
+    _ends: dict[str, float] = field(default_factory=dict)
+    """uid -> when its running window ends (epoch seconds), from its last evaluation."""
+    _wake: dict[str, float] = field(default_factory=dict)
+    """uid -> when (monotonic) to evaluate it again because its window ends: between ticks."""
+    _woken: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a wake-up is added, so that the sleeping loop looks at it."""
     source: Callable[[], list[Obj]] | None = None
     """The ScalingStages as the operator's watches hold them (called on the event loop);
     None: list them from the apiserver every tick."""
@@ -348,13 +356,34 @@ class Loop:
                     listing_failures = 0
                 self.dispatch(items, listed_at)
                 delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await self._sleep(stop, time.monotonic() + delay)
         finally:
             # Also when this task is cancelled (operator shutdown): an evaluation left
             # running would call into the executor after it is shut down, and fail.
             for task in list(self._running.values()):
                 task.cancel()
+
+    async def _sleep(self, stop: asyncio.Event, until: float) -> None:
+        """Wait until the next tick, or earlier when a window ends, or `stop` is set.
+
+        Objects are taken in batches at ticks (so that they share one grouped
+        reading); only an object whose window ends before the next tick wakes the
+        loop, so that the change happens when the window ends, not a tick later.
+        """
+        now = time.monotonic()
+        for uid in [u for u, t in self._wake.items() if t <= now]:
+            del self._wake[uid]  # due but not taken (still running, say): the next tick will
+        while not stop.is_set():
+            left = min([until, *self._wake.values()]) - time.monotonic()
+            if left <= 0:
+                return
+            self._woken.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (stop, self._woken)]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     def dispatch(self, items: list[Obj], listed_at: float) -> None:
         """Start an evaluation for every due object not already being evaluated."""
@@ -378,6 +407,7 @@ class Loop:
             approving = APPROVE_ANNOTATION in (meta.get("annotations") or {})
             if not approving and self._due.get(uid, 0.0) > now:
                 continue
+            self._wake.pop(uid, None)
             fleet = self._fleet_for(obj, fleets)
             task = asyncio.get_running_loop().create_task(self._guarded(uid, obj, fleet))
             self._running[uid] = task
@@ -390,6 +420,8 @@ class Loop:
                 self._wrote_over,
                 self._specs,
                 self._memories,
+                self._ends,
+                self._wake,
             ):
                 table.pop(gone, None)
             with contextlib.suppress(KeyError):
@@ -451,7 +483,14 @@ class Loop:
         delay = min(
             interval * min(2**failures, MAX_BACKOFF_FACTOR), max(interval, MAX_BACKOFF_SECONDS)
         )
-        self._due[uid] = time.monotonic() + delay
+        due = time.monotonic() + delay
+        ends = self._ends.pop(uid, None)
+        if ok and ends is not None:
+            # A window ends before the next interval: evaluate again when it does.
+            due = min(due, time.monotonic() + max(ends - self.clock(), 0.0) + WAKE_MARGIN)
+            self._wake[uid] = due
+            self._woken.set()
+        self._due[uid] = due
 
     async def evaluate(self, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None = None) -> bool:
         """One evaluation of one ScalingStage; returns False when metrics could not be read.
@@ -574,6 +613,10 @@ class Loop:
                     by="user" if approval is not None else "operator",
                 ).model_dump(by_alias=True, mode="json")
             )
+        elif reading is not None:
+            ends = decide.window_ends(promotion, new_memory, now)
+            if ends is not None:
+                self._ends[uid] = ends
 
         previous_conditions = list(current.get("conditions") or [])
         ours_now: list[Obj] = []

@@ -5,6 +5,8 @@ each stored decision again every time was most of an evaluation's CPU. These
 check that the caches give the same answers as reading afresh, and forget on change.
 """
 
+import asyncio
+import time
 from typing import Any, cast
 
 from z2m import kube, promote
@@ -88,3 +90,20 @@ def test_a_plain_answer_is_the_dict_the_dynamic_client_would_give() -> None:
     assert kube.plain(None, {"kind": "PodList", "apiVersion": "v1", "items": None})["items"] == []
     one: Obj = {"kind": "ConfigMap", "apiVersion": "v1", "data": {"k": "v"}}
     assert kube.plain(None, dict(one)) == one
+
+
+async def test_a_window_ending_before_the_next_tick_wakes_the_sleeping_loop() -> None:
+    the_loop, stop = loop(), asyncio.Event()
+    sleeping = asyncio.ensure_future(the_loop._sleep(stop, time.monotonic() + 3600))
+    await asyncio.sleep(0)
+    assert not sleeping.done()
+    the_loop._wake["uid-1"] = time.monotonic()
+    the_loop._woken.set()
+    await asyncio.wait_for(sleeping, timeout=30)  # a guard: it returns at once
+
+
+async def test_a_wake_up_that_was_not_taken_is_dropped_rather_than_spun_on() -> None:
+    the_loop = loop()
+    the_loop._wake["uid-1"] = time.monotonic() - 1
+    await the_loop._sleep(asyncio.Event(), time.monotonic())
+    assert the_loop._wake == {}
