@@ -323,6 +323,9 @@ class Loop:
     """uid -> when (monotonic) to evaluate it again because its window ends: between ticks."""
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a wake-up is added, so that the sleeping loop looks at it."""
+    _poked: bool = False
+    """An approval arrived (`poke`): look at the objects now, not at the next tick."""
+    _event_loop: asyncio.AbstractEventLoop | None = None
     source: Callable[[], list[Obj]] | None = None
     """The ScalingStages as the operator's watches hold them (called on the event loop);
     None: list them from the apiserver every tick."""
@@ -336,8 +339,22 @@ class Loop:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
+    def poke(self) -> None:
+        """Look at the objects now rather than at the next tick: an approval has arrived.
+
+        Safe to call from any thread (Kopf runs sync handlers on its own threads).
+        """
+
+        def now() -> None:
+            self._poked = True
+            self._woken.set()
+
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(now)
+
     async def run(self, stop: asyncio.Event) -> None:
         """List and dispatch every tick until `stop` is set (or the task is cancelled)."""
+        self._event_loop = asyncio.get_running_loop()
         listing_failures = 0
         try:
             while not stop.is_set():
@@ -375,7 +392,8 @@ class Loop:
             del self._wake[uid]  # due but not taken (still running, say): the next tick will
         while not stop.is_set():
             left = min([until, *self._wake.values()]) - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._poked:
+                self._poked = False
                 return
             self._woken.clear()
             waits = [asyncio.ensure_future(e.wait()) for e in (stop, self._woken)]
@@ -806,10 +824,12 @@ async def run_forever(
     client: kube.Kube,
     stop: asyncio.Event | None = None,
     source: Callable[[], list[Obj]] | None = None,
+    started: Callable[[Loop], None] | None = None,
 ) -> None:
     """Run the promotion loop until `stop` is set or the task is cancelled.
 
-    `source` gives the ScalingStages from the operator's watches (see `Loop.source`).
+    `source` gives the ScalingStages from the operator's watches (see `Loop.source`);
+    `started` is handed the loop once it exists (the operator pokes it on an approval).
 
     Settings come from the environment: Z2M_PROMOTION_TICK (seconds between
     listings, default 5), Z2M_PROMOTION_CONCURRENCY (evaluations at once,
@@ -830,6 +850,8 @@ async def run_forever(
             refresh_seconds=float(os.environ.get("Z2M_PROMOTION_REFRESH", "60")),
             source=source,
         )
+        if started is not None:
+            started(loop)
         try:
             await loop.run(stop)
         finally:

@@ -107,3 +107,13 @@ async def test_a_wake_up_that_was_not_taken_is_dropped_rather_than_spun_on() -> 
     the_loop._wake["uid-1"] = time.monotonic() - 1
     await the_loop._sleep(asyncio.Event(), time.monotonic())
     assert the_loop._wake == {}
+
+
+async def test_an_approval_pokes_the_sleeping_loop_awake_from_any_thread() -> None:
+    the_loop, stop = loop(), asyncio.Event()
+    the_loop._event_loop = asyncio.get_running_loop()
+    sleeping = asyncio.ensure_future(the_loop._sleep(stop, time.monotonic() + 3600))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(the_loop.poke)
+    await asyncio.wait_for(sleeping, timeout=30)  # a guard: it returns at once
+    assert not the_loop._poked
