@@ -279,6 +279,9 @@ def main() -> int:
     parser.add_argument("--reaction-tick", type=float, default=0.5, help="Z2M_PROMOTION_TICK")
     parser.add_argument("--skip-cost", action="store_true", help="measure the reaction only")
     parser.add_argument(
+        "--refresh", default="60", help="Z2M_PROMOTION_REFRESH of the loop in the cost phase"
+    )
+    parser.add_argument(
         "--skip-per-object", action="store_true", help="measure the grouped loop only"
     )
     parser.add_argument("--interval", type=int, default=15)
@@ -325,7 +328,10 @@ def main() -> int:
             wait(lambda: server.query("count(up == 1)")["data"]["result"], 60, "scrapes")
 
             print(f"\n== cost: {args.objects} ScalingStages in mode manual (the loop only lists)")
-            operator = Operator(cluster.kubeconfig, namespace, tmp / "loop.log", loop_only=True)
+            operator = Operator(
+                cluster.kubeconfig, namespace, tmp / "loop.log", loop_only=True,
+                Z2M_PROMOTION_REFRESH=args.refresh,
+            )  # fmt: skip
             created = time.monotonic()
             each(names, lambda n: custom.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL,
@@ -361,7 +367,7 @@ def main() -> int:
             if not args.skip_per_object:
                 operator = Operator(
                     cluster.kubeconfig, namespace, tmp / "loop-alone.log", loop_only=True,
-                    grouped=False,
+                    grouped=False, Z2M_PROMOTION_REFRESH=args.refresh,
                 )  # fmt: skip
                 time.sleep(args.interval)  # its first evaluations are due at once: let them pass
                 costs["per-object"] = measure(operator, server, args.sample_seconds)
@@ -383,6 +389,7 @@ def main() -> int:
         "reaction_over_window": round(statistics.median(times) / args.window, 2),
         "objects": args.objects,
         "interval_s": args.interval,
+        "refresh_s": args.refresh,
         "evaluations_per_s_wanted": round(wanted, 1),
         "evaluations_per_s_at_the_loops_cadence": round(cadence, 1),
         "first_full_pass_s": round(first_pass, 1),

@@ -297,9 +297,10 @@ class Loop:
     concurrency: int = 8
     refresh_seconds: float = 60.0
     clock: Callable[[], float] = time.time
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=3, thread_name_prefix="z2m-promote")
-    )
+    executor: ThreadPoolExecutor = field(init=False)
+    """The loop's own threads for Kubernetes calls, one per evaluation that may run at once:
+    a status write waits on the apiserver, and with fewer threads the writes of a busy
+    fleet queue behind each other and hold back every evaluation."""
     _limit: asyncio.Semaphore = field(init=False)
     _queries: asyncio.Semaphore = field(init=False)
     _due: dict[str, float] = field(default_factory=dict)
@@ -332,6 +333,9 @@ class Loop:
 
     def __post_init__(self) -> None:
         """Make the semaphores inside the running loop's lifetime."""
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="z2m-promote"
+        )
         self._limit = asyncio.Semaphore(self.concurrency)
         self._queries = asyncio.Semaphore(QUERY_CONNECTIONS)
 
@@ -478,6 +482,11 @@ class Loop:
         timeout = float((promotion.get("prometheus") or {}).get("timeoutSeconds", 5)) + 30.0
         ok = False
         try:
+            if fleet is not None:
+                # The reading shared by a tick's objects is awaited before taking a slot:
+                # a slot held while waiting for it would only hold back the others.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(fleet), timeout=timeout)
             async with self._limit:
                 ok = await asyncio.wait_for(self.evaluate(obj, fleet), timeout=timeout)
         except asyncio.CancelledError:
