@@ -1,4 +1,4 @@
-"""Benchmark auto-promotion: reaction time, and the operator's cost at 200 objects.
+"""Benchmark auto-promotion: reaction time, and the promotion loop's cost at fleet scale.
 
 Not a test. It brings up its own local control plane (hack/cluster.sh with
 its own state directory), a real Prometheus scraping an exporter with the
@@ -6,21 +6,22 @@ sample app's metric names (tests/prometheus.py), and runs `z2m run` as a
 separate process so its CPU and memory can be read from /proc.
 
 1. Reaction: an object at stage 1 in auto mode with a promote window of W
-   seconds; the exporter's load jumps far over the stage's band at t0; the
-   time until spec.stage is 2 is the reaction. Median of a few runs, and its
-   ratio to W (the floor is W plus the rate() rise, the interval and a tick).
+   seconds (`--window`, `--reaction-interval`, `--reaction-tick`); the exporter's
+   load jumps far over the stage's band at t0; the time until spec.stage is 2 is
+   the reaction. Median of `--runs`, and its ratio to W (the floor is W plus the
+   rate() rise and the wait for the first evaluation that sees the breach).
 2. Cost: `--objects` ScalingStages, each its own scrape target (every 5 s). The
    promotion loop (`promote.run_forever`, the code the operator runs) in its
    own process, so that its CPU (percent of one core) and resident memory are
    its own and the reconciler's work on the objects' children does not drown
-   it. This process lists the ScalingStages every tick (the operator reads
-   them from its watches instead), so its figures include that LIST. Sampled
-   every 10 s, first with every object `manual` (the loop only lists), then
-   with every object in `recommend` mode evaluating every `--interval` s:
-   side by side in one run, the loop as shipped (one grouped query per signal
-   for all the objects due in a tick) and the loop asking each object's
-   queries alone (as before grouping; the bench switches grouping off). The
-   Prometheus queries per evaluation and per tick are counted by the loop
+   it. It takes the ScalingStages from a watch, as the operator takes them from
+   Kopf's index. Sampled every 10 s, first with every object `manual`, then with
+   every object in `recommend` mode evaluating every `--interval` s: the loop as
+   shipped (one grouped query per signal for all the objects due in a tick) and,
+   unless `--skip-per-object`, the loop asking each object's queries alone (as
+   before grouping; the bench switches grouping off). CPU per evaluation is the
+   process's CPU seconds (/proc) over the sample divided by its evaluations.
+   The Prometheus queries per evaluation and per tick are counted by the loop
    (`z2m_prometheus_queries_total`) and by Prometheus itself.
 
     .venv/bin/python bench/promotion_bench.py [--objects 200] [--runs 3]
