@@ -1,4 +1,4 @@
-"""Benchmark auto-promotion: reaction time, and the operator's cost at 200 objects.
+"""Benchmark auto-promotion: reaction time, and the promotion loop's cost at fleet scale.
 
 Not a test. It brings up its own local control plane (hack/cluster.sh with
 its own state directory), a real Prometheus scraping an exporter with the
@@ -6,21 +6,22 @@ sample app's metric names (tests/prometheus.py), and runs `z2m run` as a
 separate process so its CPU and memory can be read from /proc.
 
 1. Reaction: an object at stage 1 in auto mode with a promote window of W
-   seconds; the exporter's load jumps far over the stage's band at t0; the
-   time until spec.stage is 2 is the reaction. Median of a few runs, and its
-   ratio to W (the floor is W plus the rate() rise, the interval and a tick).
+   seconds (`--window`, `--reaction-interval`, `--reaction-tick`); the exporter's
+   load jumps far over the stage's band at t0; the time until spec.stage is 2 is
+   the reaction. Median of `--runs`, and its ratio to W (the floor is W plus the
+   rate() rise and the wait for the first evaluation that sees the breach).
 2. Cost: `--objects` ScalingStages, each its own scrape target (every 5 s). The
    promotion loop (`promote.run_forever`, the code the operator runs) in its
    own process, so that its CPU (percent of one core) and resident memory are
    its own and the reconciler's work on the objects' children does not drown
-   it. This process lists the ScalingStages every tick (the operator reads
-   them from its watches instead), so its figures include that LIST. Sampled
-   every 10 s, first with every object `manual` (the loop only lists), then
-   with every object in `recommend` mode evaluating every `--interval` s:
-   side by side in one run, the loop as shipped (one grouped query per signal
-   for all the objects due in a tick) and the loop asking each object's
-   queries alone (as before grouping; the bench switches grouping off). The
-   Prometheus queries per evaluation and per tick are counted by the loop
+   it. It takes the ScalingStages from a watch, as the operator takes them from
+   Kopf's index. Sampled every 10 s, first with every object `manual`, then with
+   every object in `recommend` mode evaluating every `--interval` s: the loop as
+   shipped (one grouped query per signal for all the objects due in a tick) and,
+   unless `--skip-per-object`, the loop asking each object's queries alone (as
+   before grouping; the bench switches grouping off). CPU per evaluation is the
+   process's CPU seconds (/proc) over the sample divided by its evaluations.
+   The Prometheus queries per evaluation and per tick are counted by the loop
    (`z2m_prometheus_queries_total`) and by Prometheus itself.
 
     .venv/bin/python bench/promotion_bench.py [--objects 200] [--runs 3]
@@ -29,6 +30,7 @@ separate process so its CPU and memory can be read from /proc.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -95,14 +97,38 @@ class Cluster:
 
 
 LOOP_ONLY = """
-import asyncio, logging, sys
-import prometheus_client
-from z2m import kube, promote
+import asyncio, logging, sys, threading
+import kubernetes, prometheus_client
+from z2m import api, kube, promote
 logging.basicConfig(level=logging.WARNING)
 prometheus_client.start_http_server(int(sys.argv[3]), addr="127.0.0.1")
 if sys.argv[2] == "per-object":  # the loop before grouping: every object asks alone
     promote.Loop._fleet_for = lambda self, obj, fleets: None
-asyncio.run(promote.run_forever(kube.Kube.connect(kube.load_config(sys.argv[1]))))
+client = kube.Kube.connect(kube.load_config(sys.argv[1]))
+stages = {}
+
+def follow():  # the ScalingStages from a watch, as the operator has them from Kopf's
+    custom = kubernetes.client.CustomObjectsApi(client.client.client)
+    args = (api.GROUP, api.VERSION, api.PLURAL)
+    while True:
+        listing = custom.list_cluster_custom_object(*args)
+        stages.clear()
+        stages.update((o["metadata"]["uid"], o) for o in listing["items"])
+        stream = kubernetes.watch.Watch().stream(
+            custom.list_cluster_custom_object, *args,
+            resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=300)
+        try:
+            for event in stream:
+                obj = event["object"]
+                if event["type"] == "DELETED":
+                    stages.pop(obj["metadata"]["uid"], None)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    stages[obj["metadata"]["uid"]] = obj
+        except Exception:
+            pass
+
+threading.Thread(target=follow, daemon=True).start()
+asyncio.run(promote.run_forever(client, source=lambda: list(stages.values())))
 """
 
 
@@ -171,6 +197,12 @@ class Operator:
             self.process.kill()
 
 
+def each(names: list[str], call: Callable[[str], Any]) -> None:
+    """`call` for every name, 16 at a time: 1,000 creates one by one take minutes here."""
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(call, names))
+
+
 def query_count(server: prom.Prometheus) -> float:
     """Instant queries Prometheus has answered, from its own /metrics."""
     text = httpx.get(f"{server.url}/metrics", timeout=5).text
@@ -201,7 +233,7 @@ def body(name: str, url: str, mode: str, window: str, **promotion: Any) -> dict[
 
 def reaction(
     custom: Any, namespace: str, server: prom.Prometheus, exporter: prom.Exporter,
-    window: int, runs: int,
+    window: int, runs: int, interval: int,
 ) -> list[float]:  # fmt: skip
     times = []
     for run in range(runs):
@@ -209,7 +241,8 @@ def reaction(
         name = f"react-{run}"
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL,
-            body(name, server.url, "auto", "4s", intervalSeconds=1, promoteWindowSeconds=window,
+            body(name, server.url, "auto", "4s", intervalSeconds=interval,
+                 promoteWindowSeconds=window,
                  demoteWindowSeconds=window * 10, cooldownSeconds=0),
         )  # fmt: skip
 
@@ -223,14 +256,14 @@ def reaction(
             conds = (get(n).get("status") or {}).get("conditions") or []
             return any(c["type"] == "Recommendation" and c["reason"] == "StageFits" for c in conds)
 
-        wait(fits, 60, f"{name} evaluated at rest")
+        wait(fits, 60 + 2 * interval, f"{name} evaluated at rest")
         t0 = time.monotonic()
         exporter.set(rps=1000.0, cpu_percent=95.0)
 
         def promoted(n: str = name) -> bool:
             return bool(get(n)["spec"]["stage"] == 2)
 
-        wait(promoted, 120, f"{name} promoted", 0.05)
+        wait(promoted, 120 + 2 * window, f"{name} promoted", 0.05)
         times.append(time.monotonic() - t0)
         print(f"  run {run + 1}: stage 1 -> 2 after {times[-1]:.2f} s (window {window} s)")
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -242,7 +275,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--window", type=int, default=5, help="reaction: promote window, s")
+    parser.add_argument("--reaction-interval", type=int, default=1, help="its intervalSeconds")
+    parser.add_argument("--reaction-tick", type=float, default=0.5, help="Z2M_PROMOTION_TICK")
+    parser.add_argument("--skip-cost", action="store_true", help="measure the reaction only")
+    parser.add_argument(
+        "--refresh", default="60", help="Z2M_PROMOTION_REFRESH of the loop in the cost phase"
+    )
+    parser.add_argument(
+        "--skip-per-object", action="store_true", help="measure the grouped loop only"
+    )
     parser.add_argument("--interval", type=int, default=15)
     parser.add_argument("--sample-seconds", type=float, default=60)
     parser.add_argument("--keep-cluster", action="store_true")
@@ -268,21 +310,35 @@ def main() -> int:
         with prom.prometheus(tmp / "prometheus-reaction", reacting) as server:
             wait(lambda: server.query("count(up == 1)")["data"]["result"], 60, "scrapes")
             operator = Operator(
-                cluster.kubeconfig, namespace, tmp / "operator.log", Z2M_PROMOTION_TICK="0.5"
+                cluster.kubeconfig, namespace, tmp / "operator.log",
+                Z2M_PROMOTION_TICK=str(args.reaction_tick),
+            )  # fmt: skip
+            print(f"\n== reaction: sustained breach -> next stage, window {args.window} s, "
+                  f"interval {args.reaction_interval} s, tick {args.reaction_tick} s")  # fmt: skip
+            times = reaction(
+                custom, namespace, server, exporter, args.window, args.runs, args.reaction_interval
             )
-            print(f"\n== reaction: sustained breach -> next stage, window {args.window} s")
-            times = reaction(custom, namespace, server, exporter, args.window, args.runs)
             operator.stop()
+        if args.skip_cost:
+            print(json.dumps({"reaction_runs_s": [round(t, 2) for t in times],
+                              "reaction_median_s": round(statistics.median(times), 2),
+                              "reaction_over_window": round(statistics.median(times) / args.window,
+                                                            2)}))  # fmt: skip
+            return 0
         with prom.prometheus(tmp / "prometheus", targets, scrape_interval="5s") as server:
             wait(lambda: server.query("count(up == 1)")["data"]["result"], 60, "scrapes")
 
             print(f"\n== cost: {args.objects} ScalingStages in mode manual (the loop only lists)")
-            operator = Operator(cluster.kubeconfig, namespace, tmp / "loop.log", loop_only=True)
-            for n in names:
-                custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL,
-                    body(n, server.url, "manual", "20s", intervalSeconds=args.interval),
-                )  # fmt: skip
+            operator = Operator(
+                cluster.kubeconfig, namespace, tmp / "loop.log", loop_only=True,
+                Z2M_PROMOTION_REFRESH=args.refresh,
+            )  # fmt: skip
+            created = time.monotonic()
+            each(names, lambda n: custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL,
+                body(n, server.url, "manual", "20s", intervalSeconds=args.interval),
+            ))  # fmt: skip
+            print(f"  created {len(names)} in {time.monotonic() - created:.1f} s")
 
             time.sleep(10)
             base_cpu, base_rss = operator.sample(args.sample_seconds / 2)
@@ -290,11 +346,10 @@ def main() -> int:
 
             print(f"\n== cost: the same {args.objects} in recommend mode, "
                   f"interval {args.interval} s")  # fmt: skip
-            for n in names:
-                custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, n,
-                    {"spec": {"promotion": {"mode": "recommend"}}},
-                )  # fmt: skip
+            each(names, lambda n: custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, n,
+                {"spec": {"promotion": {"mode": "recommend"}}},
+            ))  # fmt: skip
 
             def all_evaluated() -> bool:
                 items = cast(
@@ -310,12 +365,13 @@ def main() -> int:
             print(f"  every object evaluated within {first_pass:.1f} s of switching")
             costs = {"grouped": measure(operator, server, args.sample_seconds)}
             operator.stop()
-            operator = Operator(
-                cluster.kubeconfig, namespace, tmp / "loop-alone.log", loop_only=True,
-                grouped=False,
-            )  # fmt: skip
-            time.sleep(args.interval)  # its first evaluations are due at once: let them pass
-            costs["per-object"] = measure(operator, server, args.sample_seconds)
+            if not args.skip_per_object:
+                operator = Operator(
+                    cluster.kubeconfig, namespace, tmp / "loop-alone.log", loop_only=True,
+                    grouped=False, Z2M_PROMOTION_REFRESH=args.refresh,
+                )  # fmt: skip
+                time.sleep(args.interval)  # its first evaluations are due at once: let them pass
+                costs["per-object"] = measure(operator, server, args.sample_seconds)
     finally:
         if operator is not None:
             operator.stop()
@@ -334,6 +390,7 @@ def main() -> int:
         "reaction_over_window": round(statistics.median(times) / args.window, 2),
         "objects": args.objects,
         "interval_s": args.interval,
+        "refresh_s": args.refresh,
         "evaluations_per_s_wanted": round(wanted, 1),
         "evaluations_per_s_at_the_loops_cadence": round(cadence, 1),
         "first_full_pass_s": round(first_pass, 1),
@@ -351,13 +408,15 @@ def main() -> int:
                 2,
             ),
         }
-    g, o = costs["grouped"], costs["per-object"]
-    results["ratio_per_object_over_grouped"] = {
-        "queries_per_s": round(
-            o["prometheus_queries_per_s"] / max(g["prometheus_queries_per_s"], 0.01), 1
-        ),
-        "cpu_percent": round(o["cpu_percent_median"] / max(g["cpu_percent_median"], 0.1), 2),
-    }
+    if "per-object" in costs:
+        g, o = costs["grouped"], costs["per-object"]
+        results["ratio_per_object_over_grouped"] = {
+            "queries_per_s": round(
+                o["prometheus_queries_per_s"] / max(g["prometheus_queries_per_s"], 0.01), 1
+            ),
+            "cpu_percent": round(o["cpu_percent_median"] / max(g["cpu_percent_median"], 0.1), 2),
+        }
+    results["load_average"] = os.getloadavg()
     print("\n== results")
     print(json.dumps(results, indent=2))
     return 0
@@ -369,7 +428,9 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     e0 = operator.counter("z2m_decisions_total")
     f0 = operator.counter("z2m_prometheus_queries_total", scope="fleet")
     s0 = operator.counter("z2m_prometheus_queries_total", scope="object")
+    c0 = operator.cpu_seconds()
     cpu, rss = operator.sample(seconds)
+    spent = operator.cpu_seconds() - c0
     elapsed = time.monotonic() - t0
     evaluations = operator.counter("z2m_decisions_total") - e0
     fleet = operator.counter("z2m_prometheus_queries_total", scope="fleet") - f0
@@ -381,6 +442,9 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
         "evaluations_per_s": round(evaluations / elapsed, 1),
         "prometheus_queries_per_s": round(answered / elapsed, 1),
         "queries_per_evaluation": round((fleet + alone) / max(evaluations, 1), 3),
+        "queries_per_tick": round((fleet + alone) / (elapsed / TICK), 1),
+        "cpu_ms_per_evaluation_from_proc": round(1000 * spent / max(evaluations, 1), 2),
+        "cpu_percent_mean": round(100 * spent / elapsed, 1),
         "grouped_queries": int(fleet),
         "single_queries": int(alone),
         "cpu_percent_median": round(statistics.median(cpu), 1),

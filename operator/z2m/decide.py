@@ -269,6 +269,29 @@ def changed(memory: Memory, stage: int, now: float) -> Memory:
     return Memory(stage=stage, last_change=now)
 
 
+def window_ends(promotion: api.Promotion, memory: Memory, now: float) -> float | None:
+    """When a running window (and the cooldown) would next allow a change, if still ahead.
+
+    None when no window runs or that moment has passed. The caller evaluates again
+    then rather than at its next interval, so a sustained breach moves the stage
+    when its window ends, not up to an interval later.
+    """
+    ends = [
+        since + window
+        for since, window in (
+            (memory.breach_since, promotion.promote_window_seconds),
+            (memory.oversized_since, promotion.demote_window_seconds),
+        )
+        if since is not None
+    ]
+    if not ends:
+        return None
+    moment = min(ends)
+    if memory.last_change is not None:
+        moment = max(moment, memory.last_change + promotion.cooldown_seconds)
+    return moment if moment > now else None
+
+
 def decide(
     stage: int,
     promotion: api.Promotion,

@@ -120,6 +120,8 @@ class Runtime:
     elector: leader.Elector | None = None
     """None without leader election: this replica always leads."""
     promoter: asyncio.Task[None] | None = None
+    promotion: promote.Loop | None = None
+    """The promotion loop while it runs, to wake it when an approval arrives."""
 
     def leading(self) -> bool:
         """Whether this replica may reconcile and write now."""
@@ -198,8 +200,12 @@ def _start_promoter(client: kube.Kube) -> None:
     # Metrics-driven promotion (modes recommend and auto): it writes, so only the leader runs it.
     if RUNTIME.promoter is None or RUNTIME.promoter.done():
         RUNTIME.promoter = asyncio.create_task(
-            promote.run_forever(client, asyncio.Event(), _stages)
+            promote.run_forever(client, asyncio.Event(), _stages, _promotion_started)
         )
+
+
+def _promotion_started(loop: promote.Loop) -> None:
+    RUNTIME.promotion = loop
 
 
 async def _campaign(elector: leader.Elector, client: kube.Kube) -> None:
@@ -339,6 +345,8 @@ def _index_scaling_stage(namespace: str | None, name: str | None, body: kopf.Bod
     """The ScalingStages the operator serves, keyed by (namespace, name)."""
     if not namespace or not name:
         return None
+    if RUNTIME.promotion is not None and promote.APPROVE_ANNOTATION in body.metadata.annotations:
+        RUNTIME.promotion.poke()  # an approval: evaluated now, not at the loop's next tick
     return {(namespace, name): cache.entry(body, f"{api.GROUP}/{api.VERSION}", api.KIND)}
 
 

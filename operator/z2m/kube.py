@@ -45,6 +45,22 @@ class NotLeadingError(RuntimeError):
     """A write refused because this replica does not hold the leader Lease (see `leader`)."""
 
 
+def plain(_client: Any, instance: Obj) -> Obj:
+    """An answer as the apiserver's JSON: the dynamic client's `serializer` for a plain dict.
+
+    The same dict as `ResourceInstance(...).to_dict()`, list items given their
+    apiVersion and kind as it gives them, without building and flattening a
+    ResourceInstance tree (about half a millisecond of CPU per object).
+    """
+    kind = instance.get("kind") or ""
+    if kind.endswith("List") and "items" in instance:
+        instance["items"] = instance["items"] or []
+        for item in instance["items"]:
+            item.setdefault("apiVersion", instance.get("apiVersion"))
+            item.setdefault("kind", kind[:-4])
+    return instance
+
+
 def _always() -> bool:
     return True
 
@@ -120,11 +136,12 @@ class Kube:
         """One object as a dict, or None when it does not exist."""
         metrics.API_REQUESTS.labels("get", kind).inc()
         try:
-            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+            obj: Obj = self._resource(api_version, kind).get(
+                name=name, namespace=namespace, serializer=plain
+            )
         except NotFoundError:
             return None
-        result: Obj = obj.to_dict()
-        return result
+        return obj
 
     def scaling_stage(self, namespace: str, name: str) -> Obj | None:
         """The ScalingStage, fresh from the apiserver."""
@@ -136,7 +153,7 @@ class Kube:
         items: list[Obj] = []
         for namespace in self.namespaces or (None,):
             metrics.API_REQUESTS.labels("list", api.KIND).inc()
-            items += resource.get(namespace=namespace).to_dict()["items"]
+            items += resource.get(namespace=namespace, serializer=plain)["items"]
         return items
 
     def apply(self, obj: Obj, manager: str = builders.FIELD_MANAGER, dry_run: bool = False) -> Obj:
@@ -412,15 +429,15 @@ class Kube:
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
-        result = resource.status.server_side_apply(
+        result: Obj = resource.status.server_side_apply(
             body=apply_body(body),
             name=name,
             namespace=namespace,
             field_manager=manager,
             force_conflicts=True,
+            serializer=plain,
         )
-        applied: Obj = result.to_dict()
-        return applied
+        return result
 
     def event(self, scaling_stage: Obj, kind: str, reason: str, message: str) -> None:
         """Record a core/v1 Event on the ScalingStage."""

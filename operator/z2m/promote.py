@@ -70,6 +70,8 @@ MAX_BACKOFF_FACTOR = 8
 MAX_BACKOFF_SECONDS = 600.0
 QUERY_CONNECTIONS = 8
 """Prometheus connections, and queries in flight, across all evaluations."""
+WAKE_MARGIN = 0.1
+"""Seconds after a window's end at which the loop evaluates again: past it on any clock."""
 
 
 def iso(t: float) -> str:
@@ -295,9 +297,10 @@ class Loop:
     concurrency: int = 8
     refresh_seconds: float = 60.0
     clock: Callable[[], float] = time.time
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=3, thread_name_prefix="z2m-promote")
-    )
+    executor: ThreadPoolExecutor = field(init=False)
+    """The loop's own threads for Kubernetes calls, one per evaluation that may run at once:
+    a status write waits on the apiserver, and with fewer threads the writes of a busy
+    fleet queue behind each other and hold back every evaluation."""
     _limit: asyncio.Semaphore = field(init=False)
     _queries: asyncio.Semaphore = field(init=False)
     _due: dict[str, float] = field(default_factory=dict)
@@ -310,12 +313,29 @@ class Loop:
     _names: dict[str, tuple[str, str]] = field(default_factory=dict)
     _wrote_over: dict[str, str] = field(default_factory=dict)
     """uid -> the resourceVersion our last write replaced: a copy still at it is stale."""
+    _specs: dict[str, tuple[int, api.ScalingStageSpec | None]] = field(default_factory=dict)
+    """uid -> (metadata.generation, its spec validated; None: invalid). The apiserver bumps
+    the generation on every change of the spec, so a spec is validated once per change."""
+    _memories: dict[str, tuple[Any, decide.Memory]] = field(default_factory=dict)
+    """uid -> (a stored status.lastDecision, the windows' memory read from it)."""
+    _ends: dict[str, float] = field(default_factory=dict)
+    """uid -> when its running window ends (epoch seconds), from its last evaluation."""
+    _wake: dict[str, float] = field(default_factory=dict)
+    """uid -> when (monotonic) to evaluate it again because its window ends: between ticks."""
+    _woken: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a wake-up is added, so that the sleeping loop looks at it."""
+    _poked: bool = False
+    """An approval arrived (`poke`): look at the objects now, not at the next tick."""
+    _event_loop: asyncio.AbstractEventLoop | None = None
     source: Callable[[], list[Obj]] | None = None
     """The ScalingStages as the operator's watches hold them (called on the event loop);
     None: list them from the apiserver every tick."""
 
     def __post_init__(self) -> None:
         """Make the semaphores inside the running loop's lifetime."""
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix="z2m-promote"
+        )
         self._limit = asyncio.Semaphore(self.concurrency)
         self._queries = asyncio.Semaphore(QUERY_CONNECTIONS)
 
@@ -323,8 +343,22 @@ class Loop:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
+    def poke(self) -> None:
+        """Look at the objects now rather than at the next tick: an approval has arrived.
+
+        Safe to call from any thread (Kopf runs sync handlers on its own threads).
+        """
+
+        def now() -> None:
+            self._poked = True
+            self._woken.set()
+
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(now)
+
     async def run(self, stop: asyncio.Event) -> None:
         """List and dispatch every tick until `stop` is set (or the task is cancelled)."""
+        self._event_loop = asyncio.get_running_loop()
         listing_failures = 0
         try:
             while not stop.is_set():
@@ -343,13 +377,35 @@ class Loop:
                     listing_failures = 0
                 self.dispatch(items, listed_at)
                 delay = self.tick * min(2**listing_failures, MAX_BACKOFF_FACTOR)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await self._sleep(stop, time.monotonic() + delay)
         finally:
             # Also when this task is cancelled (operator shutdown): an evaluation left
             # running would call into the executor after it is shut down, and fail.
             for task in list(self._running.values()):
                 task.cancel()
+
+    async def _sleep(self, stop: asyncio.Event, until: float) -> None:
+        """Wait until the next tick, or earlier when a window ends, or `stop` is set.
+
+        Objects are taken in batches at ticks (so that they share one grouped
+        reading); only an object whose window ends before the next tick wakes the
+        loop, so that the change happens when the window ends, not a tick later.
+        """
+        now = time.monotonic()
+        for uid in [u for u, t in self._wake.items() if t <= now]:
+            del self._wake[uid]  # due but not taken (still running, say): the next tick will
+        while not stop.is_set():
+            left = min([until, *self._wake.values()]) - time.monotonic()
+            if left <= 0 or self._poked:
+                self._poked = False
+                return
+            self._woken.clear()
+            waits = [asyncio.ensure_future(e.wait()) for e in (stop, self._woken)]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     def dispatch(self, items: list[Obj], listed_at: float) -> None:
         """Start an evaluation for every due object not already being evaluated."""
@@ -373,6 +429,7 @@ class Loop:
             approving = APPROVE_ANNOTATION in (meta.get("annotations") or {})
             if not approving and self._due.get(uid, 0.0) > now:
                 continue
+            self._wake.pop(uid, None)
             fleet = self._fleet_for(obj, fleets)
             task = asyncio.get_running_loop().create_task(self._guarded(uid, obj, fleet))
             self._running[uid] = task
@@ -383,6 +440,10 @@ class Loop:
                 self._written,
                 self._finished,
                 self._wrote_over,
+                self._specs,
+                self._memories,
+                self._ends,
+                self._wake,
             ):
                 table.pop(gone, None)
             with contextlib.suppress(KeyError):
@@ -396,9 +457,8 @@ class Loop:
         Every object due in one tick that asks the same Prometheus with the same
         window shares one query per signal, grouped by (namespace, name).
         """
-        try:
-            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
-        except pydantic.ValidationError:
+        spec = self.spec_of(obj)
+        if spec is None:
             return None
         prometheus, chosen = spec.promotion.prometheus, spec.promotion.signals
         if spec.paused or prometheus is None or prometheus.url is None:
@@ -422,6 +482,11 @@ class Loop:
         timeout = float((promotion.get("prometheus") or {}).get("timeoutSeconds", 5)) + 30.0
         ok = False
         try:
+            if fleet is not None:
+                # The reading shared by a tick's objects is awaited before taking a slot:
+                # a slot held while waiting for it would only hold back the others.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(fleet), timeout=timeout)
             async with self._limit:
                 ok = await asyncio.wait_for(self.evaluate(obj, fleet), timeout=timeout)
         except asyncio.CancelledError:
@@ -445,7 +510,14 @@ class Loop:
         delay = min(
             interval * min(2**failures, MAX_BACKOFF_FACTOR), max(interval, MAX_BACKOFF_SECONDS)
         )
-        self._due[uid] = time.monotonic() + delay
+        due = time.monotonic() + delay
+        ends = self._ends.pop(uid, None)
+        if ok and ends is not None:
+            # A window ends before the next interval: evaluate again when it does.
+            due = min(due, time.monotonic() + max(ends - self.clock(), 0.0) + WAKE_MARGIN)
+            self._wake[uid] = due
+            self._woken.set()
+        self._due[uid] = due
 
     async def evaluate(self, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None = None) -> bool:
         """One evaluation of one ScalingStage; returns False when metrics could not be read.
@@ -454,17 +526,15 @@ class Loop:
         """
         meta = obj["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        try:
-            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
-        except pydantic.ValidationError:
+        spec = self.spec_of(obj)
+        if spec is None:
             return True  # the reconciler reports an invalid spec; nothing to decide on
         promotion = spec.promotion
         if promotion.mode == "manual":
             return True
         current: Obj = dict(obj.get("status") or {})
         ours = self._newest(uid, current)
-        previous_decision = _decision(ours.get("lastDecision"))
-        memory = memory_of(previous_decision)
+        memory = self._memory(uid, ours.get("lastDecision"))
         history = list(ours.get("history") or [])
         now = self.clock()
         annotations = meta.get("annotations") or {}
@@ -570,6 +640,10 @@ class Loop:
                     by="user" if approval is not None else "operator",
                 ).model_dump(by_alias=True, mode="json")
             )
+        elif reading is not None:
+            ends = decide.window_ends(promotion, new_memory, now)
+            if ends is not None:
+                self._ends[uid] = ends
 
         previous_conditions = list(current.get("conditions") or [])
         ours_now: list[Obj] = []
@@ -632,6 +706,35 @@ class Loop:
                     "could not record Event %s on %s/%s", reason, namespace, name, exc_info=True
                 )
         return reading is None or reading.problem is None
+
+    def spec_of(self, obj: Obj) -> api.ScalingStageSpec | None:
+        """The object's spec validated, once per generation; None when it is invalid.
+
+        An object without a generation (none from the apiserver has none) is
+        validated every time.
+        """
+        meta = obj.get("metadata") or {}
+        uid, generation = meta.get("uid"), meta.get("generation")
+        cached = self._specs.get(uid) if uid else None
+        if cached is not None and generation is not None and cached[0] == generation:
+            return cached[1]
+        spec: api.ScalingStageSpec | None
+        try:
+            spec = api.ScalingStageSpec.model_validate(obj.get("spec") or {})
+        except pydantic.ValidationError:
+            spec = None
+        if uid and generation is not None:
+            self._specs[uid] = (generation, spec)
+        return spec
+
+    def _memory(self, uid: str, raw: Any) -> decide.Memory:
+        """The windows' memory in a stored lastDecision, read again only when it changed."""
+        cached = self._memories.get(uid)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        memory = memory_of(_decision(raw))
+        self._memories[uid] = (raw, memory)
+        return memory
 
     def app_replicas(self, namespace: str, name: str) -> int | None:
         """How many app pods run now (an HPA may run more than the catalog says).
@@ -730,10 +833,12 @@ async def run_forever(
     client: kube.Kube,
     stop: asyncio.Event | None = None,
     source: Callable[[], list[Obj]] | None = None,
+    started: Callable[[Loop], None] | None = None,
 ) -> None:
     """Run the promotion loop until `stop` is set or the task is cancelled.
 
-    `source` gives the ScalingStages from the operator's watches (see `Loop.source`).
+    `source` gives the ScalingStages from the operator's watches (see `Loop.source`);
+    `started` is handed the loop once it exists (the operator pokes it on an approval).
 
     Settings come from the environment: Z2M_PROMOTION_TICK (seconds between
     listings, default 5), Z2M_PROMOTION_CONCURRENCY (evaluations at once,
@@ -754,6 +859,8 @@ async def run_forever(
             refresh_seconds=float(os.environ.get("Z2M_PROMOTION_REFRESH", "60")),
             source=source,
         )
+        if started is not None:
+            started(loop)
         try:
             await loop.run(stop)
         finally:

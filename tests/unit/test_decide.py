@@ -391,3 +391,28 @@ def test_missing_data_never_demotes_however_it_is_interleaved(
     if longest <= p.demote_window_seconds:
         assert changes == []
     assert all(after == before - 1 for _, before, after in changes)
+
+
+# --- when a running window ends: the loop evaluates again then, not an interval later
+
+
+def test_a_running_promote_window_ends_window_seconds_after_the_breach_began() -> None:
+    p = promotion(promote_window_seconds=60, cooldown_seconds=0)
+    assert decide.window_ends(p, decide.Memory(stage=1, breach_since=100.0), now=130.0) == 160.0
+
+
+def test_a_running_demote_window_ends_its_own_window_after_calm_began() -> None:
+    p = promotion(promote_window_seconds=60, demote_window_seconds=600, cooldown_seconds=0)
+    assert decide.window_ends(p, decide.Memory(stage=2, oversized_since=100.0), now=130.0) == 700.0
+
+
+def test_a_window_ends_no_earlier_than_the_cooldown() -> None:
+    p = promotion(promote_window_seconds=60, cooldown_seconds=600)
+    memory = decide.Memory(stage=2, breach_since=100.0, last_change=50.0)
+    assert decide.window_ends(p, memory, now=130.0) == 650.0
+
+
+def test_no_window_or_one_already_over_asks_for_no_early_evaluation() -> None:
+    p = promotion(promote_window_seconds=60, cooldown_seconds=0)
+    assert decide.window_ends(p, decide.Memory(stage=1), now=130.0) is None
+    assert decide.window_ends(p, decide.Memory(stage=3, breach_since=0.0), now=130.0) is None
