@@ -280,7 +280,7 @@ def main() -> int:
     parser.add_argument("--reaction-tick", type=float, default=0.5, help="Z2M_PROMOTION_TICK")
     parser.add_argument("--skip-cost", action="store_true", help="measure the reaction only")
     parser.add_argument(
-        "--refresh", default="60", help="Z2M_PROMOTION_REFRESH of the loop in the cost phase"
+        "--refresh", default="300", help="Z2M_PROMOTION_REFRESH of the loop in the cost phase"
     )
     parser.add_argument(
         "--skip-per-object", action="store_true", help="measure the grouped loop only"

@@ -118,7 +118,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
-        "--refresh", type=float, default=60.0, help="Z2M_PROMOTION_REFRESH; 0: write every time"
+        "--refresh", type=float, default=300.0, help="Z2M_PROMOTION_REFRESH; 0: write every time"
     )
     args = parser.parse_args()
 

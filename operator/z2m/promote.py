@@ -295,7 +295,7 @@ class Loop:
     http: httpx.AsyncClient
     tick: float = 5.0
     concurrency: int = 8
-    refresh_seconds: float = 60.0
+    refresh_seconds: float = 300.0
     clock: Callable[[], float] = time.time
     executor: ThreadPoolExecutor = field(init=False)
     """The loop's own threads for Kubernetes calls, one per evaluation that may run at once:
@@ -843,7 +843,7 @@ async def run_forever(
     Settings come from the environment: Z2M_PROMOTION_TICK (seconds between
     listings, default 5), Z2M_PROMOTION_CONCURRENCY (evaluations at once,
     default 8), Z2M_PROMOTION_REFRESH (seconds after which an unchanged
-    decision is written anyway, default 60).
+    decision is written anyway, default 300).
     """
     stop = stop or asyncio.Event()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every query at INFO
@@ -856,7 +856,7 @@ async def run_forever(
             http=http,
             tick=float(os.environ.get("Z2M_PROMOTION_TICK", "5")),
             concurrency=int(os.environ.get("Z2M_PROMOTION_CONCURRENCY", "8")),
-            refresh_seconds=float(os.environ.get("Z2M_PROMOTION_REFRESH", "60")),
+            refresh_seconds=float(os.environ.get("Z2M_PROMOTION_REFRESH", "300")),
             source=source,
         )
         if started is not None:
