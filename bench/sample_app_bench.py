@@ -232,15 +232,11 @@ def main() -> int:
             with apps(tmp, 1, DATABASE_URL=db.url) as stage2:
                 run("stage 2: 1 app + DB", stage2)
 
-            db = ScratchDatabase.create(primary)
-            replica_url = _replica_url(replica, db)
-            with apps(tmp, 2, DATABASE_URL=db.url, DATABASE_REPLICA_URLS=replica_url) as stage3:
+            with apps(tmp, 2, **_database_env(primary, replica)) as stage3:
                 run("stage 3: 2 apps + primary + replica", stage3)
 
-            db = ScratchDatabase.create(primary)
             env = {
-                "DATABASE_URL": db.url,
-                "DATABASE_REPLICA_URLS": _replica_url(replica, db),
+                **_database_env(primary, replica),
                 "REDIS_URL": cache.url,
                 "BROKER_URL": broker.url,
             }
@@ -252,7 +248,7 @@ def main() -> int:
                 processed = worker.metric("app_jobs_processed_total")
                 published = sum(a.metric("app_jobs_published_total") for a in stage4)
             print(f"stage 4 jobs: published={published:.0f} processed={processed:.0f}")
-            raw = asyncio.run(raw_latencies(db.url, cache.url))
+            raw = asyncio.run(raw_latencies(env["DATABASE_URL"], cache.url))
     print()
     print(f"offered load per row: {args.duration:.0f}s at the given rate, 90% reads")
     print(table(rows))
@@ -376,10 +372,8 @@ def stage4_stack(
     tmp: Path, primary: Postgres, replica: Postgres, cache: Redis, broker: RabbitMQ
 ) -> Iterator[Stack]:
     """Stage 4: four apps, a read replica, Redis, RabbitMQ and two workers."""
-    db = ScratchDatabase.create(primary)
     env = {
-        "DATABASE_URL": db.url,
-        "DATABASE_REPLICA_URLS": _replica_url(replica, db),
+        **_database_env(primary, replica),
         "REDIS_URL": cache.url,
         "BROKER_URL": broker.url,
     }
@@ -405,11 +399,10 @@ def stage5_stack(
     tmp: Path, primary: Postgres, replica: Postgres, broker: Kafka, app_count: int
 ) -> Iterator[Stack]:
     """Stage 5: more apps, Redis master + replica behind three Sentinels, Kafka, stream workers."""
-    db = ScratchDatabase.create(primary)
+    database = _database_env(primary, replica)
     with sentinel_group(tmp) as sentinels:
         env = {
-            "DATABASE_URL": db.url,
-            "DATABASE_REPLICA_URLS": _replica_url(replica, db),
+            **database,
             "REDIS_SENTINELS": sentinels.sentinels,
             "REDIS_MASTER_NAME": "z2m",
             "REDIS_PASSWORD": sentinels.password,
@@ -460,12 +453,11 @@ def gateway_config(upstreams: dict[str, list[int]], port: int, root: Path) -> st
 @contextlib.contextmanager
 def stage6_stack(tmp: Path, primary: Postgres, replica: Postgres, broker: Kafka) -> Iterator[Stack]:
     """Stage 6: the app split into services behind the nginx gateway, Redis Cluster, Kafka."""
-    db = ScratchDatabase.create(primary)
+    database = _database_env(primary, replica)
     p = plan.resolve(api.ScalingStageSpec(stage=6), name="shop", namespace="bench")
     with redis_cluster(tmp) as cluster:
         env = {
-            "DATABASE_URL": db.url,
-            "DATABASE_REPLICA_URLS": _replica_url(replica, db),
+            **database,
             "REDIS_CLUSTER_NODES": cluster.nodes,
             "REDIS_PASSWORD": cluster.password,
             **_stream_env(broker.servers, "stage6"),
@@ -623,8 +615,10 @@ def ratio_table(samples: list[Sample], stages: list[int], rates: list[float]) ->
     return "\n".join(lines)
 
 
-def _replica_url(replica: Postgres, db: ScratchDatabase) -> str:
-    return replica.dsn_for(db.name)
+def _database_env(primary: Postgres, replica: Postgres) -> dict[str, str]:
+    """A fresh database on the primary, and its URLs on the primary and the replica."""
+    db = ScratchDatabase.create(primary)
+    return {"DATABASE_URL": db.url, "DATABASE_REPLICA_URLS": replica.dsn_for(db.name)}
 
 
 if __name__ == "__main__":

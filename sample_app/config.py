@@ -165,14 +165,9 @@ def parse_replica_urls(value: str | None) -> tuple[str, ...]:
     """Parse ``DATABASE_REPLICA_URLS``: comma-separated PostgreSQL URLs."""
     if value is None:
         return ()
-    urls = tuple(item.strip() for item in value.split(",") if item.strip())
-    for index, url in enumerate(urls):
-        try:
-            _check_postgres_url("DATABASE_REPLICA_URLS", url)
-        except ConfigError as exc:
-            problem = str(exc).removeprefix("DATABASE_REPLICA_URLS: ")
-            raise ConfigError("DATABASE_REPLICA_URLS", f"entry {index + 1}: {problem}") from None
-    return urls
+    return _postgres_urls(
+        "DATABASE_REPLICA_URLS", tuple(item.strip() for item in value.split(",") if item.strip())
+    )
 
 
 def parse_shard_urls(value: str | None) -> tuple[str, ...]:
@@ -184,11 +179,17 @@ def parse_shard_urls(value: str | None) -> tuple[str, ...]:
         # An empty entry would shift every later shard: user ids would land on the wrong one.
         if not url:
             raise ConfigError("DATABASE_SHARDS", f"entry {index + 1} is empty")
+    return _postgres_urls("DATABASE_SHARDS", urls)
+
+
+def _postgres_urls(name: str, urls: tuple[str, ...]) -> tuple[str, ...]:
+    """Check each of a list variable's PostgreSQL URLs, naming the entry that is wrong."""
+    for index, url in enumerate(urls):
         try:
-            _check_postgres_url("DATABASE_SHARDS", url)
+            _check_postgres_url(name, url)
         except ConfigError as exc:
-            problem = str(exc).removeprefix("DATABASE_SHARDS: ")
-            raise ConfigError("DATABASE_SHARDS", f"entry {index + 1}: {problem}") from None
+            problem = str(exc).removeprefix(f"{name}: ")
+            raise ConfigError(name, f"entry {index + 1}: {problem}") from None
     return urls
 
 
