@@ -257,10 +257,16 @@ def _job_path(
 
 
 def _pod_memory_mib(api_client: ApiClient, namespace: str, pod: str) -> float:
+    """One pod's memory in use, or 0 until metrics-server has scraped it once."""
     metrics = kubernetes.client.CustomObjectsApi(api_client)
-    usage = metrics.get_namespaced_custom_object(
-        "metrics.k8s.io", "v1beta1", namespace, "pods", pod
-    )
+    try:
+        usage = metrics.get_namespaced_custom_object(
+            "metrics.k8s.io", "v1beta1", namespace, "pods", pod
+        )
+    except kubernetes.client.exceptions.ApiException as exc:
+        if exc.status == 404:  # a new pod, not yet scraped
+            return 0.0
+        raise
     return sum(
         float(kubernetes.utils.parse_quantity(c["usage"]["memory"])) / 2**20
         for c in usage["containers"]
