@@ -348,6 +348,14 @@ class Kube:
         )
         return list(listing.to_dict()["items"])
 
+    def pods(self, namespace: str, owner_name: str) -> list[Obj]:
+        """The pods of one ScalingStage's children (read only while one is not ready)."""
+        metrics.API_REQUESTS.labels("list", "Pod").inc()
+        listing = self._resource("v1", "Pod").get(
+            namespace=namespace, label_selector=builders.child_selector(owner_name)
+        )
+        return list(listing.to_dict()["items"])
+
     def postgres_members(self, namespace: str, scope: str) -> tuple[str | None, list[Obj]]:
         """Patroni's leader lock holder (None when free) and the pods of its members."""
         metrics.API_REQUESTS.labels("get", "ConfigMap").inc()

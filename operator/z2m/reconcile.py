@@ -586,7 +586,13 @@ class Reconciler:
             )
             notices["ZoneRedundant"] = _zone_redundancy(the_plan.zones)
         children = self.kube.children(meta["namespace"], meta["name"])
-        seen = status.Observation(generation, the_plan, children, waiting=waiting, notices=notices)
+        stuck: list[tuple[str, str]] = []
+        if any(c is not None and not c.available for c in map(status.component_status, children)):
+            pods = self.kube.pods(meta["namespace"], meta["name"])
+            stuck = status.unschedulable(pods, self.clock())
+        seen = status.Observation(
+            generation, the_plan, children, waiting=waiting, notices=notices, unschedulable=stuck
+        )
         new = self.write_status(body, previous, seen)
         metrics.STAGE.labels(meta["namespace"], meta["name"]).set(the_plan.stage.number)
         old_stage = previous.get("stage")
@@ -601,11 +607,10 @@ class Reconciler:
                 if not old_stage
                 else f"stage {moved}: {the_plan.stage.title}",
             )
-        if new is not None and new.get("ready") != previous.get("ready"):
+        if new is not None and _ready_event(previous, new, waiting):
             kind = "Normal" if new.get("ready") == "True" else "Warning"
             ready = next(c for c in new["conditions"] if c["type"] == "Ready")
-            if kind == "Normal" or waiting or ready["reason"] != "ComponentsNotReady":
-                self.kube.event(body, kind, ready["reason"], ready["message"] or "ready")
+            self.kube.event(body, kind, ready["reason"], ready["message"] or "ready")
         settled = (new or previous).get("ready") == "True" and waiting is None
         return Result(writes, None if settled else self.retry_seconds)
 
@@ -622,6 +627,26 @@ class Reconciler:
         meta = body["metadata"]
         self.kube.apply_status(meta["namespace"], meta["name"], new, kube.RECONCILER_MANAGER)
         return new
+
+
+def _ready_reason(st: Obj) -> str | None:
+    ready = [c for c in st.get("conditions") or [] if c.get("type") == "Ready"]
+    return str(ready[0].get("reason")) if ready else None
+
+
+def _ready_event(previous: Obj, new: Obj, waiting: str | None) -> bool:
+    """Whether a new status is worth an Event.
+
+    It is when readiness came, or went for a reason other than a rollout in
+    progress, or when pods started waiting for a node.
+    """
+    if new.get("ready") != previous.get("ready"):
+        return (
+            new.get("ready") == "True"
+            or bool(waiting)
+            or _ready_reason(new) != "ComponentsNotReady"
+        )
+    return _ready_reason(new) == "Unschedulable" != _ready_reason(previous)
 
 
 def _owner_name(obj: Obj) -> str:

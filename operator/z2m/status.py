@@ -13,6 +13,7 @@ loop's fields, so a reconcile cannot put back a stale copy of them.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,9 @@ FOREIGN = frozenset({"MetricsAvailable", "Recommendation"})
 """Condition types written by the promotion loop (z2m.promote), not by the reconciler."""
 PROMOTER_FIELDS = frozenset({"lastDecision", "recommendedStage", "history"})
 """Status fields the promotion loop owns, besides its conditions; the reconciler owns the rest."""
+UNSCHEDULABLE_AFTER = 30
+"""Seconds a pod waits for a node before the status says so: a claim being bound or a
+node being drained keeps a pod pending for a moment in any rollout."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,42 @@ class Observation:
     """Extra conditions: type -> (status, reason, message), e.g. FailoverAvailable."""
     plan_only: catalog.Stage | None = None
     """The stage asked for is one z2m only plans: nothing was built or removed."""
+    unschedulable: list[tuple[str, str]] = field(default_factory=list)
+    """(pod, the scheduler's message) of our pods no node can take (`unschedulable`)."""
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def unschedulable(pods: list[Obj], now: str) -> list[tuple[str, str]]:
+    """(name, the scheduler's message) of pods that have waited for a node too long.
+
+    A pod counts once its PodScheduled condition has said Unschedulable for
+    `UNSCHEDULABLE_AFTER` seconds, so a claim that is still being bound does not.
+    """
+    found = []
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if (c.get("type"), c.get("status"), c.get("reason")) != (
+                "PodScheduled",
+                "False",
+                "Unschedulable",
+            ):
+                continue
+            since = c.get("lastTransitionTime") or now
+            if _seconds(now) - _seconds(since) >= UNSCHEDULABLE_AFTER:
+                found.append((pod["metadata"]["name"], str(c.get("message") or "").strip()))
+    return sorted(found)
+
+
+def _unschedulable_message(waiting_for: str, pods: list[tuple[str, str]]) -> str:
+    pod, why = pods[0]
+    more = f"; {len(pods) - 1} more pods cannot either" if len(pods) > 1 else ""
+    return (
+        f"waiting for {waiting_for}: no node can take pod {pod} ({why}){more}. "
+        "Free room on the nodes, add nodes, or lower the requests in spec"
+    )
 
 
 def component_status(obj: Obj) -> api.ComponentStatus | None:
@@ -122,6 +162,14 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
         conditions += [
             cond("Ready", False, "Waiting", seen.waiting),
             cond("Progressing", True, "Waiting", seen.waiting),
+            cond("Degraded", False, "AsExpected", ""),
+        ]
+    elif not_ready and seen.unschedulable:
+        names = ", ".join(f"{c.name} {c.ready}/{c.desired}" for c in not_ready)
+        message = _unschedulable_message(names, seen.unschedulable)
+        conditions += [
+            cond("Ready", False, "Unschedulable", message),
+            cond("Progressing", False, "Unschedulable", message),
             cond("Degraded", False, "AsExpected", ""),
         ]
     elif not_ready:

@@ -379,6 +379,36 @@ def test_every_stage_change_emits_an_event(
     assert found
 
 
+def test_a_pod_no_node_can_take_is_named_in_the_status_and_an_event(
+    api_client: ApiClient, namespace: str, operator: Any
+) -> None:
+    """A rollout waiting for CPU no node has says so, and goes on once it fits."""
+    too_big = {"resources": {"requests": {"cpu": "500", "memory": "96Mi"}}}
+    h.create(api_client, namespace, h.scaling_stage(NAME, 2, app=too_big))
+
+    def stuck() -> dict[str, Any] | None:
+        ready = h.condition(h.get(api_client, namespace, NAME), "Ready")
+        return ready if ready is not None and ready["reason"] == "Unschedulable" else None
+
+    ready = eventually(stuck, timeout=180)
+    assert ready["status"] == "False"
+    assert f"no node can take pod {NAME}-app-" in ready["message"], ready
+    assert "Insufficient cpu" in ready["message"], ready
+    core = kubernetes.client.CoreV1Api(api_client)
+    events = eventually(
+        lambda: [
+            e
+            for e in core.list_namespaced_event(namespace).items
+            if e.reason == "Unschedulable" and e.type == "Warning"
+        ]
+    )
+    assert "Insufficient cpu" in events[0].message
+    h.custom(api_client).patch_namespaced_custom_object(
+        "z2m.dev", "v1alpha1", namespace, "scalingstages", NAME, {"spec": {"app": h.SMALL_APP}}
+    )
+    h.wait_ready(api_client, namespace, NAME, 2, timeout=180)
+
+
 def test_a_demotion_below_stage_4_waits_until_the_queue_is_drained(
     api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any, empty_queue: str
 ) -> None:

@@ -94,3 +94,49 @@ def test_a_change_only_in_the_promotion_loops_part_is_no_change_for_the_reconcil
     theirs = {**mine, **PROMOTER_PART, "conditions": [*mine["conditions"], RECOMMENDATION]}
     assert not status.changed(theirs, mine)
     assert status.changed({**theirs, "observedGeneration": 0}, mine)
+
+
+def pending(name: str, since: str, reason: str = "Unschedulable") -> dict[str, Any]:
+    message = "0/1 nodes are available: 1 Insufficient cpu."
+    condition = {"type": "PodScheduled", "status": "False", "reason": reason}
+    return {
+        "metadata": {"name": name},
+        "status": {"conditions": [{**condition, "lastTransitionTime": since, "message": message}]},
+    }
+
+
+def test_a_pod_no_node_could_take_for_30_s_is_reported_with_the_schedulers_words() -> None:
+    pods = [
+        pending("shop-app-b", "2026-01-02T00:00:00Z"),
+        pending("shop-app-a", "2026-01-02T00:00:10Z"),
+        pending("shop-app-new", "2026-01-02T00:00:31Z"),  # 29 s: a claim may still be binding
+        pending("shop-app-gated", "2026-01-02T00:00:00Z", reason="SchedulingGated"),
+        {"metadata": {"name": "shop-app-running"}, "status": {"phase": "Running"}},
+    ]
+    found = status.unschedulable(pods, "2026-01-02T00:01:00Z")
+    assert found == [
+        ("shop-app-a", "0/1 nodes are available: 1 Insufficient cpu."),
+        ("shop-app-b", "0/1 nodes are available: 1 Insufficient cpu."),
+    ]
+
+
+def test_a_rollout_stuck_for_want_of_a_node_says_so_instead_of_waiting_in_silence() -> None:
+    stuck = deployment(4, {**ROLLED_OUT, "updatedReplicas": 3})
+    seen = status.Observation(
+        2, None, [stuck], unschedulable=[("shop-app-x", "1 Insufficient cpu"), ("y", "z")]
+    )
+    conditions = {
+        c["type"]: c for c in status.build({}, seen, "2026-01-02T00:00:00Z")["conditions"]
+    }
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "False",
+        "Unschedulable",
+    )
+    assert conditions["Progressing"]["status"] == "False"
+    message = conditions["Ready"]["message"]
+    assert "no node can take pod shop-app-x (1 Insufficient cpu)" in message
+    assert "1 more pods cannot either" in message
+
+    rolling = status.Observation(2, None, [stuck])
+    ready = status.build({}, rolling, "2026-01-02T00:00:00Z")["conditions"][0]
+    assert ready["reason"] == "ComponentsNotReady"

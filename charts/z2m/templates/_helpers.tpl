@@ -122,7 +122,8 @@ ClusterRole and the namespaced mode's Roles. Call with
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch, update, delete]
-# Patroni's members (who leads) before the failover standby goes; and its Role's rules,
+# Patroni's members (who leads) before the failover standby goes; pods no node can take,
+# to say so in the status; and its Role's rules,
 # and Prometheus' (list and watch, for its pod discovery).
 - apiGroups: [""]
   resources: [pods]
