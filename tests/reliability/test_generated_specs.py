@@ -211,8 +211,9 @@ def test_generated_specs_are_refused_with_a_reason_or_render_valid_children(
     # never crash: the `operator` fixture asserts that when it stops.
 
 
-FINAL = {"StageReady", "StageNotImplemented", "InvalidSpec", "Waiting"}
-"""Ready's reasons that end the wait: ready, refused with why, or waiting on something named."""
+FINAL = {"StageReady", "StageNotImplemented", "InvalidSpec", "Waiting", "Unschedulable"}
+"""Ready's reasons that end the wait: ready, refused with why, or waiting on something named
+(a node, for a pod that fits none)."""
 
 
 def settled(api_client: ApiClient, namespace: str, case: specs.Case) -> str:
