@@ -61,6 +61,7 @@ class _Gates:
     body: Obj
     the_plan: plan.Plan
     desired: list[Obj]
+    live: dict[tuple[str, str, str], Obj]
     _answers: dict[str, str | None] = field(default_factory=dict)
 
     def unmet(self, gate: transition.Gate) -> str | None:
@@ -78,6 +79,8 @@ class _Gates:
             return self.reconciler.redis_master_kept(self.body, self.the_plan)
         if gate == "postgres-leader-kept":
             return self.reconciler.postgres_leader_kept(self.body, self.the_plan)
+        if gate == "gateway-ready":
+            return transition.gateway_unready(self.desired, self.live)
         lagging = self.reconciler.rewiring(self.the_plan.namespace, self.desired)
         if not lagging:
             return None
@@ -190,7 +193,7 @@ class Reconciler:
         desired, growth = keep_claim_templates(desired, by_key)
         notices = self._grow_claims(body, previous, growth)
         notices.update(self._names_taken(body, previous, taken))
-        gates = _Gates(self, body, the_plan, desired)
+        gates = _Gates(self, body, the_plan, desired, by_key)
         writes, removed = 0, []
         waits: dict[str, list[str]] = {}
         for phase in transition.phases(current, desired, meta["uid"]):

@@ -17,11 +17,13 @@ and runs each step whose gates hold; a step that waits is reported, with why.
      Redis Cluster takes the cache over and starts cold, so nothing of the pair
      is carried on (a cache warm-up, not a data migration).
 
+   - `gateway-ready`: when the edge cache's upstream moves onto z2m's gateway
+     (5 -> 6), the edge is rewired only once the gateway and every Deployment it
+     routes to (the services and the app) run their current template, ready.
+     Sooner, nginx would answer a route whose pods are not there yet with 502.
+
    At 6 -> 5 every old consumer pod, edge pods forwarding to the gateway among
    them, must be gone before the gateway, services and Redis Cluster are retired.
-   At 5 -> 6 the edge, gateway and services are applied together: until the
-   services' pods are ready, the gateway answers their routes with 502 (nginx
-   does not retry another upstream that is not there yet). No gate orders them.
 3. **retire**: what the stage drops is deleted, and stateful servers that shrink are
    scaled down, each only once its gates hold (and every step of the phases
    before has run):
@@ -48,7 +50,12 @@ from z2m import builders, redis_handover
 
 Obj = dict[str, Any]
 Gate = Literal[
-    "rewired", "queue-empty", "stream-drained", "redis-master-kept", "postgres-leader-kept"
+    "rewired",
+    "queue-empty",
+    "stream-drained",
+    "redis-master-kept",
+    "postgres-leader-kept",
+    "gateway-ready",
 ]
 PhaseName = Literal["provide", "rewire", "retire"]
 
@@ -130,6 +137,58 @@ def _retire_gates(obj: Obj, queue_goes: bool, stream_goes: bool) -> frozenset[Ga
     return frozenset({"rewired"})
 
 
+def _upstream(obj: Obj | None) -> str | None:
+    """The edge cache's `UPSTREAM` (host:port), from its pod template."""
+    if obj is None:
+        return None
+    for container in obj["spec"]["template"]["spec"].get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == "UPSTREAM":
+                return str(env.get("value"))
+    return None
+
+
+def _behind_gateway(obj: Obj) -> bool:
+    """The gateway's Deployment and those it routes to: the services and the app."""
+    name = component(obj)
+    return obj["kind"] == "Deployment" and (
+        name in ("gateway", "app") or name.startswith(SERVICE_PREFIX)
+    )
+
+
+def moves_onto_gateway(obj: Obj, live: Obj | None, desired: list[Obj]) -> bool:
+    """Whether applying `obj` points the running edge cache at a gateway of `desired`."""
+    if obj["kind"] != "Deployment" or component(obj) != "edge" or live is None:
+        return False
+    new = _upstream(obj)
+    gateways = {
+        o["metadata"]["name"]
+        for o in desired
+        if o["kind"] == "Deployment" and component(o) == "gateway"
+    }
+    return new != _upstream(live) and (new or "").split(":")[0] in gateways
+
+
+def gateway_unready(desired: list[Obj], live: dict[tuple[str, str, str], Obj]) -> str | None:
+    """None once the gateway and all it routes to run their current template, ready.
+
+    A Deployment the watches have not seen yet is not ready: one created by this
+    very pass is still starting.
+    """
+    waiting = sorted(
+        o["metadata"]["name"]
+        for o in desired
+        if _behind_gateway(o)
+        and ((seen := live.get(builders.key(o))) is None or not rolled_out(seen))
+    )
+    if not waiting:
+        return None
+    return (
+        f"the edge moves onto the gateway once {', '.join(waiting)} run ready: the gateway "
+        "would answer their routes with 502 until then"
+    )
+
+
 def controlled_by(obj: Obj, uid: str) -> bool:
     """Whether the object's controller owner reference names the ScalingStage with `uid`."""
     refs = obj["metadata"].get("ownerReferences") or []
@@ -173,7 +232,10 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
         if shrinks(obj, before):
             retire.append(Step("apply", obj, _retire_gates(obj, queue_goes, stream_goes)))
         elif _is_consumer_side(obj):
-            rewire.append(Step("apply", obj, consumer_gates))
+            gates = consumer_gates
+            if moves_onto_gateway(obj, before, desired):
+                gates = gates | {"gateway-ready"}
+            rewire.append(Step("apply", obj, gates))
         else:
             provide.append(Step("apply", obj))
     for obj in current:

@@ -19,7 +19,7 @@ from kubernetes.client import ApiClient
 
 from tests.cluster import helpers as h
 from tests.conftest import eventually, report
-from z2m import builders, kube
+from z2m import builders, kube, transition
 
 pytestmark = pytest.mark.cluster
 NAME = "shop"
@@ -71,6 +71,42 @@ def rolled_out(api_client: ApiClient, namespace: str) -> bool:
     return True
 
 
+def edge_moved_onto_gateway_before(
+    api_client: ApiClient, namespace: str, since: str
+) -> tuple[str, dict[str, bool]]:
+    """Replay the Deployments' events since `since`, in the apiserver's order, and say what
+    each Deployment behind the gateway looked like when the edge first pointed at it.
+
+    Returns (the edge's new upstream, name -> whether it ran its current template, ready).
+    """
+    apps = kubernetes.client.AppsV1Api(api_client)
+    seen: dict[str, dict[str, Any]] = {}
+    watch = kubernetes.watch.Watch()
+    for event in watch.stream(
+        apps.list_namespaced_deployment,
+        namespace,
+        label_selector=f"{builders.PART_OF}={NAME}",
+        resource_version=since,
+        timeout_seconds=5,
+    ):
+        obj = api_client.sanitize_for_serialization(event["object"])
+        name = obj["metadata"]["name"]
+        if name == f"{NAME}-edge":
+            env = obj["spec"]["template"]["spec"]["containers"][0]["env"]
+            upstream = next(e["value"] for e in env if e["name"] == "UPSTREAM")
+            if "gateway" in upstream:
+                watch.stop()
+                behind = {
+                    n: transition.rolled_out(o)
+                    for n, o in seen.items()
+                    if n in (f"{NAME}-gateway", f"{NAME}-app")
+                    or n.removeprefix(f"{NAME}-") in SERVICES
+                }
+                return upstream, behind
+        seen[name] = obj
+    raise AssertionError("the edge never pointed at the gateway")
+
+
 def node_regions(api_client: ApiClient) -> dict[str, str]:
     nodes = kubernetes.client.CoreV1Api(api_client).list_node().items
     return {n.metadata.name: (n.metadata.labels or {}).get(builders.REGION, "") for n in nodes}
@@ -94,10 +130,17 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
     h.wait_ready(api_client, namespace, NAME, 5)
     before = h.claims(api_client, namespace)
 
+    apps = kubernetes.client.AppsV1Api(api_client)
+    since = apps.list_namespaced_deployment(namespace).metadata.resource_version
     started = time.monotonic()
     h.set_stage(api_client, namespace, NAME, 6)
     obj = h.wait_ready(api_client, namespace, NAME, 6, timeout=120)
     up = time.monotonic() - started
+    # The edge takes user traffic: it points at the gateway only once the gateway and
+    # all it routes to are ready, or the gateway would answer with 502 meanwhile.
+    upstream, behind = edge_moved_onto_gateway_before(api_client, namespace, since)
+    assert upstream == f"{NAME}-gateway:80"
+    assert len(behind) == 2 + len(SERVICES) and all(behind.values()), behind
     eventually(lambda: h.children(k, namespace, NAME) == h.expected(6, NAME, namespace, **spec))
 
     def stage6_running() -> dict[str, list[Any]] | None:

@@ -234,7 +234,9 @@ def test_5_to_6_retires_the_pair_once_rewired_and_waits_on_no_redis_handover() -
         "Deployment",
         "shop-service-feed",
     ) in rewired
-    assert all(not gates for *_, gates in plan_["rewire"])
+    # No Redis hand-over; only the edge waits, for the gateway and all behind it.
+    gated = {name: gates for _, _, name, gates in plan_["rewire"] if gates}
+    assert gated == {"shop-edge": {"gateway-ready"}}
 
 
 def test_6_to_5_removes_exactly_stage_6s_pieces_after_rewiring_and_never_a_claim() -> None:
