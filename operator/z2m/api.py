@@ -273,6 +273,14 @@ class DatabaseSpec(Model):
         "has it (Patroni's synchronous mode), so a failover loses no acknowledged write. "
         "Each commit waits one round trip to the standby.",
     )
+    shards: int = Field(
+        default=2,
+        ge=2,
+        le=16,
+        description="Stage 6: how many PostgreSQL shards the database is split into by user "
+        "ID (a user's rows live on shard user_id % shards). Fixed while the stage stays 6: "
+        "re-sharding N to M is not a move z2m makes; go back to stage 5 first.",
+    )
 
 
 class QueueSpec(Model):
@@ -660,6 +668,24 @@ _SPEC_RULES["x-kubernetes-validations"] += [
 ]
 
 
+def _shards(root: str) -> str:
+    return (
+        f"(has({root}.database) && has({root}.database.shards) "
+        f"? {root}.database.shards : {DatabaseSpec.model_fields['shards'].default})"
+    )
+
+
+_SPEC_RULES["x-kubernetes-validations"].append(
+    {
+        "rule": f"self.stage < 6 || oldSelf.stage < 6 || {_shards('self')} == {_shards('oldSelf')}",
+        "message": "spec.database.shards cannot change while the database is sharded (stage "
+        "6): the users' rows are spread over that many shards, and z2m moves them only "
+        "between one database and the shards; go back to stage 5 first, then change it",
+        "fieldPath": ".database.shards",
+    }
+)
+
+
 def _partitions(root: str) -> str:
     return (
         f"(has({root}.streaming) && has({root}.streaming.partitions) "
@@ -754,8 +780,10 @@ class PlanStatus(Model):
     )
     sharded_database: bool = Field(
         default=False,
-        description="Whether the database is sharded by user ID. Not built yet: always false.",
+        description="Stage 6: PostgreSQL shards by user ID are provided; the DatabaseSharded "
+        "condition says whether the rows are on them.",
     )
+    shards: int | None = Field(default=None, description="Stage 6: how many shards.")
 
 
 class PlannedAddition(Model):

@@ -5,9 +5,9 @@ the planner, the CLI diagram and the docs read one source. A stage z2m builds
 has a `Topology`; one it only plans (stage 7) has a `Blueprint` instead: what it
 adds, what drives each piece's cost, what the user must bring, and why one
 cluster and one operator should not run it. A stage with neither would be
-not built yet, and claim no pieces. Stage 6 is built without its sharding,
-and says so. This module holds no logic beyond lookups;
-it never talks to Kubernetes.
+not built yet, and claim no pieces. Stage 6 provides its shards, but the
+operator does not move the data into them yet, and says so. This module holds
+no logic beyond lookups; it never talks to Kubernetes.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class Topology:
     """The app, its services, read replicas and cache spread over the nodes' regions
     (`topology.kubernetes.io/region`); the database primary stays where it is."""
     sharded_database: bool = False
-    """The database split by user ID. Not built yet: always False."""
+    """The database split by user ID: N PostgreSQL shards (spec.database.shards) are provided
+    beside stage 5's database. The operator does not move the rows into them yet."""
     event_streaming: bool = False
     """Kafka (KRaft) carries the jobs instead of RabbitMQ; the workers form its consumer group."""
 
@@ -302,7 +303,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         number=6,
-        title="10M users: microservices, gateway, Redis Cluster, regions (no sharding yet)",
+        title="10M users: microservices, gateway, Redis Cluster, regions, empty shards",
         users="10M",
         rps=Band(50_000, 200_000),
         monthly_cost_usd=Band(50_000, 150_000),
@@ -314,9 +315,10 @@ STAGES: tuple[Stage, ...] = (
             "moves by warming up again, no data is copied",
             "two or more regions: the app, services, read replicas and cache spread over "
             "the nodes' regions; the database primary stays in one region",
-            "NOT built yet: sharding the database by user ID. Stage 6 keeps stage 5's "
-            "database (one primary with a failover standby and read replicas), so write "
-            "capacity does not grow here",
+            "PostgreSQL shards by user ID (spec.database.shards, 2 by default), each its own "
+            "Patroni cluster on a retained claim. NOT done yet: moving the rows into them; "
+            "the app keeps stage 5's database (one primary with a failover standby and read "
+            "replicas), so write capacity does not grow here",
         ),
         topology=Topology(
             app_replicas=4,
@@ -354,7 +356,7 @@ STAGES: tuple[Stage, ...] = (
             ),
             redis_cluster=RedisCluster(primaries=3, replicas_per_primary=1),
             regions=True,
-            sharded_database=False,
+            sharded_database=True,
         ),
     ),
     Stage(

@@ -224,8 +224,11 @@ def diagram(number: int) -> str:
             '    regions["Regions: app, services, read replicas and Redis Cluster spread by '
             'topology.kubernetes.io/region; the primary stays in one"]'
         )
-    if entry.topology is not None and not entry.topology.sharded_database and p.gateway:
-        lines.append('    unsharded["Not built: sharding by user ID (one primary, as stage 5)"]')
+    if p.shards:
+        lines.append(
+            f'    shards[("PostgreSQL shards x{p.shards} by user ID (Patroni, logical WAL): '
+            'provided, rows not moved into them yet; the app uses the primary, as stage 5")]'
+        )
     return "\n".join(lines)
 
 

@@ -67,6 +67,8 @@ class Plan:
     """Stage 6: Redis in cluster mode instead of one Redis (with Sentinel at stage 5)."""
     regions: int | None = None
     """How many regions the nodes are in (None: not known or not asked); 2+ spreads by region."""
+    shards: int = 0
+    """Stage 6: PostgreSQL shards by user ID (0: the database is not sharded)."""
 
     @property
     def sentinel(self) -> bool:
@@ -114,7 +116,8 @@ class Plan:
                 else None
             ),
             regions=self.regions if self.region_spread else None,
-            sharded_database=False,
+            sharded_database=bool(self.shards),
+            shards=self.shards or None,
         )
 
 
@@ -198,4 +201,5 @@ def resolve(
         microservices=entry.microservices,
         redis_cluster=entry.redis_cluster if redis else None,
         regions=regions if entry.regions else None,
+        shards=spec.database.shards if entry.sharded_database else 0,
     )

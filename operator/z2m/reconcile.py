@@ -566,13 +566,15 @@ class Reconciler:
         if the_plan.redis_cluster is not None:
             notices["CacheClustered"] = (True, "RedisCluster", transition.CACHE_WARMUP)
         if the_plan.gateway:
-            # Stage 6 without its sharding: say so rather than let the stage number claim it.
+            # The shards exist, the rows are not on them: say so rather than let the stage
+            # number claim it.
             notices["DatabaseSharded"] = (
                 False,
-                "NotBuiltYet",
-                "sharding by user ID is not built yet: stage 6 keeps stage 5's database "
-                "(one primary with a failover standby and read replicas), so its write "
-                "capacity is stage 5's",
+                "NotMoved",
+                f"{the_plan.shards} PostgreSQL shards by user ID are provided, but the operator "
+                "does not move the rows into them yet: the app keeps stage 5's database (one "
+                "primary with a failover standby and read replicas), so its write capacity is "
+                "stage 5's",
             )
         if the_plan.failover_standbys:
             notices["FailoverAvailable"] = (

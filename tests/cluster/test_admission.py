@@ -213,3 +213,18 @@ def test_storage_edits_that_keep_the_claims_valid_are_accepted(
     assert code == 0, stderr
     code, stderr = apply(kubeconfig, namespace, {"stage": 2, **after})
     assert code == 0, stderr
+
+
+def test_the_shard_count_cannot_change_while_the_database_is_sharded(
+    kubeconfig: str, namespace: str
+) -> None:
+    code, stderr = apply(kubeconfig, namespace, {"stage": 6})
+    assert code == 0, stderr
+    code, stderr = apply(kubeconfig, namespace, {"stage": 6, "database": {"shards": 3}})
+    assert code != 0
+    assert "spec.database.shards cannot change while the database is sharded" in stderr, stderr
+    # Back at stage 5 the rows are on one database again: the count is free.
+    code, stderr = apply(kubeconfig, namespace, {"stage": 5, "database": {"shards": 3}})
+    assert code == 0, stderr
+    code, stderr = apply(kubeconfig, namespace, {"stage": 6, "database": {"shards": 3}})
+    assert code == 0, stderr

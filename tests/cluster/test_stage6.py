@@ -24,7 +24,8 @@ from z2m import builders, kube, transition
 pytestmark = pytest.mark.cluster
 NAME = "shop"
 SERVICES = ("service-users", "service-feed", "service-notifications")
-STAGE6_COMPONENTS = {"gateway", "cache-cluster", *SERVICES}
+SHARDS = ("database-shard-0", "database-shard-1")
+STAGE6_COMPONENTS = {"gateway", "cache-cluster", *SERVICES, *SHARDS}
 REGIONAL = ("app", "read-replica", "cache-cluster", *SERVICES)
 
 
@@ -145,7 +146,12 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
 
     def stage6_running() -> dict[str, list[Any]] | None:
         found = pods_by_component(api_client, namespace)
-        enough = {"gateway": 2, "cache-cluster": 6, **dict.fromkeys(SERVICES, 2)}
+        enough = {
+            "gateway": 2,
+            "cache-cluster": 6,
+            **dict.fromkeys(SERVICES, 2),
+            **dict.fromkeys(SHARDS, 1),
+        }
         if rolled_out(api_client, namespace) and all(
             sum(ready(p) for p in found.get(c, [])) >= n for c, n in enough.items()
         ):
@@ -168,12 +174,11 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
     assert "cache" not in found and "cache-sentinel" not in found  # the pair went
     st = obj["status"]
     assert st["plan"]["services"] == ["users", "feed", "notifications"]
-    assert st["plan"]["regions"] == 2 and not st["plan"]["shardedDatabase"]
+    assert st["plan"]["regions"] == 2 and st["plan"]["shardedDatabase"]
+    assert st["plan"]["shards"] == 2
+    # The shards are there, the rows are not: the condition says so.
     sharded = h.condition(obj, "DatabaseSharded")
-    assert sharded is not None and (sharded["status"], sharded["reason"]) == (
-        "False",
-        "NotBuiltYet",
-    )
+    assert sharded is not None and (sharded["status"], sharded["reason"]) == ("False", "NotMoved")
     warmup = h.condition(obj, "CacheClustered")
     assert warmup is not None and "warming up" in warmup["message"]
     counts = {c: len(found[c]) for c in sorted(found)}
@@ -189,6 +194,7 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
     after = h.claims(api_client, namespace)
     assert all(after.get(name) == uid for name, uid in before.items())
     assert {f"data-{NAME}-redis-cl-{i}" for i in range(6)} <= set(after)
+    assert {f"data-{NAME}-db-shard-{k}-0" for k in range(2)} <= set(after)
     per_region = {c: [p.count(r) for r in ("region-a", "region-b")] for c, p in spread.items()}
     report(
         f"stage 6 on KWOK: 5->6 Ready in {up:.1f} s, 6->5 in {down:.1f} s; pods at 6 by "

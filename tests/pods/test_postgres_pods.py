@@ -31,6 +31,7 @@ from kubernetes.client import ApiClient, CoreV1Api
 from tests import services
 from tests.conftest import kubectl, report
 from z2m import api, builders, kube, plan
+from z2m.builders import shards
 
 pytestmark = pytest.mark.services
 
@@ -355,3 +356,50 @@ def test_a_member_never_founds_the_cluster_and_a_stale_copy_is_rebuilt(
                 lambda: _one(me, "SELECT count(*) FROM kept") == 2, 60, "every row on the copy"
             )
         assert "cannot catch up" in cluster.log(replica)
+
+
+def test_a_stage_6_shard_founds_its_own_patroni_cluster_with_logical_wal(
+    cluster: Cluster, api_client: ApiClient
+) -> None:
+    # Shard 1's ConfigMaps exactly as stage 6 builds them, and its one member's pod.
+    spec = api.ScalingStageSpec(stage=6)
+    the_plan = plan.resolve(spec, name="shop", namespace=cluster.namespace)
+    scope = shards.shard_scope("shop", 1)
+    k = kube.Kube.connect(api_client)
+    for obj in builders.build(the_plan, builders.Owner(name="shop", uid="no-owner")):
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].startswith(f"{scope}-"):
+            del obj["metadata"]["ownerReferences"]
+            k.apply(obj)
+    member = "shop-db-shard-1-0"
+    CoreV1Api(api_client).create_namespaced_pod(
+        cluster.namespace,
+        {
+            "metadata": {"name": member, "labels": {builders.POSTGRES_CLUSTER: scope}},
+            "spec": {
+                "nodeName": "kwok-node-0",
+                "containers": [{"name": "postgres", "image": "z2m/postgres"}],
+            },
+        },
+    )
+    labels = json.dumps({builders.POSTGRES_CLUSTER: scope})
+    with cluster.run(
+        member,
+        member,
+        Z2M_BOOTSTRAP="1",
+        PATRONI_SCOPE=scope,
+        PATRONI_KUBERNETES_LABELS=labels,
+    ) as shard:
+        services.wait_for(lambda: _writable(shard), 90, "the shard's one member leads")
+        # What a move needs of a shard: logical WAL, room for its slots and workers.
+        assert _one(shard, "SHOW wal_level") == "logical"
+        assert int(_one(shard, "SHOW max_replication_slots")) >= 20
+        with psycopg.connect(shard.url(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            conn.execute("CREATE PUBLICATION probe FOR TABLE t")
+            conn.execute("SELECT pg_create_logical_replication_slot('probe', 'pgoutput')")
+            conn.execute("SELECT pg_drop_replication_slot('probe')")
+        # Patroni keeps the shard's lock in the shard's own ConfigMap, apart from the database's.
+        leader = CoreV1Api(api_client).read_namespaced_config_map(
+            f"{scope}-leader", cluster.namespace
+        )
+        assert (leader.metadata.annotations or {}).get("leader") == member

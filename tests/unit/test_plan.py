@@ -77,7 +77,9 @@ def test_stage_6_resolves_to_services_a_gateway_and_redis_cluster_on_stage_5s_da
     assert p.redis_cluster is not None and not p.sentinel
     assert (p.failover_standbys, p.read_replicas) == (1, 3)
     shown = p.status()
-    assert shown.services == ["users", "feed", "notifications"] and not shown.sharded_database
+    assert shown.services == ["users", "feed", "notifications"]
+    assert (shown.sharded_database, shown.shards) == (True, 2)
+    assert (resolve(stage=5).shards, resolve(stage=5).status().shards) == (0, None)
 
 
 def test_stage_6_spreads_by_region_only_where_the_nodes_are_in_two_or_more() -> None:

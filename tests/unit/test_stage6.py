@@ -199,6 +199,8 @@ STAGE6_ONLY = {
     ("StatefulSet", "shop-redis-cl"),
     ("Service", "shop-redis-cl"),
     ("PodDisruptionBudget", "shop-redis-cl"),
+    *((kind, f"shop-db-shard-{k}") for k in range(2) for kind in ("StatefulSet", "Service")),
+    *(("ConfigMap", f"shop-pg-shard-{k}-{dcs}") for k in range(2) for dcs in ("config", "leader")),
     *(
         (kind, f"shop-service-{r}")
         for r in SERVICES

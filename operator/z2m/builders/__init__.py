@@ -5,7 +5,8 @@ arguments (two of them facts the caller looked up: whether the cluster serves
 the Prometheus Operator's kinds, and the Gateway API's), so every stage can be
 rendered and unit-tested without a cluster (`z2m render` prints exactly this).
 
-One module per component, as CloudNativePG's `pkg/specs`: `postgres`, `app` (web
+One module per component, as CloudNativePG's `pkg/specs`: `postgres`, `shards`
+(stage 6's PostgreSQL shards), `app` (web
 and workers), `services` (stage 6's microservices), `gateway`, `edge`, `redis`
 (and Redis Cluster), `queue`, `streaming` (Kafka), `monitoring` and `search`, each
 made from the shapes in `workloads` and named and labelled by `meta`, so every other
@@ -29,6 +30,7 @@ from z2m.builders import (
     redis,
     search,
     services,
+    shards,
     streaming,
     workloads,
 )
@@ -172,6 +174,7 @@ def build(
     objs: list[Obj] = [workloads.scripts_config_map(p, owner)]
     objs += postgres.database(p, owner)
     objs += postgres.read_replicas(p, owner)
+    objs += shards.objects(p, owner)
     objs += app.web(p, owner)
     objs += services.objects(p, owner)
     objs += gateway.objects(p, owner, gateway_api)

@@ -48,7 +48,7 @@ def replica_hosts(p: plan.Plan) -> list[str]:
     return [f"{headless}-{i}.{headless}" for i in range(p.read_replicas)]
 
 
-def patroni_config(p: plan.Plan) -> Obj:
+def patroni_config(p: plan.Plan, members: list[str] | None = None) -> Obj:
     """Patroni's dynamic configuration, which z2m keeps in `<scope>-config` (as patronictl does).
 
     Patroni's own defaults: a leader lock of 30 s renewed every 10 s, so a dead
@@ -61,8 +61,9 @@ def patroni_config(p: plan.Plan) -> Obj:
     that is away. Synchronous mode, an option, promotes only a standby that has every
     acknowledged commit.
     """
-    members = [f"{meta.child(p.name, 'db-standby')}-{i}" for i in range(p.failover_standbys)]
-    members += [f"{meta.child(p.name, 'db-replica')}-{i}" for i in range(p.read_replicas)]
+    if members is None:
+        members = [f"{meta.child(p.name, 'db-standby')}-{i}" for i in range(p.failover_standbys)]
+        members += [f"{meta.child(p.name, 'db-replica')}-{i}" for i in range(p.read_replicas)]
     return {
         "ttl": 30,
         "loop_wait": 10,
@@ -92,9 +93,23 @@ def slot_name(member: str) -> str:
     return member.lower().replace("-", "_").replace(".", "_")
 
 
-def _postgres_member(p: plan.Plan, component: str) -> Obj:
-    """A Patroni member: the primary (may found the cluster), the standby, or a read replica."""
-    scope = patroni_scope(p.name)
+SHARD_PREFIX = "database-shard-"
+"""The component of a stage-6 shard is this and its index: each founds its own cluster."""
+
+
+def founds_cluster(component: str) -> bool:
+    """Whether the first pod of `component` may found its Patroni cluster (run initdb)."""
+    return component == "database" or component.startswith(SHARD_PREFIX)
+
+
+def _postgres_member(
+    p: plan.Plan, component: str, scope: str | None = None, leader: str | None = None
+) -> Obj:
+    """A Patroni member: the primary (may found the cluster), the standby, or a read replica.
+
+    `scope` and `leader` name another Patroni cluster than the database's (a shard's).
+    """
+    scope = scope or patroni_scope(p.name)
 
     def field(path: str) -> Obj:
         return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -109,13 +124,13 @@ def _postgres_member(p: plan.Plan, component: str) -> Obj:
         {"name": "PATRONI_KUBERNETES_NAMESPACE", **field("metadata.namespace")},
         {"name": "PATRONI_KUBERNETES_LABELS", "value": json.dumps({POSTGRES_CLUSTER: scope})},
         {"name": "PATRONI_KUBERNETES_SCOPE_LABEL", "value": POSTGRES_CLUSTER},
-        {"name": "Z2M_LEADER", "value": database_host(p)},
+        {"name": "Z2M_LEADER", "value": leader or database_host(p)},
         meta.secret_env(p, "PATRONI_SUPERUSER_PASSWORD", "database-password"),
         meta.secret_env(p, "PATRONI_REPLICATION_PASSWORD", "replication-password"),
         {"name": "PATRONI_RESTAPI_USERNAME", "value": PATRONI_API_USER},
         meta.secret_env(p, "PATRONI_RESTAPI_PASSWORD", "replication-password"),
     ]
-    if component == "database":
+    if founds_cluster(component):
         env.append({"name": "Z2M_BOOTSTRAP", "value": "1"})
     if component == "read-replica":
         # Read replicas follow the leader but never become it, nor its synchronous standby.
@@ -144,22 +159,37 @@ def _postgres_member(p: plan.Plan, component: str) -> Obj:
     }
 
 
-def _postgres_statefulset(
-    p: plan.Plan, owner: meta.Owner, suffix: str, component: str, replicas: int
+def postgres_statefulset(
+    p: plan.Plan,
+    owner: meta.Owner,
+    suffix: str,
+    component: str,
+    replicas: int,
+    scope: str | None = None,
+    service: str | None = None,
 ) -> Obj:
+    """The StatefulSet of Patroni members `suffix` in `scope` (the database's by default).
+
+    `service` is the Service in front of the scope's leader, which the pods join.
+    """
+    scope = scope or patroni_scope(p.name)
+    leader = service or database_host(p)
     sts = workloads.statefulset(
         p,
         owner,
         suffix,
         component,
         replicas,
-        [_postgres_member(p, component)],
+        [_postgres_member(p, component, scope, leader)],
         p.spec.database.storage,
         run_as=catalog.SERVER_UIDS["postgres"],
     )
-    sts["spec"]["serviceName"] = meta.child(p.name, "db" if suffix == "db-standby" else suffix)
+    if service is not None:
+        sts["spec"]["serviceName"] = service
+    else:
+        sts["spec"]["serviceName"] = meta.child(p.name, "db" if suffix == "db-standby" else suffix)
     template = sts["spec"]["template"]
-    template["metadata"]["labels"][POSTGRES_CLUSTER] = patroni_scope(p.name)
+    template["metadata"]["labels"][POSTGRES_CLUSTER] = scope
     # Patroni keeps its members' state on their pods and its lock in ConfigMaps.
     template["spec"]["serviceAccountName"] = meta.child(p.name, "db")
     return sts
@@ -209,19 +239,22 @@ def shared_with_patroni(obj: Obj) -> bool:
     return obj["kind"] == "ConfigMap" and POSTGRES_CLUSTER in (obj["metadata"].get("labels") or {})
 
 
-def _patroni_dcs(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
+def patroni_dcs(
+    p: plan.Plan, owner: meta.Owner, scope: str | None = None, config: Obj | None = None
+) -> list[Obj]:
     """Patroni's ConfigMaps, made first so that they are owned (and go with the ScalingStage).
 
     Patroni writes its leader lock, members' history and so on as annotations on them;
     z2m sets only the `config` annotation, the cluster's dynamic configuration.
     """
-    scope = patroni_scope(p.name)
+    scope = scope or patroni_scope(p.name)
     objs = []
     for suffix in PATRONI_DCS:
         metadata = meta.metadata(p, owner, f"{scope}-{suffix}", "database")
         metadata["labels"][POSTGRES_CLUSTER] = scope
         if suffix == "config":
-            metadata["annotations"] = {"config": json.dumps(patroni_config(p), sort_keys=True)}
+            dynamic = patroni_config(p) if config is None else config
+            metadata["annotations"] = {"config": json.dumps(dynamic, sort_keys=True)}
         objs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata})
     return objs
 
@@ -236,12 +269,12 @@ def database(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
     ports = [("postgres", PG_PORT, PG_PORT), ("patroni", PATRONI_PORT, PATRONI_PORT)]
     objs = [
         *_patroni_access(p, owner),
-        *_patroni_dcs(p, owner),
-        _postgres_statefulset(p, owner, "db", "database", 1),
+        *patroni_dcs(p, owner),
+        postgres_statefulset(p, owner, "db", "database", 1),
         workloads.service(p, owner, meta.child(p.name, "db"), "database", ports, selector=leader),
     ]
     if p.failover_standbys:
-        standby = _postgres_statefulset(
+        standby = postgres_statefulset(
             p, owner, "db-standby", "database-standby", p.failover_standbys
         )
         standby["spec"]["template"]["spec"]["affinity"] = _apart_from_primary(p)
@@ -277,7 +310,7 @@ def read_replicas(p: plan.Plan, owner: meta.Owner) -> list[Obj]:
     component = "read-replica"
     port = [("postgres", PG_PORT, PG_PORT)]
     objs = [
-        _postgres_statefulset(p, owner, "db-replica", component, p.read_replicas),
+        postgres_statefulset(p, owner, "db-replica", component, p.read_replicas),
         workloads.service(
             p, owner, meta.child(p.name, "db-replica"), component, port, headless=True
         ),
