@@ -8,6 +8,7 @@ rules that the apiserver must enforce at admission are attached here as CEL
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from kubernetes.utils import parse_quantity
@@ -254,6 +255,31 @@ class Storage(Model):
         return self
 
 
+POSTGRES_URL = r"^postgres(ql)?://[^\s,]+$"
+
+
+class ShardMoveUrls(Model):
+    """The databases of a shard move, for an operator outside the cluster (or a test)."""
+
+    source: str = Field(
+        pattern=POSTGRES_URL,
+        max_length=512,
+        description="Stage 5's database: the split's source and the merge's target.",
+    )
+    shards: list[str] = Field(
+        min_length=2,
+        max_length=16,
+        description="Each shard's database, in shard order (as many as database.shards).",
+    )
+
+    @model_validator(mode="after")
+    def _urls(self) -> ShardMoveUrls:
+        for url in self.shards:
+            if not re.match(POSTGRES_URL, url) or len(url) > 512:
+                raise ValueError("every database.moveUrls.shards entry is a postgresql:// URL")
+        return self
+
+
 class DatabaseSpec(Model):
     """PostgreSQL under Patroni: its own StatefulSet at every stage, beside the app at stage 1.
 
@@ -280,6 +306,12 @@ class DatabaseSpec(Model):
         description="Stage 6: how many PostgreSQL shards the database is split into by user "
         "ID (a user's rows live on shard user_id % shards). Fixed while the stage stays 6: "
         "re-sharding N to M is not a move z2m makes; go back to stage 5 first.",
+    )
+    move_urls: ShardMoveUrls | None = Field(
+        default=None,
+        description="Where the operator reaches the databases when it moves the rows at 5 -> 6 "
+        "and back at 6 -> 5, as superuser libpq URLs; by default stage 5's database and "
+        "the shards' Services inside the cluster, as the postgres superuser.",
     )
 
 
@@ -846,6 +878,20 @@ class Transition(Model):
     by: Literal["user", "operator"]
 
 
+class DatabaseMoveStatus(Model):
+    """The rows' move between stage 5's database and the shards (at 5 -> 6 and 6 -> 5)."""
+
+    direction: Literal["split", "merge"]
+    phase: str = Field(
+        description="Starting, the move's last step (publish, subscribe, wait, fence, "
+        "cutover, drop-subscription, drop-publication), done, or failed."
+    )
+    message: str = ""
+    fence_seconds: float | None = Field(
+        default=None, description="How long writes were refused: from the fence to the cutover."
+    )
+
+
 class ScalingStageStatus(Model):
     """What the operator observed on its last pass; rebuilt from the world every time."""
 
@@ -861,3 +907,9 @@ class ScalingStageStatus(Model):
     last_decision: Decision | None = None
     recommended_stage: int | None = None
     history: list[Transition] = Field(default_factory=list)
+    database_layout: Literal["single", "shards"] | None = Field(
+        default=None,
+        description="Where the app's database configuration points: one database, or the "
+        "shards (DATABASE_SHARDS). Written by the shard move's cutover, after the fence.",
+    )
+    database_move: DatabaseMoveStatus | None = None

@@ -38,7 +38,19 @@ from typing import Any
 import kopf
 import kubernetes
 
-from z2m import api, builders, cache, kube, leader, metrics, outage, promote, reconcile, relist
+from z2m import (
+    api,
+    builders,
+    cache,
+    kube,
+    leader,
+    metrics,
+    movers,
+    outage,
+    promote,
+    reconcile,
+    relist,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +183,13 @@ async def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         queue_quiet_seconds=float(os.environ.get("Z2M_QUEUE_QUIET_SECONDS", "15")),
     )
     RUNTIME.scheduler = Scheduler(reconciler, active=RUNTIME.leading)
+    # Shard moves run on this loop, beside the passes; a move's progress asks for a pass.
+    reconciler.movers = movers.Movers(
+        asyncio.get_running_loop(),
+        k,
+        on_change=RUNTIME.scheduler.trigger,
+        retry_seconds=reconciler.retry_seconds,
+    )
     RUNTIME.resync_seconds = float(os.environ.get("Z2M_RESYNC_SECONDS", "30"))
     RUNTIME.tasks.append(asyncio.create_task(_resync()))
     if RUNTIME.elector is None:
@@ -258,7 +277,10 @@ def watched_namespaces() -> tuple[str, ...]:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the periodic re-check and the promotion loop; a leader releases its Lease."""
+    """Stop the periodic re-check, the promotion loop and shard moves; release the Lease."""
+    scheduler = RUNTIME.scheduler
+    if scheduler is not None and scheduler.reconciler.movers is not None:
+        await scheduler.reconciler.movers.stop()
     for task in [*RUNTIME.tasks, RUNTIME.promoter]:
         if task is not None:
             task.cancel()

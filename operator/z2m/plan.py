@@ -69,6 +69,9 @@ class Plan:
     """How many regions the nodes are in (None: not known or not asked); 2+ spreads by region."""
     shards: int = 0
     """Stage 6: PostgreSQL shards by user ID (0: the database is not sharded)."""
+    shards_routed: int = 0
+    """How many shards the app routes to (DATABASE_SHARDS); 0: one database. Set from the
+    layout the shard move's cutover recorded (`z2m.shard_phase`), never from the stage."""
 
     @property
     def sentinel(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -35,9 +36,11 @@ from z2m import (
     catalog,
     kube,
     metrics,
+    movers,
     plan,
     postgres_handover,
     redis_handover,
+    shard_phase,
     status,
     stream_lag,
     transition,
@@ -62,6 +65,7 @@ class _Gates:
     the_plan: plan.Plan
     desired: list[Obj]
     live: dict[tuple[str, str, str], Obj]
+    current: list[Obj] = field(default_factory=list)
     _answers: dict[str, str | None] = field(default_factory=dict)
 
     def unmet(self, gate: transition.Gate) -> str | None:
@@ -81,6 +85,8 @@ class _Gates:
             return self.reconciler.postgres_leader_kept(self.body, self.the_plan)
         if gate == "gateway-ready":
             return transition.gateway_unready(self.desired, self.live)
+        if gate == "database-moved":
+            return self.reconciler.database_moved(self.body, self.the_plan, self.current)
         lagging = self.reconciler.rewiring(self.the_plan.namespace, self.desired)
         if not lagging:
             return None
@@ -110,6 +116,8 @@ class Reconciler:
     """
     _empty_since: dict[tuple[str, str], float] = field(default_factory=dict)
     _drained_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    movers: movers.Movers | None = None
+    """Runs shard moves on the operator's event loop; None where no loop runs them (the CLI)."""
     _applied: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str]]] = field(
         default_factory=dict
     )
@@ -176,6 +184,13 @@ class Reconciler:
         except plan.PlanError as exc:
             return self._report_problem(body, previous, generation, "InvalidSpec", str(exc))
 
+        layout = shard_phase.recorded(previous)
+        if layout == "shards":
+            # The app routes to the shards once a cutover recorded it, whatever the stage.
+            the_plan = dataclasses.replace(
+                the_plan, shards_routed=shard_phase.shard_count(the_plan)
+            )
+        direction = shard_phase.needed(the_plan, layout)
         owner = builders.Owner(name=name, uid=meta["uid"])
         self.kube.ensure_credentials(namespace, name)
         current = self.kube.children(namespace, name)
@@ -193,10 +208,12 @@ class Reconciler:
         desired, growth = keep_claim_templates(desired, by_key)
         notices = self._grow_claims(body, previous, growth)
         notices.update(self._names_taken(body, previous, taken))
-        gates = _Gates(self, body, the_plan, desired, by_key)
+        gates = _Gates(self, body, the_plan, desired, by_key, current)
         writes, removed = 0, []
         waits: dict[str, list[str]] = {}
-        for phase in transition.phases(current, desired, meta["uid"]):
+        if direction is None:
+            self._finish_move(body, the_plan, current)
+        for phase in transition.phases(current, desired, meta["uid"], moving=direction is not None):
             if waits:
                 # A phase starts only once every step of the phases before it has run.
                 waits.setdefault(f"the {phase.name} phase waits for the one before", [])
@@ -524,6 +541,61 @@ class Reconciler:
             return f"{verdict.message}; waiting until {stays} reports itself leader"
         return verdict.message
 
+    def database_moved(self, body: Obj, the_plan: plan.Plan, current: list[Obj]) -> str | None:
+        """Never None while the gate is asked: the next pass, after the cutover, drops it.
+
+        Starts the move (or keeps it running) once every target is ready, and says
+        where it is. Trouble is reported in status and an Event, and retried.
+        """
+        layout = shard_phase.recorded(body.get("status"))
+        direction = shard_phase.needed(the_plan, layout)
+        if direction is None:
+            return None
+        count = shard_phase.shard_count(the_plan)
+        ready = {
+            o["metadata"]["name"]: int((o.get("status") or {}).get("readyReplicas") or 0)
+            for o in current
+            if o["kind"] == "StatefulSet"
+        }
+        waiting = shard_phase.not_ready(direction, ready, count, the_plan.name)
+        if waiting:
+            return f"the {direction} waits for {', '.join(waiting)} to be ready"
+        progress = self._start_move(body, the_plan, direction)
+        return f"the {direction} of the rows runs: {progress}"
+
+    def _start_move(self, body: Obj, the_plan: plan.Plan, direction: shard_phase.Direction) -> str:
+        """Ensure the mover runs `direction`; returns its progress, in words."""
+        if self.movers is None:
+            return "no mover runs in this process (the operator runs moves, not the CLI)"
+        try:
+            password = None
+            if the_plan.spec.database.move_urls is None:
+                secret = self.kube.ensure_credentials(the_plan.namespace, the_plan.name)
+                if secret is None:
+                    raise PermissionError("the operator may not read the credentials Secret here")
+                password = kube.secret_value(secret, "database-password")
+            urls = shard_phase.urls(the_plan, password)
+        except Exception as exc:
+            return f"cannot address the databases ({type(exc).__name__}: {exc})"
+        sources, targets = urls.endpoints(direction)
+        key = (the_plan.namespace, the_plan.name)
+        count = shard_phase.shard_count(the_plan)
+        progress = self.movers.ensure(key, direction, count, sources, targets)
+        return f"{progress.phase}: {progress.message}"
+
+    def _finish_move(self, body: Obj, the_plan: plan.Plan, current: list[Obj]) -> None:
+        """After a cutover: let the move drop its replication (a restart resumes that too)."""
+        if self.movers is None:
+            return
+        key = (the_plan.namespace, the_plan.name)
+        progress = self.movers.progress(key) or _carried_move(body.get("status") or {})
+        if progress is None or progress.phase in ("done", "failed"):
+            return
+        layout = shard_phase.recorded(body.get("status"))
+        if (progress.direction == "split") != (layout == "shards"):
+            return  # that move never cut over; the stage no longer wants it
+        self._start_move(body, the_plan, progress.direction)
+
     def _report_problem(
         self, body: Obj, previous: Obj, generation: int, reason: str, message: str
     ) -> Result:
@@ -565,17 +637,12 @@ class Reconciler:
         notices = dict(notices)
         if the_plan.redis_cluster is not None:
             notices["CacheClustered"] = (True, "RedisCluster", transition.CACHE_WARMUP)
-        if the_plan.gateway:
-            # The shards exist, the rows are not on them: say so rather than let the stage
-            # number claim it.
-            notices["DatabaseSharded"] = (
-                False,
-                "NotMoved",
-                f"{the_plan.shards} PostgreSQL shards by user ID are provided, but the operator "
-                "does not move the rows into them yet: the app keeps stage 5's database (one "
-                "primary with a failover standby and read replicas), so its write capacity is "
-                "stage 5's",
-            )
+        key = (meta["namespace"], meta["name"])
+        progress = (self.movers.progress(key) if self.movers else None) or _carried_move(previous)
+        layout = shard_phase.recorded(previous)
+        if (sharded := shard_phase.condition(the_plan, layout, progress)) is not None:
+            notices["DatabaseSharded"] = sharded
+        self._move_events(body, previous, progress)
         if the_plan.failover_standbys:
             notices["FailoverAvailable"] = (
                 True,
@@ -596,7 +663,13 @@ class Reconciler:
             pods = self.kube.pods(meta["namespace"], meta["name"])
             stuck = status.unschedulable(pods, self.clock())
         seen = status.Observation(
-            generation, the_plan, children, waiting=waiting, notices=notices, unschedulable=stuck
+            generation,
+            the_plan,
+            children,
+            waiting=waiting,
+            notices=notices,
+            unschedulable=stuck,
+            database_move=progress,
         )
         new = self.write_status(body, previous, seen)
         metrics.STAGE.labels(meta["namespace"], meta["name"]).set(the_plan.stage.number)
@@ -618,6 +691,26 @@ class Reconciler:
             self.kube.event(body, kind, ready["reason"], ready["message"] or "ready")
         settled = (new or previous).get("ready") == "True" and waiting is None
         return Result(writes, None if settled else self.retry_seconds)
+
+    def _move_events(
+        self, body: Obj, previous: Obj, progress: api.DatabaseMoveStatus | None
+    ) -> None:
+        """One Event when the move starts, cuts over, finishes or fails (per new message)."""
+        if progress is None:
+            return
+        before = _carried_move(previous)
+        if before == progress or (before and before.phase == progress.phase == "wait"):
+            return
+        what = f"the {progress.direction} of the rows"
+        if progress.phase == "failed":
+            if before is None or before.message != progress.message:
+                self.kube.event(body, "Warning", "ShardMoveFailed", f"{what}: {progress.message}")
+        elif progress.phase == "done":
+            self.kube.event(body, "Normal", "ShardMoveDone", f"{what}: {progress.message}")
+        elif progress.phase == "cutover" and (before is None or before.phase != "cutover"):
+            self.kube.event(body, "Normal", "ShardCutover", f"{what}: {progress.message}")
+        elif before is None or before.direction != progress.direction:
+            self.kube.event(body, "Normal", "ShardMoveStarted", f"{what}: {progress.message}")
 
     def write_status(self, body: Obj, previous: Obj, seen: status.Observation) -> Obj | None:
         """Apply the status this pass observed, if it differs; returns it, or None.
@@ -652,6 +745,17 @@ def _ready_event(previous: Obj, new: Obj, waiting: str | None) -> bool:
             or _ready_reason(new) != "ComponentsNotReady"
         )
     return _ready_reason(new) == "Unschedulable" != _ready_reason(previous)
+
+
+def _carried_move(previous: Obj) -> api.DatabaseMoveStatus | None:
+    """The move's progress as status last said (after an operator restart, say)."""
+    raw = previous.get("databaseMove")
+    if not raw:
+        return None
+    try:
+        return api.DatabaseMoveStatus.model_validate(raw)
+    except pydantic.ValidationError:
+        return None
 
 
 def _owner_name(obj: Obj) -> str:

@@ -6,6 +6,10 @@ action is safe to repeat, so a runner stopped anywhere is simply started again.
 Routing is the caller's: ``routing.switched()`` and ``routing.switch()``
 (a ConfigMap in the operator, a variable in the tests).
 
+``prepare_targets`` runs before a move: a target must hold the app's schema, and a
+target an earlier move left fenced (a stale copy, read-only) is emptied and
+unfenced in one transaction, so that the move can fill it.
+
 Not here: deciding to shard, creating the shard servers or their schema.
 """
 
@@ -333,3 +337,42 @@ class Runner:
                     await asyncio.sleep(self.poll)
         finally:
             await self.close()
+
+
+async def prepare_targets(move: sharding.Move, targets: Sequence[str]) -> list[int]:
+    """Check each target has the move's tables; empty and unfence stale copies.
+
+    A target carries ``z2m.fenced_at`` only if an earlier move fenced it as its
+    source: its rows are a copy nobody reads (the app moved on at that cutover),
+    so they are removed before this move copies the live ones in. Raises
+    RuntimeError when a table is missing. Returns the indexes of targets emptied.
+    """
+    emptied: list[int] = []
+    for t, dsn in enumerate(targets):
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for table in move.tables:
+                cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.name,))
+                found = await cur.fetchone()
+                if not found or not found[0]:
+                    raise RuntimeError(
+                        f"target {t} has no table {table.name}: the app's schema must be "
+                        "there before the move (the app's migrations make it)"
+                    )
+            cur = await conn.execute(FENCED_AT_SQL.encode())
+            fenced = await cur.fetchone()
+            if fenced is None or fenced[0] is None:
+                continue
+            name = sql.Identifier(
+                str((await (await conn.execute("SELECT current_database()")).fetchone() or [""])[0])
+            )
+            tables = sql.SQL(", ").join(sql.Identifier(tb.name) for tb in move.tables)
+            async with conn.transaction():
+                await conn.execute("SET LOCAL transaction_read_only = off")
+                await conn.execute(sql.SQL("TRUNCATE {}").format(tables))
+                await conn.execute(
+                    sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(name)
+                )
+                await conn.execute(sql.SQL('ALTER DATABASE {} RESET "z2m.fenced_at"').format(name))
+            log.info("shard move %s: target %d was a fenced stale copy; emptied", move.name, t)
+            emptied.append(t)
+    return emptied

@@ -8,7 +8,8 @@ not changed. Time is passed in, so tests control it.
 The status has two writers, each with its own server-side apply field manager:
 the reconciler owns what `build` returns, the promotion loop owns
 `PROMOTER_FIELDS` and the `FOREIGN` conditions. `build` never returns the
-loop's fields, so a reconcile cannot put back a stale copy of them.
+loop's fields, so a reconcile cannot put back a stale copy of them. The same
+holds for `ROUTING_FIELDS`, the shard move's cutover record.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ PROMOTER_FIELDS = frozenset({"lastDecision", "recommendedStage", "history"})
 UNSCHEDULABLE_AFTER = 30
 """Seconds a pod waits for a node before the status says so: a claim being bound or a
 node being drained keeps a pod pending for a moment in any rollout."""
+ROUTING_FIELDS = frozenset({"databaseLayout"})
+"""Written by the shard move's cutover (`movers.StatusRouting`), its own field manager."""
+FOREIGN_FIELDS = PROMOTER_FIELDS | ROUTING_FIELDS
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Observation:
     """The stage asked for is one z2m only plans: nothing was built or removed."""
     unschedulable: list[tuple[str, str]] = field(default_factory=list)
     """(pod, the scheduler's message) of our pods no node can take (`unschedulable`)."""
+    database_move: api.DatabaseMoveStatus | None = None
+    """The shard move's progress, as the mover reported it (or as status last said)."""
 
 
 def _seconds(stamp: str) -> float:
@@ -198,10 +204,11 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
         plan_only=_blueprint(seen.plan_only) if seen.plan_only else None,
         components=components,
         conditions=conditions,
+        database_move=seen.database_move,
     ).model_dump(by_alias=True, exclude_none=True, mode="json")
     # The promotion loop's fields are its own (server-side apply, another field manager):
     # sending a copy of them here could put back what it has since replaced.
-    for theirs in PROMOTER_FIELDS:
+    for theirs in FOREIGN_FIELDS:
         out.pop(theirs, None)
     return out
 
@@ -247,8 +254,8 @@ def _capacity(stage: catalog.Stage) -> str:
 
 
 def ours(st: Obj) -> Obj:
-    """The part of a status the reconciler owns: all but the promotion loop's fields."""
-    out = {k: v for k, v in st.items() if k not in PROMOTER_FIELDS}
+    """The part of a status the reconciler owns: all but the other writers' fields."""
+    out = {k: v for k, v in st.items() if k not in FOREIGN_FIELDS}
     if "conditions" in out:
         mine = [c for c in out["conditions"] if c.get("type") not in FOREIGN]
         out["conditions"] = sorted(mine, key=lambda c: str(c.get("type")))

@@ -21,6 +21,11 @@ and runs each step whose gates hold; a step that waits is reported, with why.
      (5 -> 6), the edge is rewired only once the gateway and every Deployment it
      routes to (the services and the app) run their current template, ready.
      Sooner, nginx would answer a route whose pods are not there yet with 502.
+   - `database-moved`: when the stage change moves the rows between stage 5's
+     database and the shards (5 -> 6 splits, 6 -> 5 merges; see `shard_phase`),
+     the consumers keep their wiring until the move's cutover is recorded. The
+     move runs meanwhile, outside the pass (`movers`); at 6 -> 5 the shards are
+     therefore retired only after the merge, as the retire phase waits for this one.
 
    At 6 -> 5 every old consumer pod, edge pods forwarding to the gateway among
    them, must be gone before the gateway, services and Redis Cluster are retired.
@@ -56,6 +61,7 @@ Gate = Literal[
     "redis-master-kept",
     "postgres-leader-kept",
     "gateway-ready",
+    "database-moved",
 ]
 PhaseName = Literal["provide", "rewire", "retire"]
 
@@ -195,13 +201,16 @@ def controlled_by(obj: Obj, uid: str) -> bool:
     return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
 
 
-def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phase, ...]:
+def phases(
+    current: list[Obj], desired: list[Obj], owner_uid: str, moving: bool = False
+) -> tuple[Phase, ...]:
     """The steps that take the children from `current` to `desired`, phase by phase.
 
     `desired` is in the builders' apply order; each phase keeps it. Steps that
     would change nothing are still listed: server-side apply makes them no-ops.
     Labels find the candidates to delete, but only what the ScalingStage with
     `owner_uid` controls is ever deleted: a look-alike with our labels stays.
+    `moving`: the rows move between databases, so every rewire step waits for that.
     """
     live = {builders.key(o): o for o in current}
     wanted = {builders.key(o) for o in desired}
@@ -215,6 +224,8 @@ def phases(current: list[Obj], desired: list[Obj], owner_uid: str) -> tuple[Phas
     cluster = any(o["kind"] == "StatefulSet" and component(o) == "cache-cluster" for o in desired)
     handover = handover and not cluster
     consumer_gates: frozenset[Gate] = frozenset({"redis-master-kept"}) if handover else frozenset()
+    if moving:
+        consumer_gates |= {"database-moved"}
     # Only a stage without RabbitMQ drains the queue: at 5 -> 4 the workers' HPA goes and
     # the queue stays, so nothing waits for it to empty.
     queue_goes, stream_goes = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from z2m import catalog, plan
-from z2m.builders import meta, postgres, queue, redis, search, streaming, workloads
+from z2m.builders import meta, postgres, queue, redis, search, shards, streaming, workloads
 
 Obj = dict[str, Any]
 
@@ -42,6 +42,10 @@ def app_env(p: plan.Plan, role: str, source: Source | None = None) -> list[Obj]:
     env.append({"name": "DATABASE_URL", "value": pg(postgres.database_host(p))})
     if hosts := postgres.replica_hosts(p):
         env.append({"name": "DATABASE_REPLICA_URLS", "value": ",".join(pg(h) for h in hosts)})
+    if p.shards_routed:
+        # Only once the shard move's cutover recorded it: the source is fenced by then.
+        hosts = [shards.shard_host(p, k) for k in range(p.shards_routed)]
+        env.append({"name": "DATABASE_SHARDS", "value": ",".join(pg(h) for h in hosts)})
     if p.redis_cluster is not None:
         # Any node will do to start: the client learns the slot map and follows MOVED.
         nodes = ",".join(redis.cluster_nodes(p))

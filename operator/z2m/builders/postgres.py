@@ -75,7 +75,9 @@ def patroni_config(p: plan.Plan, members: list[str] | None = None) -> Obj:
             "use_pg_rewind": True,
             "use_slots": True,
             "parameters": {
-                "wal_level": "replica",
+                # Logical at every stage: stage 6's move publishes from this database, and
+                # a wal_level change needs a restart that no stage change should cause.
+                "wal_level": "logical",
                 "hot_standby": "on",
                 "wal_log_hints": "on",
                 "max_wal_senders": 10,
