@@ -259,6 +259,17 @@ class ScratchDatabase:
         return self.primary.execute(sql, self.name)
 
 
+LOGICAL = """
+wal_level = logical
+max_replication_slots = 20
+max_logical_replication_workers = 8
+max_worker_processes = 16
+# Start replication workers promptly (the default retry is 5 s).
+wal_retrieve_retry_interval = '200ms'
+"""
+"""Settings of a server a shard move publishes from or subscribes on."""
+
+
 def _write_conf(data_dir: Path, port: int, extra: str = "") -> None:
     settings = f"""
 listen_addresses = '127.0.0.1'

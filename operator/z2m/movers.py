@@ -56,7 +56,7 @@ class StatusRouting:
         return shard_phase.recorded(body.get("status")) == self.layout
 
     async def switch(self) -> None:
-        """Record the layout (idempotent), then ask for a pass that rewires the app."""
+        """Record the layout (idempotent), say so in an Event, and ask for a pass."""
         await asyncio.to_thread(
             self.kube.apply_status,
             self.namespace,
@@ -64,6 +64,16 @@ class StatusRouting:
             {"databaseLayout": self.layout},
             ROUTING_MANAGER,
         )
+        body = await asyncio.to_thread(self.kube.scaling_stage, self.namespace, self.name)
+        if body is not None:
+            where = "the shards (DATABASE_SHARDS)" if self.layout == "shards" else "one database"
+            await asyncio.to_thread(
+                self.kube.event,
+                body,
+                "Normal",
+                "ShardCutover",
+                f"the sources are fenced and the targets caught up: the app is rewired to {where}",
+            )
         self.switched_to()
 
 

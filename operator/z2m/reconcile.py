@@ -695,7 +695,10 @@ class Reconciler:
     def _move_events(
         self, body: Obj, previous: Obj, progress: api.DatabaseMoveStatus | None
     ) -> None:
-        """One Event when the move starts, cuts over, finishes or fails (per new message)."""
+        """One Event when the move starts, finishes or fails (per new message).
+
+        The cutover's Event is the mover's own (`movers.StatusRouting.switch`).
+        """
         if progress is None:
             return
         before = _carried_move(previous)
@@ -707,8 +710,6 @@ class Reconciler:
                 self.kube.event(body, "Warning", "ShardMoveFailed", f"{what}: {progress.message}")
         elif progress.phase == "done":
             self.kube.event(body, "Normal", "ShardMoveDone", f"{what}: {progress.message}")
-        elif progress.phase == "cutover" and (before is None or before.phase != "cutover"):
-            self.kube.event(body, "Normal", "ShardCutover", f"{what}: {progress.message}")
         elif before is None or before.direction != progress.direction:
             self.kube.event(body, "Normal", "ShardMoveStarted", f"{what}: {progress.message}")
 

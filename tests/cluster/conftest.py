@@ -9,10 +9,14 @@ shrinks: `spec.cache.sentinelAddress` points at a real Sentinel on loopback,
 watching a real Redis that announces itself under a pod's name. And it asks Kafka
 for the consumer group's lag before Kafka goes: `spec.streaming.bootstrapServers`
 points at a real single-node Kafka on loopback, run from the Maven Central jars.
+At 5 -> 6 and 6 -> 5 it moves the rows between stage 5's database and the shards:
+`spec.database.moveUrls` points at real PostgreSQL servers on loopback
+(`wal_level = logical`), one database each with the sample app's schema.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import subprocess
@@ -24,6 +28,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiClient
 
+from sample_app import db
 from tests import prometheus as prom
 from tests import services
 from z2m import api, builders, kube
@@ -147,3 +152,38 @@ def sentinel_watching(tmp_path: Path) -> Iterator[Callable[[str], str]]:
             return f"127.0.0.1:{sentinel_port}"
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def logical_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[services.Postgres]]:
+    """Three PostgreSQL servers with logical WAL: stage 5's database and two shards."""
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                services.postgres_primary(
+                    tmp_path_factory.mktemp(f"pg-move-{i}"), settings=services.LOGICAL
+                )
+            )
+            for i in range(3)
+        ]
+
+
+def _with_schema(server: services.Postgres) -> str:
+    """A new database with the sample app's schema (what its migrations make); its URL."""
+    import psycopg
+
+    scratch = services.ScratchDatabase.create(server)
+
+    async def migrate() -> None:
+        async with await psycopg.AsyncConnection.connect(scratch.url) as conn:
+            await db.migrate(conn)
+
+    asyncio.run(migrate())
+    return scratch.url
+
+
+@pytest.fixture
+def move_urls(logical_servers: list[services.Postgres]) -> dict[str, object]:
+    """`spec.database.moveUrls` for one test: fresh databases, each with the schema."""
+    source, *shards = (_with_schema(server) for server in logical_servers)
+    return {"source": source, "shards": shards}

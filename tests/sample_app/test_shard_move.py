@@ -22,19 +22,13 @@ import psycopg
 import pytest
 
 from sample_app import db, shards
+from tests import services
 from tests.services import Postgres, ScratchDatabase, postgres_primary
 from z2m import shard_move, sharding
 
 pytestmark = pytest.mark.services
 
-LOGICAL = """
-wal_level = logical
-max_replication_slots = 20
-max_logical_replication_workers = 8
-max_worker_processes = 16
-# Start replication workers promptly (the default retry is 5 s).
-wal_retrieve_retry_interval = '200ms'
-"""
+LOGICAL = services.LOGICAL
 USERS = 200
 SEED_POSTS = 3000
 WRITES_AROUND_THE_MOVE = 500
