@@ -5,9 +5,10 @@ the planner, the CLI diagram and the docs read one source. A stage z2m builds
 has a `Topology`; one it only plans (stage 7) has a `Blueprint` instead: what it
 adds, what drives each piece's cost, what the user must bring, and why one
 cluster and one operator should not run it. A stage with neither would be
-not built yet, and claim no pieces. Stage 6 provides its shards, but the
-operator does not move the data into them yet, and says so. This module holds
-no logic beyond lookups; it never talks to Kubernetes.
+not built yet, and claim no pieces. Stage 6 provides its shards, and the
+operator moves the rows into them (and back at 6 -> 5) as a phase of the stage
+change (`shard_phase`). This module holds no logic beyond lookups; it never talks
+to Kubernetes.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class Topology:
     (`topology.kubernetes.io/region`); the database primary stays where it is."""
     sharded_database: bool = False
     """The database split by user ID: N PostgreSQL shards (spec.database.shards) are provided
-    beside stage 5's database. The operator does not move the rows into them yet."""
+    beside stage 5's database, and the rows move into them before the app is rewired."""
     event_streaming: bool = False
     """Kafka (KRaft) carries the jobs instead of RabbitMQ; the workers form its consumer group."""
 
@@ -303,7 +304,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         number=6,
-        title="10M users: microservices, gateway, Redis Cluster, regions, empty shards",
+        title="10M users: microservices, gateway, Redis Cluster, regions, shards by user ID",
         users="10M",
         rps=Band(50_000, 200_000),
         monthly_cost_usd=Band(50_000, 150_000),
@@ -316,9 +317,11 @@ STAGES: tuple[Stage, ...] = (
             "two or more regions: the app, services, read replicas and cache spread over "
             "the nodes' regions; the database primary stays in one region",
             "PostgreSQL shards by user ID (spec.database.shards, 2 by default), each its own "
-            "Patroni cluster on a retained claim. NOT done yet: moving the rows into them; "
-            "the app keeps stage 5's database (one primary with a failover standby and read "
-            "replicas), so write capacity does not grow here",
+            "Patroni cluster on a retained claim; the operator moves the rows into them online "
+            "(logical replication, then a write fence of well under a second on loopback) "
+            "and only then gives the app DATABASE_SHARDS; back at 6 -> 5 it merges them into "
+            "stage 5's database first. The shards need the app's schema before the move: "
+            "NOT done yet, nothing creates it there",
         ),
         topology=Topology(
             app_replicas=4,

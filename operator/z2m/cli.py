@@ -227,7 +227,8 @@ def diagram(number: int) -> str:
     if p.shards:
         lines.append(
             f'    shards[("PostgreSQL shards x{p.shards} by user ID (Patroni, logical WAL): '
-            'provided, rows not moved into them yet; the app uses the primary, as stage 5")]'
+            "the rows move in at 5 -> 6 and back at 6 -> 5; the app gets DATABASE_SHARDS "
+            "after the move's fence\")]"
         )
     return "\n".join(lines)
 

@@ -67,13 +67,16 @@ def test_walks_converge_to_exactly_the_target_stage_and_keep_every_claim(
     empty_queue: str,
     kafka_servers: str,
     sentinel_watching: Callable[[str], str],
+    move_urls: dict[str, Any],
 ) -> None:
     # Leaving stage 5, Redis shrinks only once Sentinel names ordinal 0 the master, and
-    # Kafka goes only once its consumer group has no lag.
+    # Kafka goes only once its consumer group has no lag. Into and out of stage 6 the
+    # rows move between PostgreSQL servers on loopback.
     spec = {
         "queue": {"managementUrl": empty_queue},
         "streaming": {"bootstrapServers": kafka_servers},
         "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
+        "database": {"moveUrls": move_urls},
     }
     h.create(api_client, namespace, h.scaling_stage(NAME, walk[0], **spec))
     h.wait_ready(api_client, namespace, NAME, walk[0])

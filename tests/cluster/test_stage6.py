@@ -1,9 +1,10 @@
 """Stage 6 on the local control plane: its pieces run, spread over two regions, and go again.
 
 The fake nodes (hack/cluster.sh) sit in three zones and two regions: zones 0 and 1
-in region-a, zone 2 in region-b. Sharding is not built, so stage 6 keeps stage 5's
-database; this test checks the pieces stage 6 does add, and that 6 -> 5 removes
-exactly them while every claim stays.
+in region-a, zone 2 in region-b. This test checks the pieces stage 6 adds, and that
+6 -> 5 removes exactly them while every claim stays. The rows' move into the shards
+and back runs against PostgreSQL on loopback (`move_urls`); test_shard_move_operator
+checks the rows themselves.
 """
 
 from __future__ import annotations
@@ -120,12 +121,14 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
     operator: Any,
     empty_queue: str,
     sentinel_watching: Callable[[str], str],
+    move_urls: dict[str, Any],
 ) -> None:
     regions = node_regions(api_client)
     assert len(set(regions.values())) >= 2, regions
     spec = {
         "queue": {"managementUrl": empty_queue},
         "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
+        "database": {"moveUrls": move_urls},
     }
     h.create(api_client, namespace, h.scaling_stage(NAME, 5, **spec))
     h.wait_ready(api_client, namespace, NAME, 5)
@@ -176,9 +179,9 @@ def test_stage_6_spreads_its_pieces_over_two_regions_and_6_to_5_removes_only_the
     assert st["plan"]["services"] == ["users", "feed", "notifications"]
     assert st["plan"]["regions"] == 2 and st["plan"]["shardedDatabase"]
     assert st["plan"]["shards"] == 2
-    # The shards are there, the rows are not: the condition says so.
+    # Ready at 6 only once the rows are on the shards.
     sharded = h.condition(obj, "DatabaseSharded")
-    assert sharded is not None and (sharded["status"], sharded["reason"]) == ("False", "NotMoved")
+    assert sharded is not None and (sharded["status"], sharded["reason"]) == ("True", "Moved")
     warmup = h.condition(obj, "CacheClustered")
     assert warmup is not None and "warming up" in warmup["message"]
     counts = {c: len(found[c]) for c in sorted(found)}

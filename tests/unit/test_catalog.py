@@ -11,12 +11,13 @@ def test_stages_1_to_6_are_built_and_7_is_a_plan_only() -> None:
     assert (built, planned, catalog.MAX_IMPLEMENTED) == ([1, 2, 3, 4, 5, 6], [7], 6)
 
 
-def test_stage_6_provides_shards_but_says_the_rows_are_not_moved_into_them() -> None:
+def test_stage_6_provides_shards_and_says_the_rows_move_in_but_the_schema_must_be_there() -> None:
     six = catalog.topology(6)
     assert six.sharded_database and six.database_failover and six.read_replicas == 3
     adds = " ".join(catalog.stage(6).adds)
-    assert "NOT done yet: moving the rows into them" in adds
-    assert "empty shards" in catalog.stage(6).title
+    assert "the operator moves the rows into them online" in adds
+    assert "NOT done yet, nothing creates it there" in adds
+    assert "shards by user ID" in catalog.stage(6).title
 
 
 def test_stage_6_splits_the_app_into_three_autoscaled_services_behind_a_gateway() -> None:
@@ -77,12 +78,12 @@ def test_the_diagram_of_a_stage_not_built_draws_no_component() -> None:
     assert "plan only" in drawn
 
 
-def test_the_diagram_of_stage_6_draws_what_is_built_and_says_the_shards_hold_no_rows_yet() -> None:
+def test_the_diagram_of_stage_6_draws_what_is_built_and_says_when_the_rows_move() -> None:
     drawn = cli.diagram(6)
     for piece in ("API gateway", "users service", "feed service", "notifications service"):
         assert piece in drawn
     assert "Redis Cluster: 3 primaries + 3 replicas" in drawn and "Sentinel" not in drawn
-    assert "PostgreSQL shards x2 by user ID" in drawn and "rows not moved into them" in drawn
+    assert "PostgreSQL shards x2 by user ID" in drawn and "the rows move in at 5 -> 6" in drawn
     assert drawn.count("PostgreSQL primary") == 1
 
 

@@ -135,7 +135,7 @@ def test_without_the_opt_in_an_overloaded_stage_5_is_never_promoted_and_says_why
     assert simulate(p, 5, lambda t, s: OVERLOAD, seconds=5000) == []
     verdict = once(5, OVERLOAD, p, breach_since=0.0)
     assert (verdict.action, verdict.state) == ("hold", "AtLimit")
-    assert "allowStage6" in verdict.reason and "NOT done yet: moving the rows" in verdict.reason
+    assert "allowStage6" in verdict.reason and "moves the rows into them online" in verdict.reason
 
 
 def test_with_the_opt_in_an_overloaded_stage_5_is_promoted_to_6_after_its_window() -> None:
