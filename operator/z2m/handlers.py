@@ -248,6 +248,10 @@ async def _campaign(elector: leader.Elector, client: kube.Kube) -> None:
             log.warning("leader election: lost %s; stopped writing, following again", where)
             if RUNTIME.promoter is not None:
                 RUNTIME.promoter.cancel()
+            # A shard move goes on in the new leader: its steps are idempotent, and the
+            # databases, not this process, hold where it is.
+            if RUNTIME.scheduler is not None and RUNTIME.scheduler.reconciler.movers is not None:
+                await RUNTIME.scheduler.reconciler.movers.stop()
         led = leads
         await asyncio.sleep(elector.timing.retry_period)
 
