@@ -320,8 +320,7 @@ STAGES: tuple[Stage, ...] = (
             "Patroni cluster on a retained claim; the operator moves the rows into them online "
             "(logical replication, then a write fence of well under a second on loopback) "
             "and only then gives the app DATABASE_SHARDS; back at 6 -> 5 it merges them into "
-            "stage 5's database first. The shards need the app's schema before the move: "
-            "NOT done yet, nothing creates it there",
+            "stage 5's database first. Tested with real databases, not yet with real pods",
         ),
         topology=Topology(
             app_replicas=4,

@@ -173,7 +173,7 @@ class Movers:
 
         runner: shard_move.Runner | None = None
         try:
-            await shard_move.prepare_targets(move, targets)
+            await shard_move.prepare_targets(move, sources, targets)
             runner = shard_move.Runner(
                 move, sources, targets, routing, poll=self.poll, on_step=on_step
             )

@@ -6,17 +6,19 @@ action is safe to repeat, so a runner stopped anywhere is simply started again.
 Routing is the caller's: ``routing.switched()`` and ``routing.switch()``
 (a ConfigMap in the operator, a variable in the tests).
 
-``prepare_targets`` runs before a move: a target must hold the app's schema, and a
-target an earlier move left fenced (a stale copy, read-only) is emptied and
-unfenced in one transaction, so that the move can fill it.
+``prepare_targets`` runs before a move: a target without the moved tables gets
+them as they are on the source, and a target an earlier move left fenced (a
+stale copy, read-only) is emptied and unfenced in one transaction, so that the
+move can fill it.
 
-Not here: deciding to shard, creating the shard servers or their schema.
+Not here: deciding to shard, creating the shard servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -339,25 +341,105 @@ class Runner:
             await self.close()
 
 
-async def prepare_targets(move: sharding.Move, targets: Sequence[str]) -> list[int]:
-    """Check each target has the move's tables; empty and unfence stale copies.
+COLUMNS_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid)
+FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum
+"""
+# Primary keys and unique constraints first, so that foreign keys find their index.
+CONSTRAINTS_SQL = """
+SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'c', 'f')
+ORDER BY contype = 'f', conname
+"""
+INDEXES_SQL = """
+SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+WHERE i.indrelid = %s::regclass
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+ORDER BY i.indexrelid
+"""
+NEXTVAL = re.compile(r"^nextval\('([a-z_][a-z0-9_]*)'::regclass\)$")
 
-    A target carries ``z2m.fenced_at`` only if an earlier move fenced it as its
-    source: its rows are a copy nobody reads (the app moved on at that cutover),
-    so they are removed before this move copies the live ones in. Raises
-    RuntimeError when a table is missing. Returns the indexes of targets emptied.
+
+async def schema_sql(move: sharding.Move, source: str) -> list[str]:
+    """Statements that make the move's tables on a target as they are on ``source``.
+
+    Columns with their types, defaults and NOT NULL, the sequences behind serial
+    columns, constraints, then the other indexes: what the app's migrations would
+    have made. Those migrations (CREATE ... IF NOT EXISTS) still run when the app
+    reaches the shard, and add the tables the move does not carry.
+    """
+    tables: list[str] = []
+    after: list[str] = []
+    async with await psycopg.AsyncConnection.connect(source, autocommit=True) as conn:
+        for table in move.tables:
+            columns = []
+            for name, kind, not_null, default in await (
+                await conn.execute(COLUMNS_SQL.encode(), (table.name,))
+            ).fetchall():
+                column = f"{sql_ident(name)} {kind}"
+                if default is not None:
+                    if found := NEXTVAL.match(default):
+                        tables.append(f"CREATE SEQUENCE IF NOT EXISTS {found[1]}")
+                        after.append(f"ALTER SEQUENCE {found[1]} OWNED BY {table.name}.{name}")
+                    column += f" DEFAULT {default}"
+                columns.append(column + (" NOT NULL" if not_null else ""))
+            tables.append(f"CREATE TABLE {table.name} ({', '.join(columns)})")
+            for name, definition in await (
+                await conn.execute(CONSTRAINTS_SQL.encode(), (table.name,))
+            ).fetchall():
+                statement = (
+                    f"ALTER TABLE {table.name} ADD CONSTRAINT {sql_ident(name)} {definition}"
+                )
+                after.append(statement)
+            for (definition,) in await (
+                await conn.execute(INDEXES_SQL.encode(), (table.name,))
+            ).fetchall():
+                after.append(definition)
+    # Foreign keys after every table's primary key, whatever the tables' order.
+    keys = [a for a in after if " FOREIGN KEY " in a]
+    return tables + [a for a in after if a not in keys] + keys
+
+
+def sql_ident(name: str) -> str:
+    """A column or constraint name as an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def prepare_targets(
+    move: sharding.Move, sources: Sequence[str], targets: Sequence[str]
+) -> list[int]:
+    """Give empty targets the move's tables; empty and unfence stale copies.
+
+    A target with none of the move's tables gets them from the first source
+    (`schema_sql`); one with some but not all is refused (RuntimeError). A target
+    carries ``z2m.fenced_at`` only if an earlier move fenced it as its source:
+    its rows are a copy nobody reads (the app moved on at that cutover), so they
+    are removed before this move copies the live ones in. Returns the indexes of
+    targets emptied.
     """
     emptied: list[int] = []
     for t, dsn in enumerate(targets):
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            missing = []
             for table in move.tables:
                 cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.name,))
                 found = await cur.fetchone()
                 if not found or not found[0]:
-                    raise RuntimeError(
-                        f"target {t} has no table {table.name}: the app's schema must be "
-                        "there before the move (the app's migrations make it)"
-                    )
+                    missing.append(table.name)
+            if missing and len(missing) < len(move.tables):
+                raise RuntimeError(
+                    f"target {t} has some of the moved tables but not {', '.join(missing)}: "
+                    "z2m copies the schema only to a target that has none of them"
+                )
+            if missing:
+                statements = await schema_sql(move, sources[0])
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL transaction_read_only = off")
+                    for statement in statements:
+                        await conn.execute(statement.encode())
+                log.info("shard move %s: target %d got the moved tables' schema", move.name, t)
             cur = await conn.execute(FENCED_AT_SQL.encode())
             fenced = await cur.fetchone()
             if fenced is None or fenced[0] is None:

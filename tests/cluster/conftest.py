@@ -11,7 +11,7 @@ for the consumer group's lag before Kafka goes: `spec.streaming.bootstrapServers
 points at a real single-node Kafka on loopback, run from the Maven Central jars.
 At 5 -> 6 and 6 -> 5 it moves the rows between stage 5's database and the shards:
 `spec.database.moveUrls` points at real PostgreSQL servers on loopback
-(`wal_level = logical`), one database each with the sample app's schema.
+(`wal_level = logical`): the source with the sample app's schema, the shards empty.
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ def _with_schema(server: services.Postgres) -> str:
 
 @pytest.fixture
 def move_urls(logical_servers: list[services.Postgres]) -> dict[str, object]:
-    """`spec.database.moveUrls` for one test: fresh databases, each with the schema."""
-    source, *shards = (_with_schema(server) for server in logical_servers)
-    return {"source": source, "shards": shards}
+    """`spec.database.moveUrls` for one test: a fresh database with the app's schema, and
+    two empty ones for the shards (the move gives them the moved tables' schema)."""
+    source, *shards = logical_servers
+    empty = [services.ScratchDatabase.create(server).url for server in shards]
+    return {"source": _with_schema(source), "shards": empty}

@@ -3,7 +3,7 @@
 The pods are fake (KWOK); the databases are real. Three PostgreSQL servers on
 loopback with `wal_level = logical` stand in for stage 5's database and the two
 shards, and `spec.database.moveUrls` points the operator's move at them (the
-`move_urls` fixture gives each a fresh database with the sample app's schema).
+`move_urls` fixture gives the source the sample app's schema; the shards start empty).
 Checked: every row ends on its user's shard exactly once and comes back, the app's
 Deployments get `DATABASE_SHARDS` only once the source is fenced, and status says
 where the move is.
@@ -11,6 +11,7 @@ where the move is.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 from kubernetes.client import ApiClient
 
+from sample_app import db
 from tests.cluster import helpers as h
 from tests.conftest import eventually, report
 from z2m import kube, sharding
@@ -59,6 +61,11 @@ def seed(url: str) -> None:
             " SELECT f.follower_id, p.id FROM follows f JOIN posts p ON p.author_id = f.followee_id"
             " WHERE p.id % 10 = 0"
         )
+
+
+async def migrate(url: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return await db.migrate(conn)
 
 
 def rows(url: str) -> dict[str, set[tuple[Any, ...]]]:
@@ -163,6 +170,13 @@ def test_5_to_6_moves_every_row_onto_its_shard_and_6_to_5_merges_them_back(
         assert on_shards[0][table] | on_shards[1][table] == before[table], table
         assert not on_shards[0][table] & on_shards[1][table], table
     assert fenced(source)
+    # The shards started empty: the move gave them the moved tables' schema, and the app's
+    # own migrations still apply there (what the app runs when it reaches a shard).
+    for url in shards:
+        with psycopg.connect(url) as conn:
+            index = conn.execute("SELECT to_regclass('posts_author_idx')").fetchone()
+            assert index is not None and index[0] is not None
+        assert asyncio.run(migrate(url)) == [1, 2]
     for deployment in (f"{NAME}-app", f"{NAME}-service-users"):
         urls = app_env(api_client, namespace, deployment)["DATABASE_SHARDS"].split(",")
         assert [u.rsplit("@", 1)[1] for u in urls] == [
