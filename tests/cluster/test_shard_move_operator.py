@@ -24,7 +24,7 @@ from kubernetes.client import ApiClient
 from sample_app import db
 from tests.cluster import helpers as h
 from tests.conftest import eventually, report
-from z2m import kube, sharding
+from z2m import api, kube, sharding
 
 pytestmark = pytest.mark.cluster
 NAME = "shop"
@@ -218,3 +218,54 @@ def test_5_to_6_moves_every_row_onto_its_shard_and_6_to_5_merges_them_back(
         f"{total(back)} rows back, Ready in {merge_seconds:.1f} s, fenced {merge_fence:.3f} s; "
         f"DatabaseSharded reasons seen at 5->6 {split_reasons}, at 6->5 {merge_reasons}"
     )
+
+
+def test_a_move_that_cannot_reach_a_shard_is_a_condition_and_an_event_then_resumes(
+    api_client: ApiClient,
+    namespace: str,
+    operator: Any,
+    empty_queue: str,
+    sentinel_watching: Callable[[str], str],
+    move_urls: dict[str, Any],
+) -> None:
+    seed(move_urls["source"])
+    before = rows(move_urls["source"])
+    unreachable = {**move_urls, "shards": [move_urls["shards"][0], "postgresql://127.0.0.1:1/app"]}
+    spec = {
+        "queue": {"managementUrl": empty_queue},
+        "cache": {"sentinelAddress": sentinel_watching(f"{NAME}-redis-0.{NAME}-redis")},
+        "database": {"moveUrls": unreachable},
+    }
+    h.create(api_client, namespace, h.scaling_stage(NAME, 5, **spec))
+    h.wait_ready(api_client, namespace, NAME, 5)
+    h.set_stage(api_client, namespace, NAME, 6)
+
+    def failed() -> dict[str, Any] | None:
+        obj = h.get(api_client, namespace, NAME)
+        sharded = h.condition(obj, "DatabaseSharded")
+        return obj if sharded and sharded["reason"] == "MoveFailed" else None
+
+    obj = eventually(failed, timeout=90)
+    sharded = h.condition(obj, "DatabaseSharded")
+    assert sharded is not None and "127.0.0.1" in sharded["message"]
+    ready = h.condition(obj, "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert "the split of the rows runs: failed" in ready["message"]
+    eventually(lambda: "ShardMoveFailed" in events(api_client, namespace))
+    # The app was not rewired: it keeps stage 5's database, which still takes writes.
+    assert "DATABASE_SHARDS" not in app_env(api_client, namespace, f"{NAME}-app")
+    assert not fenced(move_urls["source"])
+
+    h.custom(api_client).patch_namespaced_custom_object(
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        NAME,
+        {"spec": {"database": {"moveUrls": move_urls}}},
+    )
+    obj, reasons = watch_move(api_client, namespace, 6, move_urls["source"])
+    assert h.condition(obj, "DatabaseSharded")["reason"] == "Moved", reasons  # type: ignore[index]
+    on_shards = [rows(url) for url in move_urls["shards"]]
+    for table in TABLES:
+        assert on_shards[0][table] | on_shards[1][table] == before[table], table
