@@ -213,7 +213,11 @@ class Reconciler:
         waits: dict[str, list[str]] = {}
         if direction is None:
             self._finish_move(body, the_plan, current)
-        for phase in transition.phases(current, desired, meta["uid"], moving=direction is not None):
+        app_runs = any(
+            o["kind"] == "Deployment" and transition.component(o) == "app" for o in current
+        )
+        moving = shard_phase.gates_rewire(direction, app_runs)
+        for phase in transition.phases(current, desired, meta["uid"], moving=moving):
             if waits:
                 # A phase starts only once every step of the phases before it has run.
                 waits.setdefault(f"the {phase.name} phase waits for the one before", [])

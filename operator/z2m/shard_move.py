@@ -374,6 +374,14 @@ async def schema_sql(move: sharding.Move, source: str) -> list[str]:
     after: list[str] = []
     async with await psycopg.AsyncConnection.connect(source, autocommit=True) as conn:
         for table in move.tables:
+            exists = await (
+                await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table.name,))
+            ).fetchone()
+            if not exists or not exists[0]:
+                raise RuntimeError(
+                    f"the source has no table {table.name} yet, so neither does a target: "
+                    "the app's migrations make it once the app runs"
+                )
             columns = []
             for name, kind, not_null, default in await (
                 await conn.execute(COLUMNS_SQL.encode(), (table.name,))

@@ -50,6 +50,17 @@ def needed(p: plan.Plan, layout: Layout) -> Direction | None:
     return "split" if want == "shards" else "merge"
 
 
+def gates_rewire(direction: Direction | None, app_runs: bool) -> bool:
+    """Whether the rewire phase waits for the move.
+
+    Only when the app already runs: a ScalingStage created at stage 6 has no rows
+    and no schema yet, so its app starts on stage 5's database, makes the schema
+    there with its migrations, and the split follows (the shards then get their
+    sequences from it, which a sign-up on a shard needs).
+    """
+    return direction is not None and app_runs
+
+
 def shard_count(p: plan.Plan) -> int:
     """How many shards hold (or will hold) the rows: the plan's, else the spec's."""
     return p.shards or p.spec.database.shards

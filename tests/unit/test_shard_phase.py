@@ -179,3 +179,11 @@ def test_the_reconciler_never_sends_nor_compares_the_cutovers_record() -> None:
     built = status.build({"databaseLayout": "shards"}, seen, "2026-01-01T00:00:00Z")
     assert "databaseLayout" not in built and built["databaseMove"]["phase"] == "wait"
     assert not status.changed({**built, "databaseLayout": "shards"}, built)
+
+
+def test_a_stage_6_created_from_scratch_starts_its_app_first_and_splits_after() -> None:
+    # No app yet: nothing to keep wired, and no schema to move; the app makes it first.
+    assert not shard_phase.gates_rewire("split", app_runs=False)
+    assert shard_phase.gates_rewire("split", app_runs=True)
+    assert shard_phase.gates_rewire("merge", app_runs=True)
+    assert not shard_phase.gates_rewire(None, app_runs=True)
