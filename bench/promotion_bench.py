@@ -76,10 +76,12 @@ class Cluster:
     """The local control plane, in its own state directory."""
 
     def __init__(self, state: Path) -> None:
+        # A control plane already chosen in the environment (hack/cluster.sh's variables) wins.
+        state = Path(os.environ.get("Z2M_CLUSTER_DIR") or state)
         self.env = {
             **os.environ,
             "Z2M_CLUSTER_DIR": str(state),
-            "Z2M_CLUSTER_NAME": "z2m-bench-promotion",
+            "Z2M_CLUSTER_NAME": os.environ.get("Z2M_CLUSTER_NAME") or "z2m-bench-promotion",
         }
         self.kubeconfig = str(state / "kubeconfig")
         binaries = Path(sh(str(REPO_ROOT / "hack" / "build-binaries.sh")).strip())
@@ -304,9 +306,15 @@ def main() -> int:
     targets = [prom.Target(exporter.target, namespace, f"{n}-app-0") for n in names]
     operator: Operator | None = None
     try:
-        core.create_namespace(
-            kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=namespace))
-        )
+        try:
+            core.create_namespace(
+                kubernetes.client.V1Namespace(
+                    metadata=kubernetes.client.V1ObjectMeta(name=namespace)
+                )
+            )
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 409:  # left by an earlier run with --keep-cluster
+                raise
         with prom.prometheus(tmp / "prometheus-reaction", reacting) as server:
             wait(lambda: server.query("count(up == 1)")["data"]["result"], 60, "scrapes")
             operator = Operator(
