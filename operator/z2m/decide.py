@@ -3,7 +3,9 @@
 No client, no Kopf, no clock: the caller passes the current stage, the
 `Promotion` spec, the signal values (a float, or None when Prometheus had no
 fresh value) and the windows' memory, with the time as a number of seconds.
-`z2m.promote` does the I/O around it.
+`z2m.promote` does the I/O around it. `opens_or_breaks` is the cheap
+question the loop asks between evaluations: would these values open or end a
+window? (numbers only, so that asking it of a fleet every tick costs little).
 
 The rules, in the order they are applied:
 

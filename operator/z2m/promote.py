@@ -7,7 +7,11 @@ whose `spec.promotion.mode` is `recommend` or `auto` and whose
 (`z2m.signals`) from `spec.promotion.prometheus.url`, or where that is unset
 from the Prometheus z2m runs at stage 5 (`prometheus_url`), and how many app
 pods run now (the HPA's count, not the catalog's, is what demotion must divide
-the CPU by), asks the pure `z2m.decide`, and writes:
+the CPU by), asks the pure `z2m.decide`, and writes (below). An object not
+yet due is still checked every tick against that tick's grouped reading
+(`Loop.check`, `decide.opens_or_breaks`) and evaluated at once if the reading
+opens or breaks one of its windows, so that a breach is seen at the next tick
+rather than at the next interval. The loop writes:
 
 - `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
   windows' memory, so a restarted operator resumes its windows),
@@ -534,8 +538,8 @@ class Loop:
     ) -> asyncio.Task[signals.Fleet] | None:
         """The grouped reading this object's defaults come from, shared by its Prometheus.
 
-        Every object due in one tick that asks the same Prometheus with the same
-        window shares one query per signal, grouped by (namespace, name).
+        Every object due or checked in one tick that asks the same Prometheus with
+        the same window shares one query per signal, grouped by (namespace, name).
         """
         spec = self.spec_of(obj)
         if spec is None:
