@@ -9,7 +9,8 @@ separate process so its CPU and memory can be read from /proc.
    seconds (`--window`, `--reaction-interval`, `--reaction-tick`); the exporter's
    load jumps far over the stage's band at t0; the time until spec.stage is 2 is
    the reaction. Median of `--runs`, and its ratio to W (the floor is W plus the
-   rate() rise and the wait for the first evaluation that sees the breach).
+   rate() rise and the wait for the first tick whose grouped reading shows the
+   breach: the load starts just after a tick, so nearly a whole tick).
 2. Cost: `--objects` ScalingStages, each its own scrape target (every 5 s). The
    promotion loop (`promote.run_forever`, the code the operator runs) in its
    own process, so that its CPU (percent of one core) and resident memory are
@@ -434,6 +435,7 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     """The loop's CPU, memory, evaluations and Prometheus queries over `seconds`."""
     q0, t0 = query_count(server), time.monotonic()
     e0 = operator.counter("z2m_decisions_total")
+    early0 = operator.counter("z2m_promotion_early_evaluations_total")
     f0 = operator.counter("z2m_prometheus_queries_total", scope="fleet")
     s0 = operator.counter("z2m_prometheus_queries_total", scope="object")
     c0 = operator.cpu_seconds()
@@ -441,6 +443,7 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     spent = operator.cpu_seconds() - c0
     elapsed = time.monotonic() - t0
     evaluations = operator.counter("z2m_decisions_total") - e0
+    early = operator.counter("z2m_promotion_early_evaluations_total") - early0
     fleet = operator.counter("z2m_prometheus_queries_total", scope="fleet") - f0
     alone = operator.counter("z2m_prometheus_queries_total", scope="object") - s0
     answered = query_count(server) - q0
@@ -448,6 +451,7 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     print(f"  cpu% slices {[round(c, 1) for c in cpu]}, rss MiB {rss[-1]:.0f}, {rate}")
     return {
         "evaluations_per_s": round(evaluations / elapsed, 1),
+        "early_evaluations": int(early),
         "prometheus_queries_per_s": round(answered / elapsed, 1),
         "queries_per_evaluation": round((fleet + alone) / max(evaluations, 1), 3),
         "queries_per_tick": round((fleet + alone) / (elapsed / TICK), 1),
