@@ -357,6 +357,8 @@ class Loop:
     """uid -> what its last evaluation decided on, for the per-tick check."""
     _checks: set[asyncio.Task[None]] = field(default_factory=set)
     """The running per-tick checks (`check`), cancelled with the loop."""
+    _reads: set[asyncio.Task[signals.Fleet]] = field(default_factory=set)
+    """The grouped readings in flight, cancelled with the loop: one is made every tick."""
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a wake-up is added, so that the sleeping loop looks at it."""
     _poked: bool = False
@@ -416,7 +418,7 @@ class Loop:
         finally:
             # Also when this task is cancelled (operator shutdown): an evaluation left
             # running would call into the executor after it is shut down, and fail.
-            for task in [*self._running.values(), *self._checks]:
+            for task in [*self._running.values(), *self._checks, *self._reads]:
                 task.cancel()
 
     async def _sleep(self, stop: asyncio.Event, until: float) -> None:
@@ -554,6 +556,8 @@ class Loop:
             fleets[key] = asyncio.get_running_loop().create_task(
                 signals.read_fleet(self.http, prometheus, self.kube.namespaces, self._queries)
             )
+            self._reads.add(fleets[key])
+            fleets[key].add_done_callback(self._reads.discard)
         return fleets[key]
 
     async def _guarded(
