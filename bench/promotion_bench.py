@@ -1,9 +1,10 @@
 """Benchmark auto-promotion: reaction time, and the promotion loop's cost at fleet scale.
 
 Not a test. It brings up its own local control plane (hack/cluster.sh with
-its own state directory, or the one Z2M_CLUSTER_DIR and Z2M_CLUSTER_NAME name), a real Prometheus scraping an exporter with the
-sample app's metric names (tests/prometheus.py), and runs `z2m run` as a
-separate process so its CPU and memory can be read from /proc.
+its own state directory, or the one Z2M_CLUSTER_DIR and Z2M_CLUSTER_NAME
+name), a real Prometheus scraping an exporter with the sample app's metric
+names (tests/prometheus.py), and runs `z2m run` as a separate process so its
+CPU and memory can be read from /proc.
 
 1. Reaction: an object at stage 1 in auto mode with a promote window of W
    seconds (`--window`, `--reaction-interval`, `--reaction-tick`); the exporter's
