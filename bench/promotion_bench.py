@@ -1,15 +1,17 @@
 """Benchmark auto-promotion: reaction time, and the promotion loop's cost at fleet scale.
 
 Not a test. It brings up its own local control plane (hack/cluster.sh with
-its own state directory), a real Prometheus scraping an exporter with the
-sample app's metric names (tests/prometheus.py), and runs `z2m run` as a
-separate process so its CPU and memory can be read from /proc.
+its own state directory, or the one Z2M_CLUSTER_DIR and Z2M_CLUSTER_NAME
+name), a real Prometheus scraping an exporter with the sample app's metric
+names (tests/prometheus.py), and runs `z2m run` as a separate process so its
+CPU and memory can be read from /proc.
 
 1. Reaction: an object at stage 1 in auto mode with a promote window of W
    seconds (`--window`, `--reaction-interval`, `--reaction-tick`); the exporter's
    load jumps far over the stage's band at t0; the time until spec.stage is 2 is
    the reaction. Median of `--runs`, and its ratio to W (the floor is W plus the
-   rate() rise and the wait for the first evaluation that sees the breach).
+   rate() rise and the wait for the first tick whose grouped reading shows the
+   breach: the load starts just after a tick, so nearly a whole tick).
 2. Cost: `--objects` ScalingStages, each its own scrape target (every 5 s). The
    promotion loop (`promote.run_forever`, the code the operator runs) in its
    own process, so that its CPU (percent of one core) and resident memory are
@@ -76,10 +78,12 @@ class Cluster:
     """The local control plane, in its own state directory."""
 
     def __init__(self, state: Path) -> None:
+        # A control plane already chosen in the environment (hack/cluster.sh's variables) wins.
+        state = Path(os.environ.get("Z2M_CLUSTER_DIR") or state)
         self.env = {
             **os.environ,
             "Z2M_CLUSTER_DIR": str(state),
-            "Z2M_CLUSTER_NAME": "z2m-bench-promotion",
+            "Z2M_CLUSTER_NAME": os.environ.get("Z2M_CLUSTER_NAME") or "z2m-bench-promotion",
         }
         self.kubeconfig = str(state / "kubeconfig")
         binaries = Path(sh(str(REPO_ROOT / "hack" / "build-binaries.sh")).strip())
@@ -304,9 +308,15 @@ def main() -> int:
     targets = [prom.Target(exporter.target, namespace, f"{n}-app-0") for n in names]
     operator: Operator | None = None
     try:
-        core.create_namespace(
-            kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=namespace))
-        )
+        try:
+            core.create_namespace(
+                kubernetes.client.V1Namespace(
+                    metadata=kubernetes.client.V1ObjectMeta(name=namespace)
+                )
+            )
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 409:  # left by an earlier run with --keep-cluster
+                raise
         with prom.prometheus(tmp / "prometheus-reaction", reacting) as server:
             wait(lambda: server.query("count(up == 1)")["data"]["result"], 60, "scrapes")
             operator = Operator(
@@ -426,6 +436,7 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     """The loop's CPU, memory, evaluations and Prometheus queries over `seconds`."""
     q0, t0 = query_count(server), time.monotonic()
     e0 = operator.counter("z2m_decisions_total")
+    early0 = operator.counter("z2m_promotion_early_evaluations_total")
     f0 = operator.counter("z2m_prometheus_queries_total", scope="fleet")
     s0 = operator.counter("z2m_prometheus_queries_total", scope="object")
     c0 = operator.cpu_seconds()
@@ -433,6 +444,7 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     spent = operator.cpu_seconds() - c0
     elapsed = time.monotonic() - t0
     evaluations = operator.counter("z2m_decisions_total") - e0
+    early = operator.counter("z2m_promotion_early_evaluations_total") - early0
     fleet = operator.counter("z2m_prometheus_queries_total", scope="fleet") - f0
     alone = operator.counter("z2m_prometheus_queries_total", scope="object") - s0
     answered = query_count(server) - q0
@@ -440,6 +452,7 @@ def measure(operator: Operator, server: prom.Prometheus, seconds: float) -> dict
     print(f"  cpu% slices {[round(c, 1) for c in cpu]}, rss MiB {rss[-1]:.0f}, {rate}")
     return {
         "evaluations_per_s": round(evaluations / elapsed, 1),
+        "early_evaluations": int(early),
         "prometheus_queries_per_s": round(answered / elapsed, 1),
         "queries_per_evaluation": round((fleet + alone) / max(evaluations, 1), 3),
         "queries_per_tick": round((fleet + alone) / (elapsed / TICK), 1),

@@ -3,7 +3,9 @@
 No client, no Kopf, no clock: the caller passes the current stage, the
 `Promotion` spec, the signal values (a float, or None when Prometheus had no
 fresh value) and the windows' memory, with the time as a number of seconds.
-`z2m.promote` does the I/O around it.
+`z2m.promote` does the I/O around it. `opens_or_breaks` is the cheap
+question the loop asks between evaluations: would these values open or end a
+window? (numbers only, so that asking it of a fleet every tick costs little).
 
 The rules, in the order they are applied:
 
@@ -170,9 +172,9 @@ def bounds(promotion: api.Promotion) -> tuple[int, int]:
     return max(promotion.min_stage, catalog.MIN_STAGE), top
 
 
-def breaches(stage: int, thresholds: api.Thresholds, values: Values) -> list[Breach]:
-    """Signals that say `stage` is the bottleneck, largest overshoot first."""
-    limits = {
+def _promote_limits(stage: int, thresholds: api.Thresholds) -> dict[str, float]:
+    """Each promotion signal's limit at `stage`: above it, the stage is the bottleneck."""
+    return {
         "rps": thresholds.rps_promote_fraction * catalog.stage(stage).rps.high,
         "app_cpu_percent": thresholds.app_cpu_percent,
         "latency_p95_seconds": thresholds.latency_p95_seconds,
@@ -180,46 +182,46 @@ def breaches(stage: int, thresholds: api.Thresholds, values: Values) -> list[Bre
         "database_queries_per_second": thresholds.database_queries_per_second,
         "queue_depth": thresholds.queue_depth,
     }
+
+
+def breaches(stage: int, thresholds: api.Thresholds, values: Values) -> list[Breach]:
+    """Signals that say `stage` is the bottleneck, largest overshoot first."""
     found = [
         Breach(signal, value, limit)
-        for signal, limit in limits.items()
+        for signal, limit in _promote_limits(stage, thresholds).items()
         if (value := values.get(signal)) is not None and value > limit
     ]
     return sorted(found, key=lambda b: -b.ratio)
 
 
-def too_high_for_lower(
-    stage: int, thresholds: api.Thresholds, values: Values, app_replicas: int | None = None
-) -> list[str]:
-    """Why `stage - 1` would not be comfortable; empty when `stage` is oversized.
+def _lower_checks(
+    stage: int, thresholds: api.Thresholds, values: Values, app_replicas: int | None
+) -> list[tuple[str, float | None, float]]:
+    """(signal, its value as stage - 1 would carry it, the limit it must stay below).
 
-    `app_replicas` is how many app pods share the load now, as observed (an HPA
-    may run many more than the stage's catalog count); None falls back to the
-    catalog count of `stage`.
+    RPS and app CPU are required (None: no value, so not oversized); the other
+    signals are left out when they have no value. App CPU is projected from the
+    replicas running now onto the lower stage's, database queries without the
+    cache when the lower stage has none. Numbers only, so that the per-tick check
+    (`opens_or_breaks`) costs no formatting.
     """
     current, lower = catalog.topology(stage), catalog.topology(stage - 1)
     running = (
         app_replicas if app_replicas is not None and app_replicas > 0 else current.app_replicas
     )
-    why: list[str] = []
-    rps = values.get("rps")
-    rps_limit = thresholds.rps_demote_fraction * catalog.stage(stage - 1).rps.high
-    if rps is None:
-        why.append("no RPS value")
-    elif rps >= rps_limit:
-        why.append(f"RPS {fmt('rps', rps)} is not below {fmt('rps', rps_limit)}")
     cpu = values.get("app_cpu_percent")
-    if cpu is None:
-        why.append("no app CPU value")
-    else:
-        projected = cpu * running / lower.app_replicas
-        limit = HEADROOM * thresholds.app_cpu_percent
-        if projected >= limit:
-            why.append(
-                f"app CPU {fmt('app_cpu_percent', cpu)} on {running} replica(s) would be "
-                f"{fmt('app_cpu_percent', projected)} on {lower.app_replicas}, "
-                f"not below {fmt('app_cpu_percent', limit)}"
-            )
+    checks: list[tuple[str, float | None, float]] = [
+        (
+            "rps",
+            values.get("rps"),
+            thresholds.rps_demote_fraction * catalog.stage(stage - 1).rps.high,
+        ),
+        (
+            "app_cpu_percent",
+            cpu * running / lower.app_replicas if cpu is not None else None,
+            HEADROOM * thresholds.app_cpu_percent,
+        ),
+    ]
     qps = values.get("database_queries_per_second")
     hit = values.get("cache_hit_ratio")
     if qps is not None and current.redis and not lower.redis and hit is not None:
@@ -231,10 +233,88 @@ def too_high_for_lower(
         ("database_queries_per_second", qps),
         ("queue_depth", values.get("queue_depth")),
     ):
-        limit = HEADROOM * float(getattr(thresholds, signal))
-        if value is not None and value >= limit:
+        if value is not None:
+            checks.append((signal, value, HEADROOM * float(getattr(thresholds, signal))))
+    return checks
+
+
+def too_high_for_lower(
+    stage: int, thresholds: api.Thresholds, values: Values, app_replicas: int | None = None
+) -> list[str]:
+    """Why `stage - 1` would not be comfortable; empty when `stage` is oversized.
+
+    `app_replicas` is how many app pods share the load now, as observed (an HPA
+    may run many more than the stage's catalog count); None falls back to the
+    catalog count of `stage`.
+    """
+    why: list[str] = []
+    for signal, value, limit in _lower_checks(stage, thresholds, values, app_replicas):
+        if value is None:
+            why.append(f"no {_LABELS[signal]} value")
+        elif value < limit:
+            continue
+        elif signal == "rps":
+            why.append(f"RPS {fmt('rps', value)} is not below {fmt('rps', limit)}")
+        elif signal == "app_cpu_percent":
+            cpu = values.get("app_cpu_percent") or 0.0
+            running = (
+                app_replicas
+                if app_replicas is not None and app_replicas > 0
+                else catalog.topology(stage).app_replicas
+            )
+            why.append(
+                f"app CPU {fmt(signal, cpu)} on {running} replica(s) would be "
+                f"{fmt(signal, value)} on {catalog.topology(stage - 1).app_replicas}, "
+                f"not below {fmt(signal, limit)}"
+            )
+        else:
             why.append(f"{_LABELS[signal]} {fmt(signal, value)} is not below {fmt(signal, limit)}")
     return why
+
+
+def opens_or_breaks(
+    stage: int,
+    promotion: api.Promotion,
+    values: Values,
+    memory: Memory,
+    app_replicas: int | None = None,
+) -> bool:
+    """Whether `values` would open or break a window that `memory` has not: decide now.
+
+    The promotion loop asks this of every object that is not due, against each
+    tick's grouped reading, and evaluates at once those for which it is true,
+    rather than at their next interval: a breach that starts is seen at the next
+    tick, and so is one that ends. It compares numbers only (no `Verdict`, no
+    text) so that asking it of a whole fleet every tick stays cheap.
+
+    False when the reading proves nothing either way: no RPS value (a gap is the
+    object's own evaluation's to judge, by rule 1, at its interval), a stage
+    outside minStage..maxStage (nothing runs there), or a stage that differs
+    from the one `memory` was kept for (a change by someone else, or a copy of
+    the object older than our own patch: the evaluation at the interval sorts it
+    out, with the loop's guards against stale copies).
+    """
+    if values.get("rps") is None or memory.stage != stage:
+        return False
+    low, high = bounds(promotion)
+    if not low <= stage <= high:
+        return False
+    thresholds = promotion.thresholds
+    over = any(
+        (value := values.get(signal)) is not None and value > limit
+        for signal, limit in _promote_limits(stage, thresholds).items()
+    )
+    oversized = (
+        not over
+        and stage > 1
+        and all(
+            value is not None and value < limit
+            for _, value, limit in _lower_checks(stage, thresholds, values, app_replicas)
+        )
+    )
+    return over != (memory.breach_since is not None) or oversized != (
+        memory.oversized_since is not None
+    )
 
 
 def bottleneck(top: Breach, values: Values, thresholds: api.Thresholds) -> str:

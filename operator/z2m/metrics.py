@@ -50,6 +50,10 @@ DECISIONS = Counter("z2m_decisions_total", "Auto-promotion verdicts, by action."
 EVALUATION_ERRORS = Counter(
     "z2m_evaluation_errors_total", "Prometheus evaluations that failed, by reason.", ["reason"]
 )
+EARLY_EVALUATIONS = Counter(
+    "z2m_promotion_early_evaluations_total",
+    "Evaluations started before their interval: a tick's grouped reading opened or broke a window.",
+)
 PROMETHEUS_QUERIES = Counter(
     "z2m_prometheus_queries_total",
     "Instant queries the promotion loop sent: grouped for many objects (fleet) or for one.",

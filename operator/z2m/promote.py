@@ -7,7 +7,11 @@ whose `spec.promotion.mode` is `recommend` or `auto` and whose
 (`z2m.signals`) from `spec.promotion.prometheus.url`, or where that is unset
 from the Prometheus z2m runs at stage 5 (`prometheus_url`), and how many app
 pods run now (the HPA's count, not the catalog's, is what demotion must divide
-the CPU by), asks the pure `z2m.decide`, and writes:
+the CPU by), asks the pure `z2m.decide`, and writes (below). An object not
+yet due is still checked every tick against that tick's grouped reading
+(`Loop.check`, `decide.opens_or_breaks`) and evaluated at once if the reading
+opens or breaks one of its windows, so that a breach is seen at the next tick
+rather than at the next interval. The loop writes:
 
 - `status.lastDecision` (verdict, reason, bottleneck, signal values, and the
   windows' memory, so a restarted operator resumes its windows),
@@ -287,6 +291,33 @@ def events_for(
     return out
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What an object's last evaluation leaves for the per-tick check (`Loop.check`)."""
+
+    memory: decide.Memory
+    app_replicas: int | None
+    values: dict[str, float | None]
+    """The reading's values: a signal the object overrides is not in the grouped
+    reading, so the check takes its last value from here."""
+
+
+def tick_values(
+    promotion: api.Promotion,
+    key: tuple[str, str],
+    fleet: signals.Fleet,
+    last: dict[str, float | None],
+) -> dict[str, float | None]:
+    """An object's values in a tick's grouped reading; its overridden signals' from `last`."""
+    chosen = promotion.signals
+    return {
+        signal: last.get(signal)
+        if getattr(chosen, signal)
+        else fleet.values.get(signal, {}).get(key)
+        for signal in decide.SIGNALS
+    }
+
+
 @dataclass
 class Loop:
     """Evaluates ScalingStages with promotion on; one per operator process."""
@@ -322,6 +353,12 @@ class Loop:
     """uid -> when its running window ends (epoch seconds), from its last evaluation."""
     _wake: dict[str, float] = field(default_factory=dict)
     """uid -> when (monotonic) to evaluate it again because its window ends: between ticks."""
+    _seen: dict[str, Seen] = field(default_factory=dict)
+    """uid -> what its last evaluation decided on, for the per-tick check."""
+    _checks: set[asyncio.Task[None]] = field(default_factory=set)
+    """The running per-tick checks (`check`), cancelled with the loop."""
+    _reads: set[asyncio.Task[signals.Fleet]] = field(default_factory=set)
+    """The grouped readings in flight, cancelled with the loop: one is made every tick."""
     _woken: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a wake-up is added, so that the sleeping loop looks at it."""
     _poked: bool = False
@@ -381,7 +418,7 @@ class Loop:
         finally:
             # Also when this task is cancelled (operator shutdown): an evaluation left
             # running would call into the executor after it is shut down, and fail.
-            for task in list(self._running.values()):
+            for task in [*self._running.values(), *self._checks, *self._reads]:
                 task.cancel()
 
     async def _sleep(self, stop: asyncio.Event, until: float) -> None:
@@ -408,10 +445,16 @@ class Loop:
                     w.cancel()
 
     def dispatch(self, items: list[Obj], listed_at: float) -> None:
-        """Start an evaluation for every due object not already being evaluated."""
+        """Start an evaluation for every due object not already being evaluated.
+
+        The objects not due that an earlier evaluation left a `Seen` for are
+        handed to `check` with their Prometheus' grouped reading of this tick, so
+        that one whose window opens or breaks is evaluated at once.
+        """
         now = time.monotonic()
         seen: set[str] = set()
         fleets: dict[tuple[str, str, float], asyncio.Task[signals.Fleet]] = {}
+        waiting: dict[asyncio.Task[signals.Fleet], list[Obj]] = {}
         for obj in items:
             meta = obj.get("metadata") or {}
             uid = meta.get("uid")
@@ -428,11 +471,14 @@ class Loop:
             self._names[uid] = (meta.get("namespace", ""), meta.get("name", ""))
             approving = APPROVE_ANNOTATION in (meta.get("annotations") or {})
             if not approving and self._due.get(uid, 0.0) > now:
+                if uid in self._seen and (fleet := self._fleet_for(obj, fleets)) is not None:
+                    waiting.setdefault(fleet, []).append(obj)
                 continue
-            self._wake.pop(uid, None)
-            fleet = self._fleet_for(obj, fleets)
-            task = asyncio.get_running_loop().create_task(self._guarded(uid, obj, fleet))
-            self._running[uid] = task
+            self._start(uid, obj, self._fleet_for(obj, fleets))
+        for fleet, objs in waiting.items():
+            task = asyncio.get_running_loop().create_task(self.check(fleet, objs, listed_at))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
         for gone in set(self._names) - seen:
             for table in (
                 self._due,
@@ -444,18 +490,58 @@ class Loop:
                 self._memories,
                 self._ends,
                 self._wake,
+                self._seen,
             ):
                 table.pop(gone, None)
             with contextlib.suppress(KeyError):
                 metrics.RECOMMENDED_STAGE.remove(*self._names.pop(gone))
+
+    def _start(self, uid: str, obj: Obj, fleet: asyncio.Task[signals.Fleet] | None) -> None:
+        """Start evaluating one object, with the grouped reading it shares (if any)."""
+        self._wake.pop(uid, None)
+        task = asyncio.get_running_loop().create_task(self._guarded(uid, obj, fleet))
+        self._running[uid] = task
+
+    async def check(
+        self, fleet: asyncio.Task[signals.Fleet], objs: list[Obj], listed_at: float
+    ) -> None:
+        """Evaluate now each of `objs` (not due) whose window this tick's reading opens or breaks.
+
+        Numbers already in memory only: no query beyond the tick's grouped reading,
+        no API call (`decide.opens_or_breaks`). A reading with any failed query
+        checks nothing: the objects' own evaluations report the failure.
+        """
+        try:
+            reading = await asyncio.shield(fleet)
+        except Exception:
+            return  # the evaluations that share it report the failure
+        if reading.problems:
+            return
+        for obj in objs:
+            meta = obj["metadata"]
+            uid = meta["uid"]
+            last = self._seen.get(uid)
+            spec = self.spec_of(obj)
+            if last is None or spec is None or uid in self._running:
+                continue
+            if self._finished.get(uid, 0.0) > listed_at:
+                continue  # evaluated since this listing (a window's end, say)
+            values = tick_values(
+                spec.promotion, (meta["namespace"], meta["name"]), reading, last.values
+            )
+            if decide.opens_or_breaks(
+                spec.stage, spec.promotion, values, last.memory, last.app_replicas
+            ):
+                metrics.EARLY_EVALUATIONS.inc()
+                self._start(uid, obj, fleet)
 
     def _fleet_for(
         self, obj: Obj, fleets: dict[tuple[str, str, float], asyncio.Task[signals.Fleet]]
     ) -> asyncio.Task[signals.Fleet] | None:
         """The grouped reading this object's defaults come from, shared by its Prometheus.
 
-        Every object due in one tick that asks the same Prometheus with the same
-        window shares one query per signal, grouped by (namespace, name).
+        Every object due or checked in one tick that asks the same Prometheus with
+        the same window shares one query per signal, grouped by (namespace, name).
         """
         spec = self.spec_of(obj)
         if spec is None:
@@ -470,6 +556,8 @@ class Loop:
             fleets[key] = asyncio.get_running_loop().create_task(
                 signals.read_fleet(self.http, prometheus, self.kube.namespaces, self._queries)
             )
+            self._reads.add(fleets[key])
+            fleets[key].add_done_callback(self._reads.discard)
         return fleets[key]
 
     async def _guarded(
@@ -551,6 +639,7 @@ class Loop:
                 ).model_dump(by_alias=True, mode="json")
             )
 
+        running: int | None = None
         if spec.paused:
             verdict = decide.Verdict(
                 "hold",
@@ -644,6 +733,10 @@ class Loop:
             ends = decide.window_ends(promotion, new_memory, now)
             if ends is not None:
                 self._ends[uid] = ends
+        if reading is not None:
+            self._seen[uid] = Seen(new_memory, running, reading.values)
+        else:
+            self._seen.pop(uid, None)  # paused: nothing to check until it is evaluated again
 
         previous_conditions = list(current.get("conditions") or [])
         ours_now: list[Obj] = []

@@ -288,18 +288,23 @@ async def read_fleet(
     limit = limit or asyncio.Semaphore(len(FLEET_QUERIES))
     wanted = fleet_queries(prometheus.rate_window, namespaces)
 
-    async def limited(promql: str) -> dict[tuple[str, str], float]:
+    async def limited(promql: str) -> dict[tuple[str, str], float] | Problem:
         metrics.PROMETHEUS_QUERIES.labels("fleet").inc()
-        async with limit:
-            body = await _ask(client, base, promql, prometheus.timeout_seconds)
-        return grouped_values(body)
+        # A failed query is an answer, not an exception: a task that ended in one is
+        # raised again by Kopf if the operator stops meanwhile, though gather took it.
+        try:
+            async with limit:
+                body = await _ask(client, base, promql, prometheus.timeout_seconds)
+            return grouped_values(body)
+        except QueryError as exc:
+            return exc.problem
 
     results = await asyncio.gather(*(limited(q) for q in wanted.values()), return_exceptions=True)
     values: dict[str, dict[tuple[str, str], float]] = {}
     problems: dict[str, Problem] = {}
     for signal, result in zip(wanted, results, strict=True):
-        if isinstance(result, QueryError):
-            problems[signal] = result.problem
+        if isinstance(result, Problem):
+            problems[signal] = result
         elif isinstance(result, BaseException):
             problems[signal] = Problem("PrometheusError", f"{type(result).__name__}: {result}")
         else:
