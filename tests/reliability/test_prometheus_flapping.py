@@ -90,9 +90,9 @@ def test_prometheus_flapping_in_auto_mode_changes_no_stage(
         down_at = time.monotonic()
         seen.append(
             eventually(
+                # One read: two could straddle a change of the condition.
                 lambda: (
-                    (metrics_available(api_client, namespace) or "").startswith("False/")
-                    and metrics_available(api_client, namespace)
+                    (m := metrics_available(api_client, namespace) or "").startswith("False/") and m
                 ),
                 timeout=30,
             )
