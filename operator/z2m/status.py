@@ -164,18 +164,22 @@ def build(previous: Obj, seen: Observation, now: str) -> Obj:
             cond("Progressing", False, "PlanOnly", message),
             cond("Degraded", False, "AsExpected", ""),
         ]
+    elif not_ready and seen.unschedulable:
+        # Before a plain wait: a step that waits for a rollout no node has room for
+        # (the CPU only a later step frees, say) would wait forever in silence.
+        names = ", ".join(f"{c.name} {c.ready}/{c.desired}" for c in not_ready)
+        message = _unschedulable_message(names, seen.unschedulable)
+        if seen.waiting is not None:
+            message = f"{seen.waiting}; {message}"
+        conditions += [
+            cond("Ready", False, "Unschedulable", message),
+            cond("Progressing", False, "Unschedulable", message),
+            cond("Degraded", False, "AsExpected", ""),
+        ]
     elif seen.waiting is not None:
         conditions += [
             cond("Ready", False, "Waiting", seen.waiting),
             cond("Progressing", True, "Waiting", seen.waiting),
-            cond("Degraded", False, "AsExpected", ""),
-        ]
-    elif not_ready and seen.unschedulable:
-        names = ", ".join(f"{c.name} {c.ready}/{c.desired}" for c in not_ready)
-        message = _unschedulable_message(names, seen.unschedulable)
-        conditions += [
-            cond("Ready", False, "Unschedulable", message),
-            cond("Progressing", False, "Unschedulable", message),
             cond("Degraded", False, "AsExpected", ""),
         ]
     elif not_ready:

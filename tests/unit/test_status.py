@@ -140,3 +140,17 @@ def test_a_rollout_stuck_for_want_of_a_node_says_so_instead_of_waiting_in_silenc
     rolling = status.Observation(2, None, [stuck])
     ready = status.build({}, rolling, "2026-01-02T00:00:00Z")["conditions"][0]
     assert ready["reason"] == "ComponentsNotReady"
+
+
+def test_a_step_waiting_on_a_rollout_no_node_has_room_for_says_both() -> None:
+    """The 4 -> 5 shape on a full node: RabbitMQ goes only once the app rolled, and the
+    app's new pod waits for the CPU RabbitMQ holds."""
+    stuck = deployment(4, {**ROLLED_OUT, "updatedReplicas": 3})
+    waiting = "rewiring shop-app: pods of the old template still run"
+    seen = status.Observation(
+        2, None, [stuck], waiting=waiting, unschedulable=[("shop-app-x", "1 Insufficient cpu")]
+    )
+    ready = status.build({}, seen, "2026-01-02T00:00:00Z")["conditions"][0]
+    assert (ready["reason"], ready["status"]) == ("Unschedulable", "False")
+    assert ready["message"].startswith(waiting + "; ")
+    assert "no node can take pod shop-app-x (1 Insufficient cpu)" in ready["message"]
