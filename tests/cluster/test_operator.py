@@ -23,11 +23,22 @@ NAME = "shop"
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4, 5, 6])
 def test_each_stage_converges_to_its_objects_and_becomes_ready(
-    api_client: ApiClient, k: kube.Kube, namespace: str, operator: Any, stage: int
+    api_client: ApiClient,
+    k: kube.Kube,
+    namespace: str,
+    operator: Any,
+    stage: int,
+    request: pytest.FixtureRequest,
 ) -> None:
-    h.create(api_client, namespace, h.scaling_stage(NAME, stage))
-    obj = h.wait_ready(api_client, namespace, NAME, stage)
-    assert h.children(k, namespace, NAME) == h.expected(stage, NAME, namespace)
+    # Created at 6, the app starts on one database and its rows then move into the
+    # shards: on fake pods, between PostgreSQL servers on loopback.
+    spec = {"database": {"moveUrls": request.getfixturevalue("move_urls")}} if stage == 6 else {}
+    h.create(api_client, namespace, h.scaling_stage(NAME, stage, **spec))
+    obj = h.wait_ready(api_client, namespace, NAME, stage, timeout=180)
+    assert h.children(k, namespace, NAME) == h.expected(stage, NAME, namespace, **spec)
+    if stage == 6:
+        sharded = h.condition(obj, "DatabaseSharded")
+        assert sharded is not None and sharded["reason"] == "Moved", sharded
     components = obj["status"]["components"]
     assert components and all(c["available"] for c in components)
     assert obj["status"]["estimatedMonthlyCost"].startswith("$")
