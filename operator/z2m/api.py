@@ -8,11 +8,10 @@ rules that the apiserver must enforce at admission are attached here as CEL
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from kubernetes.utils import parse_quantity
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "z2m.dev"
@@ -266,18 +265,11 @@ class ShardMoveUrls(Model):
         max_length=512,
         description="Stage 5's database: the split's source and the merge's target.",
     )
-    shards: list[str] = Field(
+    shards: list[Annotated[str, StringConstraints(pattern=POSTGRES_URL, max_length=512)]] = Field(
         min_length=2,
         max_length=16,
         description="Each shard's database, in shard order (as many as database.shards).",
     )
-
-    @model_validator(mode="after")
-    def _urls(self) -> ShardMoveUrls:
-        for url in self.shards:
-            if not re.match(POSTGRES_URL, url) or len(url) > 512:
-                raise ValueError("every database.moveUrls.shards entry is a postgresql:// URL")
-        return self
 
 
 class DatabaseSpec(Model):
