@@ -1101,3 +1101,31 @@ def opensearch(tmp: Path) -> Iterator[OpenSearch]:
     finally:
         node.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def seed_users(url: str, users: int, posts: int, *, notifications: bool = False) -> None:
+    """Users, their posts and follows (and some notifications) in the app's schema at `url`:
+    rows for a shard move to place by user."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, %s) g", (users,)
+        )
+        conn.execute(
+            "INSERT INTO posts (author_id, body) SELECT 1 + g %% %s, 'seed-' || g"
+            " FROM generate_series(1, %s) g",
+            (users, posts),
+        )
+        conn.execute(
+            "INSERT INTO follows (follower_id, followee_id)"
+            " SELECT g, 1 + (g * 7) %% %s FROM generate_series(1, %s) g"
+            " WHERE g <> 1 + (g * 7) %% %s",
+            (users, users, users),
+        )
+        if notifications:
+            conn.execute(
+                "INSERT INTO notifications (user_id, post_id)"
+                " SELECT f.follower_id, p.id FROM follows f"
+                " JOIN posts p ON p.author_id = f.followee_id WHERE p.id % 10 = 0"
+            )

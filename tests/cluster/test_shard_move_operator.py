@@ -22,6 +22,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from sample_app import db
+from tests import services
 from tests.cluster import helpers as h
 from tests.conftest import eventually, report
 from z2m import api, kube, sharding
@@ -41,26 +42,7 @@ KEYS = {"users": 0, "posts": 1, "follows": 0, "notifications": 0}
 
 
 def seed(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, %s) g", (USERS,)
-        )
-        conn.execute(
-            "INSERT INTO posts (author_id, body) SELECT 1 + g %% %s, 'seed-' || g"
-            " FROM generate_series(1, %s) g",
-            (USERS, POSTS),
-        )
-        conn.execute(
-            "INSERT INTO follows (follower_id, followee_id)"
-            " SELECT g, 1 + (g * 7) %% %s FROM generate_series(1, %s) g"
-            " WHERE g <> 1 + (g * 7) %% %s",
-            (USERS, USERS, USERS),
-        )
-        conn.execute(
-            "INSERT INTO notifications (user_id, post_id)"
-            " SELECT f.follower_id, p.id FROM follows f JOIN posts p ON p.author_id = f.followee_id"
-            " WHERE p.id % 10 = 0"
-        )
+    services.seed_users(url, USERS, POSTS, notifications=True)
 
 
 async def migrate(url: str) -> list[int]:

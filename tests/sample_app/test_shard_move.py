@@ -62,21 +62,7 @@ def fresh(server: Postgres) -> str:
 
 def seed(url: str) -> None:
     """Users, some of their posts and follows, on the one source."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO users (name) SELECT 'u' || g FROM generate_series(1, %s) g", (USERS,)
-        )
-        conn.execute(
-            "INSERT INTO posts (author_id, body) SELECT 1 + g %% %s, 'seed-' || g"
-            " FROM generate_series(1, %s) g",
-            (USERS, SEED_POSTS),
-        )
-        conn.execute(
-            "INSERT INTO follows (follower_id, followee_id)"
-            " SELECT g, 1 + (g * 7) %% %s FROM generate_series(1, %s) g"
-            " WHERE g <> 1 + (g * 7) %% %s",
-            (USERS, USERS, USERS),
-        )
+    services.seed_users(url, USERS, SEED_POSTS)
 
 
 def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
